@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Backlog drain benchmark: how fast `pglive run` (stdout sink into /dev/null) drains a backlog
+# of CHANGES row changes written in transactions of TXN rows, against `pg_recvlogical`
+# (pgoutput, same publication) draining identical slot contents, measured in the same run.
+#
+#   scripts/bench-drain.sh                 # 200,000 changes, 100-row transactions, 3 rounds
+#   CHANGES=50000 ROUNDS=1 scripts/bench-drain.sh
+#
+# Each round creates two slots at the same position, writes the backlog, then drains one slot
+# with each tool (alternating which goes first) until the WAL position taken after the writes.
+# Times include process start-up for both. Prints a table; the ratio is pglive / pg_recvlogical.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHANGES=${CHANGES:-200000}
+TXN=${TXN:-100}
+ROUNDS=${ROUNDS:-3}
+
+scripts/prereqs.sh
+cargo build --release --locked --quiet
+bin=$PWD/target/release/pglive
+
+work=$(mktemp -d /tmp/pglive-bench.XXXXXX)
+chmod 755 "$work"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url=$(scripts/pg-cluster.sh start "$work/pg" "$port")
+trap 'scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
+q() { psql -X -q -A -t "$url" "$@"; }
+
+q -c "CREATE TABLE bench (id bigint PRIMARY KEY, qty int, name text)"
+q -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
+
+now() { date +%s.%N; }
+rate() { python3 -c "print(f'{$1/$2:,.0f}')"; }
+
+printf '%-6s %-12s %10s %12s %10s %12s %12s %8s\n' round mode recv_s recv_chg/s pglive_s pglive_chg/s events ratio
+ratios=()
+next_id=1
+for round in $(seq 1 "$ROUNDS"); do
+  for mode in coalesced per-row; do
+    coalesce=true; [ "$mode" = per-row ] && coalesce=false
+    q -c "SELECT pg_create_logical_replication_slot('b_recv', 'pgoutput')" >/dev/null
+    q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
+    txns=$((CHANGES / TXN))
+    python3 - "$next_id" "$txns" "$TXN" >"$work/load.sql" <<'PY'
+import sys
+start, txns, per = map(int, sys.argv[1:])
+for t in range(txns):
+    lo = start + t * per
+    print(f"INSERT INTO bench SELECT g, g % 97, 'item ' || g FROM generate_series({lo}, {lo + per - 1}) g;")
+PY
+    next_id=$((next_id + txns * TXN))
+    q -f "$work/load.sql"
+    end=$(q -c "SELECT pg_current_wal_lsn()")
+    cat >"$work/pglive.toml" <<CONF
+[postgres]
+url = "$url"
+slot = "b_live"
+publication = "bench_pub"
+auto_setup = false
+[events]
+coalesce = $coalesce
+[[tables]]
+name = "bench"
+[[sinks]]
+type = "stdout"
+CONF
+    run_recv() {
+      local t0; t0=$(now)
+      pg_recvlogical -d "$url" --slot b_recv --start --no-loop -o proto_version=1 -o publication_names=bench_pub \
+        --endpos "$end" -f /dev/null
+      recv_s=$(python3 -c "print(f'{$(now) - $t0:.3f}')")
+    }
+    run_live() {
+      local t0; t0=$(now)
+      "$bin" run -c "$work/pglive.toml" --stop-at "$end" 2>"$work/pglive.log" >/dev/null
+      live_s=$(python3 -c "print(f'{$(now) - $t0:.3f}')")
+    }
+    if [ $((round % 2)) = 1 ]; then run_recv; run_live; else run_live; run_recv; fi
+    ratio=$(python3 -c "print(f'{$recv_s / $live_s:.2f}')")
+    ratios+=("$mode:$ratio")
+    printf '%-6s %-12s %10s %12s %10s %12s %12s %8s\n' "$round" "$mode" "$recv_s" "$(rate "$CHANGES" "$recv_s")" \
+      "$live_s" "$(rate "$CHANGES" "$live_s")" "$(grep -o 'events=[0-9]*' "$work/pglive.log" | tail -n1 | cut -d= -f2)" "$ratio"
+    q -c "SELECT pg_drop_replication_slot('b_recv'), pg_drop_replication_slot('b_live')" >/dev/null
+  done
+done
+python3 - "${ratios[@]}" <<'PY'
+import sys, statistics
+by = {}
+for item in sys.argv[1:]:
+    mode, r = item.split(":")
+    by.setdefault(mode, []).append(float(r))
+for mode, rs in by.items():
+    print(f"median ratio (pglive/pg_recvlogical, {mode}): {statistics.median(rs):.2f}")
+PY

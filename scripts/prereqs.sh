@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what pglive's tests, quick start and benchmark need and the machine lacks:
+# the PostgreSQL server and client (initdb, psql, pg_recvlogical), openssl (test
+# certificates), and the rustfmt/clippy components. Safe to run repeatedly.
+set -euo pipefail
+
+have_pg_server() {
+  { command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; } \
+    || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+
+need=()
+have_pg_server || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v pg_recvlogical >/dev/null 2>&1 || need+=(postgresql-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "prereqs: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >&2
+  done
+fi

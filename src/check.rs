@@ -1,0 +1,259 @@
+//! `pglive check`: verifies every prerequisite of `run` against the live server — wal_level,
+//! the role's privileges, each mapped table and its key, the publication and the slot — and
+//! says, for each problem, the setting or SQL that fixes it.
+
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::source::SourceError;
+use crate::source::catalog;
+use crate::source::conn::{quote_ident, quote_literal};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One verified fact or problem.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub level: Level,
+    pub what: String,
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(what: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Ok,
+            what: what.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(what: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Warn,
+            what: what.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(what: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding {
+            level: Level::Fail,
+            what: what.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        write!(f, "{tag}  {}", self.what)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n      fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every check. A connection failure is itself a finding (and ends the checks).
+pub async fn run(config: &Config) -> Vec<Finding> {
+    let pg = &config.postgres;
+    let client = match catalog::connect(&pg.conn, pg.connect_timeout).await {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Finding::fail(
+                format!("cannot connect to {}: {e}", pg.conn),
+                "check postgres.url, that the server is running and reachable, and pg_hba.conf",
+            )];
+        }
+    };
+    let mut out = vec![Finding::ok(format!("connected to {}", pg.conn))];
+    if let Err(e) = checks(config, &client, &mut out).await {
+        out.push(Finding::fail(
+            format!("a check query failed: {e}"),
+            "make sure the role can read pg_catalog views",
+        ));
+    }
+    out
+}
+
+async fn checks(
+    config: &Config,
+    client: &Client,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let pg = &config.postgres;
+    let setting = |name: &'static str| async move {
+        client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map(|r| r.get::<_, String>(0))
+    };
+
+    let wal_level = setting("wal_level").await?;
+    out.push(if wal_level == "logical" {
+        Finding::ok("wal_level is logical")
+    } else {
+        Finding::fail(
+            format!("wal_level is {wal_level}, logical decoding needs logical"),
+            "ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL",
+        )
+    });
+    for name in ["max_wal_senders", "max_replication_slots"] {
+        let value = setting(name).await?;
+        if value.parse::<i64>().unwrap_or(0) < 1 {
+            out.push(Finding::fail(
+                format!("{name} is {value}"),
+                format!("ALTER SYSTEM SET {name} = 10;  -- then restart PostgreSQL"),
+            ));
+        }
+    }
+
+    let row = client
+        .query_one(
+            "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
+    out.push(if can_replicate {
+        Finding::ok(format!("role {user} may replicate"))
+    } else {
+        Finding::fail(
+            format!("role {user} lacks the REPLICATION privilege"),
+            format!("ALTER ROLE {} WITH REPLICATION;", quote_ident(&user)),
+        )
+    });
+
+    for (i, t) in config.tables.iter().enumerate() {
+        let name = format!("{}.{}", t.schema, t.name);
+        let quoted = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+        out.push(match catalog::table_identity(client, &t.schema, &t.name).await? {
+            None => Finding::fail(
+                format!("table {name} (tables[{i}]) does not exist"),
+                format!("create the table, or correct tables[{i}].name"),
+            ),
+            Some(id) if !id.usable() => Finding::fail(
+                format!(
+                    "table {name} has no primary key or usable REPLICA IDENTITY: \
+                     UPDATE and DELETE on it fail once it is published, and events could not name rows"
+                ),
+                id.fix(&t.schema, &t.name),
+            ),
+            Some(id) if !id.has_ids() => Finding::warn(
+                format!("table {name} has REPLICA IDENTITY FULL but no primary key: its events carry no ids, so clients refetch everything"),
+                format!("ALTER TABLE {quoted} ADD PRIMARY KEY (<key columns>);"),
+            ),
+            Some(id) => Finding::ok(format!(
+                "table {name} → {} (key: {})",
+                t.channel,
+                if id.primary_key.is_empty() { "replica identity index".to_owned() } else { id.primary_key.join(", ") }
+            )),
+        });
+    }
+
+    let table_list = config
+        .tables
+        .iter()
+        .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let publication = quote_ident(&pg.publication);
+    match catalog::publication_tables(client, &pg.publication).await? {
+        None => out.push(Finding::fail(
+            format!("publication {} does not exist", pg.publication),
+            format!("pglive setup --config <file>   (or: CREATE PUBLICATION {publication} FOR TABLE {table_list};)"),
+        )),
+        Some(present) => {
+            let missing: Vec<String> = config
+                .tables
+                .iter()
+                .filter(|t| !present.iter().any(|(s, n)| *s == t.schema && *n == t.name))
+                .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
+                .collect();
+            out.push(if missing.is_empty() {
+                Finding::ok(format!("publication {} covers every mapped table", pg.publication))
+            } else {
+                Finding::fail(
+                    format!("publication {} does not include {}", pg.publication, missing.join(", ")),
+                    format!("ALTER PUBLICATION {publication} ADD TABLE {};", missing.join(", ")),
+                )
+            });
+            let row = client
+                .query_one(
+                    "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+                    &[&pg.publication],
+                )
+                .await?;
+            let ops = ["insert", "update", "delete", "truncate"];
+            let off: Vec<&str> = (0..4).filter(|&i| !row.get::<_, bool>(i)).map(|i| ops[i]).collect();
+            if !off.is_empty() {
+                out.push(Finding::warn(
+                    format!("publication {} does not publish {}", pg.publication, off.join(", ")),
+                    format!("ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete, truncate');"),
+                ));
+            }
+        }
+    }
+
+    let slot_lit = quote_literal(&pg.slot);
+    match catalog::slot(client, &pg.slot).await? {
+        None => out.push(Finding::fail(
+            format!("replication slot {} does not exist", pg.slot),
+            format!("pglive setup --config <file>   (or: SELECT pg_create_logical_replication_slot({slot_lit}, 'pgoutput');)"),
+        )),
+        Some(slot) => {
+            let db = client.query_one("SELECT current_database()::text", &[]).await?;
+            let db: String = db.get(0);
+            if slot.slot_type != "logical" || slot.plugin.as_deref() != Some("pgoutput") {
+                out.push(Finding::fail(
+                    format!(
+                        "replication slot {} is a {} slot with plugin {}, not a pgoutput logical slot",
+                        pg.slot,
+                        slot.slot_type,
+                        slot.plugin.as_deref().unwrap_or("none")
+                    ),
+                    format!("use another postgres.slot, or drop it: SELECT pg_drop_replication_slot({slot_lit});"),
+                ));
+            } else if slot.database.as_deref() != Some(db.as_str()) {
+                out.push(Finding::fail(
+                    format!(
+                        "replication slot {} belongs to database {}, not {db}",
+                        pg.slot,
+                        slot.database.as_deref().unwrap_or("?")
+                    ),
+                    "use another postgres.slot for this database".to_owned(),
+                ));
+            } else if slot.wal_status.as_deref() == Some("lost") {
+                out.push(Finding::fail(
+                    format!("replication slot {} was invalidated (wal_status lost): changes were lost", pg.slot),
+                    format!("drop and recreate it: SELECT pg_drop_replication_slot({slot_lit}); then pglive setup"),
+                ));
+            } else if let Some(pid) = slot.active_pid {
+                out.push(Finding::fail(
+                    format!("replication slot {} is in use by process {pid}", pg.slot),
+                    format!("stop the other consumer (it may be another pglive), or: SELECT pg_terminate_backend({pid});"),
+                ));
+            } else {
+                out.push(Finding::ok(format!(
+                    "replication slot {} (pgoutput) is ready at {}",
+                    pg.slot,
+                    slot.confirmed_flush.map(|l| l.to_string()).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,631 @@
+//! Configuration: a TOML file layered with `PGLIVE_<SECTION>__<KEY>` environment variables,
+//! deserialized strictly (unknown keys are errors), then validated once into a resolved
+//! [`Config`]. Every problem is reported with its key path, all of them at once where possible.
+//! Secrets (the URL's password, `password_file`) are never printed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::map::{MapOptions, TableRule};
+use crate::source::conninfo::ConnInfo;
+
+/// Default replication slot name.
+pub const DEFAULT_SLOT: &str = "pglive";
+/// Default publication name.
+pub const DEFAULT_PUBLICATION: &str = "pglive";
+/// Status updates this often at least: well inside PostgreSQL's default 60 s `wal_sender_timeout`,
+/// and often enough that an idle slot's confirmed position follows the server promptly.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// Give up on one connection attempt after this long (then back off and retry).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait between reconnection attempts.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Ids per coalesced event: keeps one event near 10–40 KB of JSON for typical keys, so a
+/// million-row transaction becomes a thousand modest events rather than one huge one.
+pub const DEFAULT_MAX_IDS_PER_EVENT: usize = 1000;
+/// Largest replication message accepted: 1 GiB, the largest value PostgreSQL can store.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Environment variables with this prefix (and a `__` section separator) override the file.
+pub const ENV_PREFIX: &str = "PGLIVE_";
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    pub events: MapOptions,
+    pub tables: Vec<TableRule>,
+    pub sinks: Vec<SinkConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    pub conn: ConnInfo,
+    pub slot: String,
+    pub publication: String,
+    /// `run` creates a missing publication and slot, and adds mapped tables to the publication.
+    pub auto_setup: bool,
+    pub status_interval: Duration,
+    pub connect_timeout: Duration,
+    pub max_backoff: Duration,
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    Stdout,
+}
+
+impl SinkConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout => "stdout",
+        }
+    }
+}
+
+// ---- raw, as written ----
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    slot: Option<String>,
+    publication: Option<String>,
+    auto_setup: Option<bool>,
+    status_interval: Option<RawDuration>,
+    connect_timeout: Option<RawDuration>,
+    max_backoff: Option<RawDuration>,
+    max_message_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    coalesce: Option<bool>,
+    max_ids_per_event: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    channel: Option<String>,
+    ids_as_strings: Option<bool>,
+    data_provider_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum RawSink {
+    Stdout {},
+}
+
+/// A duration written as `"500ms"`, `"10s"`, `"5m"`, `"1h"` or a number of seconds.
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl RawDuration {
+    fn resolve(&self) -> Result<Duration, String> {
+        match self {
+            RawDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
+            RawDuration::Text(t) => parse_duration(t),
+        }
+    }
+}
+
+/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like \"500ms\", \"10s\" or \"5m\""))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{text:?}: unknown unit (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+// ---- errors ----
+
+/// One configuration problem, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Dotted key path, e.g. `postgres.url` or `tables[1].name`; empty for the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// The configuration could not be used; lists every problem found.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub issues: Vec<Issue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.issues {
+            write!(f, "\n  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Issues {
+    list: Vec<Issue>,
+    figment: Figment,
+    /// Whether the environment was consulted (to name variables in messages).
+    env: bool,
+}
+
+impl Issues {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        let mut message = message.into();
+        if let Some(var) = self.env_var_for(&key) {
+            message.push_str(&format!(" (set by {var})"));
+        }
+        self.list.push(Issue { key, message });
+    }
+
+    /// The environment variable a top-level section key came from, if it came from one.
+    fn env_var_for(&self, key: &str) -> Option<String> {
+        if !self.env {
+            return None;
+        }
+        let var = format!(
+            "{ENV_PREFIX}{}",
+            key.split('.')
+                .map(str::to_uppercase)
+                .collect::<Vec<_>>()
+                .join("__")
+        );
+        let from_env = if key == "postgres.url" {
+            // Merged raw (see `load`), so its metadata does not name the environment.
+            std::env::var_os(&var).is_some()
+        } else {
+            let meta = self.figment.find_metadata(key)?;
+            meta.name.contains("environment")
+        };
+        from_env.then_some(var)
+    }
+
+    fn figment_error(&mut self, prefix: &str, err: figment::Error) {
+        for e in err {
+            let mut key = prefix.to_owned();
+            for part in &e.path {
+                push_part(&mut key, part);
+            }
+            let message = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    if e.path.last().map(String::as_str) != Some(field.as_str()) {
+                        push_part(&mut key, field);
+                    }
+                    let allowed: Vec<&str> =
+                        expected.iter().copied().filter(|k| *k != "type").collect();
+                    if allowed.is_empty() {
+                        "unknown key; this entry takes no keys besides `type`".to_owned()
+                    } else {
+                        format!("unknown key; expected one of: {}", allowed.join(", "))
+                    }
+                }
+                figment::error::Kind::MissingField(field) => {
+                    if e.path.last().map(String::as_str) != Some(field.as_ref()) {
+                        push_part(&mut key, field);
+                    }
+                    "missing required key".to_owned()
+                }
+                kind => kind.to_string(),
+            };
+            self.push(key, message);
+        }
+    }
+}
+
+fn push_part(key: &mut String, part: &str) {
+    if part.is_empty() {
+        return;
+    }
+    if !key.is_empty() {
+        key.push('.');
+    }
+    key.push_str(part);
+}
+
+// ---- loading ----
+
+/// Loads `path` (if given) and the `PGLIVE_*` environment, and validates the result.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        if !path.exists() {
+            return Err(ConfigError {
+                issues: vec![Issue {
+                    key: String::new(),
+                    message: format!("configuration file {} does not exist", path.display()),
+                }],
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            // Only `SECTION__KEY` variables configure; `PGLIVE_CONFIG` and the like do not.
+            .filter(|k| k.as_str().contains("__"))
+            .split("__")
+            // Taken raw below: figment would parse a numeric-looking secret as a number.
+            .ignore(&["postgres.url"]),
+    );
+    if let Ok(url) = std::env::var(format!("{ENV_PREFIX}POSTGRES__URL")) {
+        figment = figment.merge(Serialized::default("postgres.url", url));
+    }
+    from_figment(figment, true)
+}
+
+/// Parses a configuration from TOML text alone (no environment); for tests and examples.
+pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+    from_figment(Figment::from(Toml::string(text)), false)
+}
+
+fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
+    let mut issues = Issues {
+        list: Vec::new(),
+        figment: figment.clone(),
+        env,
+    };
+    let top: Dict = match figment.extract() {
+        Ok(d) => d,
+        Err(e) => {
+            issues.figment_error("", e);
+            return Err(ConfigError {
+                issues: issues.list,
+            });
+        }
+    };
+    for key in top.keys() {
+        if !["postgres", "events", "tables", "sinks"].contains(&key.as_str()) {
+            issues.push(
+                key.clone(),
+                "unknown section; expected one of: postgres, events, tables, sinks",
+            );
+        }
+    }
+
+    // Keys set aside as invalid were reported; do not report them again as missing.
+    let (postgres, postgres_removed): (RawPostgres, _) = section(&top, &mut issues, "postgres");
+    let (events, _): (RawEvents, _) = section(&top, &mut issues, "events");
+    let tables: Vec<(usize, RawTable)> = array(&top, &mut issues, "tables");
+    let sinks: Vec<(usize, RawSink)> = array(&top, &mut issues, "sinks");
+
+    let conn = match &postgres.url {
+        None if postgres_removed.iter().any(|k| k == "url") => None,
+        None => {
+            issues.push(
+                "postgres.url",
+                format!("missing; set it in the file or with {ENV_PREFIX}POSTGRES__URL"),
+            );
+            None
+        }
+        Some(url) => match ConnInfo::parse(url) {
+            Ok(mut c) => {
+                if let Some(file) = &postgres.password_file {
+                    match std::fs::read_to_string(file) {
+                        Ok(pw) => c.password = Some(pw.trim_end_matches(['\r', '\n']).to_owned()),
+                        Err(e) => issues.push(
+                            "postgres.password_file",
+                            format!("cannot read {}: {e}", file.display()),
+                        ),
+                    }
+                }
+                Some(c)
+            }
+            Err(e) => {
+                issues.push("postgres.url", e.to_string());
+                None
+            }
+        },
+    };
+    let slot = postgres.slot.clone().unwrap_or_else(|| DEFAULT_SLOT.into());
+    if !valid_slot_name(&slot) {
+        issues.push(
+            "postgres.slot",
+            format!("{slot:?} is not a valid slot name: use 1 to 63 lower-case letters, digits and underscores"),
+        );
+    }
+    let publication = postgres
+        .publication
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PUBLICATION.into());
+    if publication.is_empty() || publication.len() > 63 || publication.contains('\0') {
+        issues.push(
+            "postgres.publication",
+            format!("{publication:?} is not a valid publication name (1 to 63 bytes)"),
+        );
+    }
+    let mut duration = |key: &str, raw: &Option<RawDuration>, default: Duration| match raw
+        .as_ref()
+        .map(RawDuration::resolve)
+    {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            issues.push(format!("postgres.{key}"), "must be greater than zero");
+            default
+        }
+        Some(Err(e)) => {
+            issues.push(format!("postgres.{key}"), e);
+            default
+        }
+    };
+    let status_interval = duration(
+        "status_interval",
+        &postgres.status_interval,
+        DEFAULT_STATUS_INTERVAL,
+    );
+    let connect_timeout = duration(
+        "connect_timeout",
+        &postgres.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let max_backoff = duration("max_backoff", &postgres.max_backoff, DEFAULT_MAX_BACKOFF);
+    let max_message_bytes = match postgres.max_message_bytes {
+        None => DEFAULT_MAX_MESSAGE_BYTES,
+        Some(n) if n >= 1024 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(_) => {
+            issues.push("postgres.max_message_bytes", "must be at least 1024");
+            DEFAULT_MAX_MESSAGE_BYTES
+        }
+    };
+
+    let max_ids = match events.max_ids_per_event {
+        None => DEFAULT_MAX_IDS_PER_EVENT,
+        Some(0) => {
+            issues.push("events.max_ids_per_event", "must be at least 1");
+            DEFAULT_MAX_IDS_PER_EVENT
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+
+    let mut rules: Vec<TableRule> = Vec::new();
+    if tables.is_empty() && !top.contains_key("tables") {
+        issues.push(
+            "tables",
+            "no tables mapped; add at least one [[tables]] entry with a `name`",
+        );
+    }
+    for (i, t) in tables {
+        let key = format!("tables[{i}]");
+        match parse_table_name(&t.name) {
+            Err(e) => issues.push(format!("{key}.name"), e),
+            Ok((schema, name)) => {
+                if rules.iter().any(|r| r.schema == schema && r.name == name) {
+                    issues.push(
+                        format!("{key}.name"),
+                        format!("table {schema}.{name} is mapped more than once"),
+                    );
+                }
+                let channel = t
+                    .channel
+                    .clone()
+                    .unwrap_or_else(|| format!("resources/{name}"));
+                if channel.is_empty() {
+                    issues.push(format!("{key}.channel"), "must not be empty");
+                }
+                if t.data_provider_name.as_deref() == Some("") {
+                    issues.push(format!("{key}.data_provider_name"), "must not be empty");
+                }
+                rules.push(TableRule {
+                    schema,
+                    name,
+                    channel,
+                    ids_as_strings: t.ids_as_strings.unwrap_or(false),
+                    data_provider_name: t.data_provider_name.clone(),
+                });
+            }
+        }
+    }
+
+    let mut sink_configs = Vec::new();
+    if sinks.is_empty() && !top.contains_key("sinks") {
+        issues.push(
+            "sinks",
+            "no sinks configured; add at least one [[sinks]] entry, e.g. type = \"stdout\"",
+        );
+    }
+    for (i, s) in sinks {
+        let sink = match s {
+            RawSink::Stdout {} => SinkConfig::Stdout,
+        };
+        if sink == SinkConfig::Stdout && sink_configs.contains(&SinkConfig::Stdout) {
+            issues.push(
+                format!("sinks[{i}].type"),
+                "only one stdout sink is allowed",
+            );
+        }
+        sink_configs.push(sink);
+    }
+
+    match (issues.list.is_empty(), conn) {
+        (true, Some(conn)) => Ok(Config {
+            postgres: PostgresConfig {
+                conn,
+                slot,
+                publication,
+                auto_setup: postgres.auto_setup.unwrap_or(true),
+                status_interval,
+                connect_timeout,
+                max_backoff,
+                max_message_bytes,
+            },
+            events: MapOptions {
+                coalesce: events.coalesce.unwrap_or(true),
+                max_ids_per_event: max_ids,
+            },
+            tables: rules,
+            sinks: sink_configs,
+        }),
+        _ => Err(ConfigError {
+            issues: issues.list,
+        }),
+    }
+}
+
+/// Deserializes `value`, reporting every problem under `prefix`: after each failure the
+/// offending key is set aside and the rest tried again, so one typo does not hide the others.
+/// Returns the value built from the keys that were fine (if any such value exists) and the
+/// keys set aside.
+fn collect<T: for<'de> Deserialize<'de>>(
+    value: &Value,
+    issues: &mut Issues,
+    prefix: &str,
+) -> (Option<T>, Vec<String>) {
+    let mut value = value.clone();
+    let mut removed = Vec::new();
+    // Each round removes a key, so this ends; the bound only guards against surprises.
+    for _ in 0..64 {
+        let err = match Value::deserialize::<T>(&value) {
+            Ok(v) => return (Some(v), removed),
+            Err(e) => e,
+        };
+        use figment::error::Kind;
+        let mut culprits = Vec::new();
+        let mut report = Vec::new();
+        for e in err {
+            match &e.kind {
+                // A consequence of a key set aside earlier (a misspelt required key).
+                Kind::MissingField(f) if removed.iter().any(|r| r == f.as_ref()) => continue,
+                Kind::UnknownField(field, _) => culprits.push(field.clone()),
+                Kind::InvalidType(..) | Kind::InvalidValue(..) | Kind::InvalidLength(..) => {
+                    culprits.extend(e.path.first().cloned())
+                }
+                _ => {}
+            }
+            report.push(e);
+        }
+        for e in report {
+            issues.figment_error(prefix, e);
+        }
+        let Value::Dict(_, dict) = &mut value else {
+            return (None, removed);
+        };
+        let before = dict.len();
+        for c in &culprits {
+            if dict.remove(c).is_some() {
+                removed.push(c.clone());
+            }
+        }
+        if dict.len() == before {
+            return (None, removed);
+        }
+    }
+    (None, removed)
+}
+
+/// Deserializes one `[section]`; a missing section gives the defaults.
+fn section<T: for<'de> Deserialize<'de> + Default>(
+    top: &Dict,
+    issues: &mut Issues,
+    name: &str,
+) -> (T, Vec<String>) {
+    match top.get(name) {
+        None => (T::default(), Vec::new()),
+        Some(value) => {
+            let (v, removed) = collect(value, issues, name);
+            (v.unwrap_or_default(), removed)
+        }
+    }
+}
+
+/// Deserializes each element of an array section on its own, so one bad entry does not hide
+/// the problems of the others.
+fn array<T: for<'de> Deserialize<'de>>(
+    top: &Dict,
+    issues: &mut Issues,
+    name: &str,
+) -> Vec<(usize, T)> {
+    let Some(value) = top.get(name) else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        issues.push(
+            name,
+            format!("must be an array of tables ([[{name}]] entries)"),
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        issues.push(name, "must not be empty");
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = format!("{name}[{i}]");
+        let (v, removed) = collect::<T>(item, issues, &key);
+        // An entry that parsed only after setting keys aside is reported, not used.
+        if let (Some(v), true) = (v, removed.is_empty()) {
+            out.push((i, v));
+        }
+    }
+    out
+}
+
+/// `schema.table` or `table` (schema `public`). Names are taken literally, as in the catalog.
+fn parse_table_name(text: &str) -> Result<(String, String), String> {
+    let parts: Vec<&str> = text.split('.').collect();
+    let (schema, name) = match parts.as_slice() {
+        [name] => ("public", *name),
+        [schema, name] => (*schema, *name),
+        _ => return Err(format!("{text:?} is not `schema.table` or `table`")),
+    };
+    for part in [schema, name] {
+        if part.is_empty() || part.len() > 63 || part.contains('\0') {
+            return Err(format!(
+                "{text:?}: each part must be 1 to 63 bytes (schema.table or table)"
+            ));
+        }
+    }
+    Ok((schema.to_owned(), name.to_owned()))
+}
+
+fn valid_slot_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests;

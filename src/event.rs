@@ -1,0 +1,268 @@
+//! The LiveEvent: what `map` produces and every sink carries, byte for byte.
+//! An event is encoded to JSON once; sinks share the bytes. Its `meta.id` is derived from the
+//! commit LSN and the event's ordinal in its transaction, so a replayed event has the same id.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::lsn::Lsn;
+
+/// What happened to the rows: INSERT → `created`, UPDATE → `updated`, DELETE/TRUNCATE → `deleted`.
+#[derive(Copy, Clone, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Created => "created",
+            EventKind::Updated => "updated",
+            EventKind::Deleted => "deleted",
+        }
+    }
+}
+
+/// One row's key, typed as an API would return it.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Id {
+    /// int2, int4, int8, oid keys: an exact JSON number (int8 beyond 2^53 stays exact).
+    Int(i64),
+    /// Every other key type (uuid, text, …), or any key when the table asks for string ids.
+    Text(Box<str>),
+    /// A composite key: its columns in key order, as one JSON array per row.
+    Composite(Box<[Id]>),
+}
+
+/// The stable identity of an event: the commit LSN of its transaction and its ordinal in it.
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+pub struct EventId {
+    pub commit_lsn: Lsn,
+    pub ordinal: u32,
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.commit_lsn, self.ordinal)
+    }
+}
+
+/// A LiveEvent as the pipeline sees it, with its JSON encoding already made.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub channel: Arc<str>,
+    pub kind: EventKind,
+    pub id: EventId,
+    pub xid: u32,
+    /// Commit time, microseconds since 2000-01-01 UTC (PostgreSQL's epoch).
+    pub commit_time: i64,
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    /// The encoded event: one JSON object, no trailing newline.
+    pub json: Box<[u8]>,
+}
+
+/// Table-level facts that every event of a table repeats.
+#[derive(Debug)]
+pub struct EventSource {
+    pub channel: Arc<str>,
+    pub schema: Arc<str>,
+    pub table: Arc<str>,
+    pub data_provider_name: Option<Arc<str>>,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    channel: &'a str,
+    #[serde(rename = "type")]
+    kind: EventKind,
+    payload: Payload<'a>,
+    date: &'a str,
+    meta: Meta<'a>,
+}
+
+#[derive(Serialize)]
+struct Payload<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ids: Option<&'a [Id]>,
+}
+
+#[derive(Serialize)]
+struct Meta<'a> {
+    id: &'a str,
+    lsn: &'a str,
+    xid: u32,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "dataProviderName", skip_serializing_if = "Option::is_none")]
+    data_provider_name: Option<&'a str>,
+}
+
+impl LiveEvent {
+    /// Builds and encodes an event. `ids` of `None` (or empty) means "no key known: refetch all".
+    pub fn new(
+        source: &EventSource,
+        kind: EventKind,
+        ids: Option<&[Id]>,
+        id: EventId,
+        xid: u32,
+        commit_time: i64,
+    ) -> LiveEvent {
+        let date = format_pg_timestamp(commit_time);
+        let lsn = id.commit_lsn.to_string();
+        let meta_id = id.to_string();
+        let wire = Wire {
+            channel: &source.channel,
+            kind,
+            payload: Payload {
+                ids: ids.filter(|ids| !ids.is_empty()),
+            },
+            date: &date,
+            meta: Meta {
+                id: &meta_id,
+                lsn: &lsn,
+                xid,
+                schema: &source.schema,
+                table: &source.table,
+                data_provider_name: source.data_provider_name.as_deref(),
+            },
+        };
+        // Serializing plain strings, integers and slices into a Vec cannot fail.
+        let json = serde_json::to_vec(&wire).expect("serializing an event to memory");
+        LiveEvent {
+            channel: source.channel.clone(),
+            kind,
+            id,
+            xid,
+            commit_time,
+            schema: source.schema.clone(),
+            table: source.table.clone(),
+            json: json.into_boxed_slice(),
+        }
+    }
+}
+
+/// Seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
+const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+
+/// Formats a PostgreSQL timestamp (µs since 2000-01-01 UTC) as RFC 3339 UTC with microseconds:
+/// `2026-11-29T10:00:00.123456Z`.
+pub fn format_pg_timestamp(pg_micros: i64) -> String {
+    let unix_micros = pg_micros.saturating_add(PG_EPOCH_UNIX_SECS * 1_000_000);
+    let secs = unix_micros.div_euclid(1_000_000);
+    let micros = unix_micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let mut out = String::with_capacity(27);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    );
+    out
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> EventSource {
+        EventSource {
+            channel: "resources/products".into(),
+            schema: "public".into(),
+            table: "products".into(),
+            data_provider_name: None,
+        }
+    }
+
+    #[test]
+    fn formats_commit_time_as_rfc3339_utc() {
+        assert_eq!(format_pg_timestamp(0), "2000-01-01T00:00:00.000000Z");
+        assert_eq!(format_pg_timestamp(-1), "1999-12-31T23:59:59.999999Z");
+        // 2024-02-29T07:04:56.5Z: leap day.
+        let unix = 1_709_190_296_500_000i64;
+        assert_eq!(
+            format_pg_timestamp(unix - PG_EPOCH_UNIX_SECS * 1_000_000),
+            "2024-02-29T07:04:56.500000Z"
+        );
+    }
+
+    #[test]
+    fn encodes_the_contract_shape() {
+        let ids = [Id::Int(42), Id::Int(9_007_199_254_740_993)];
+        let ev = LiveEvent::new(
+            &source(),
+            EventKind::Updated,
+            Some(&ids),
+            EventId {
+                commit_lsn: Lsn(0x16B3748),
+                ordinal: 2,
+            },
+            1234,
+            0,
+        );
+        assert_eq!(
+            std::str::from_utf8(&ev.json).unwrap(),
+            r#"{"channel":"resources/products","type":"updated","payload":{"ids":[42,9007199254740993]},"date":"2000-01-01T00:00:00.000000Z","meta":{"id":"0/16B3748:2","lsn":"0/16B3748","xid":1234,"schema":"public","table":"products"}}"#
+        );
+    }
+
+    #[test]
+    fn no_ids_means_an_empty_payload() {
+        let id = EventId {
+            commit_lsn: Lsn(1),
+            ordinal: 0,
+        };
+        for ids in [None, Some(&[][..])] {
+            let ev = LiveEvent::new(&source(), EventKind::Deleted, ids, id, 1, 0);
+            let v: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+            assert_eq!(v["payload"], serde_json::json!({}));
+        }
+    }
+
+    #[test]
+    fn composite_and_text_ids() {
+        let ids = [Id::Composite(
+            vec![Id::Int(1), Id::Text("a\"b".into())].into_boxed_slice(),
+        )];
+        let mut src = source();
+        src.data_provider_name = Some("second".into());
+        let ev = LiveEvent::new(
+            &src,
+            EventKind::Created,
+            Some(&ids),
+            EventId {
+                commit_lsn: Lsn(1),
+                ordinal: 0,
+            },
+            1,
+            0,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
+        assert_eq!(v["payload"]["ids"], serde_json::json!([[1, "a\"b"]]));
+        assert_eq!(v["meta"]["dataProviderName"], "second");
+    }
+}

@@ -1,0 +1,27 @@
+//! pglive: PostgreSQL logical replication → Refine LiveEvents → sinks.
+//!
+//! The pipeline, in order:
+//! ```text
+//! postgres ─▶ source ─▶ decode ─▶ map ─▶ sink queues ─▶ sink drivers ─┐ ack(batch)
+//!    ▲                                                                │
+//!    └──── flush LSN (status update) ◀── checkpoint ◀─────────────────┘
+//! ```
+//! - [`source`]: the replication connection (TLS, auth, `START_REPLICATION`, keepalives, status
+//!   updates), the control connection for catalog work, and the loop that drives the rest.
+//! - [`decode`]: pgoutput bytes → typed messages (pure).
+//! - [`map`]: messages → [`event::LiveEvent`]s: channels, types, typed ids, coalescing (pure).
+//! - [`sink`]: the `Sink` trait, its generic driver, and the sinks.
+//! - [`checkpoint`]: per-sink acknowledgements → the contiguous flush LSN.
+//! - [`app`]: wires the stages; [`config`] loads and validates settings; [`check`] verifies
+//!   the server side.
+
+pub mod app;
+pub mod check;
+pub mod checkpoint;
+pub mod config;
+pub mod decode;
+pub mod event;
+pub mod lsn;
+pub mod map;
+pub mod sink;
+pub mod source;

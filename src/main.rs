@@ -1,0 +1,190 @@
+//! The `pglive` command: flags → config → logging → the chosen command → exit code
+//! (0 ok, 2 configuration or usage error, 1 runtime failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use pglive::check::Level;
+use pglive::config::{self, Config};
+use pglive::lsn::Lsn;
+use pglive::source::catalog;
+use pglive::source::stream::Stopped;
+
+#[derive(Parser)]
+#[command(
+    name = "pglive",
+    version,
+    about = "PostgreSQL logical replication → Refine LiveEvents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML); PGLIVE_<SECTION>__<KEY> environment variables override it.
+    #[arg(short, long, env = "PGLIVE_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream changes to the configured sinks until stopped (SIGTERM/SIGINT).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Stop cleanly once every change up to this LSN (X/X) is delivered and confirmed.
+        #[arg(long, value_name = "LSN")]
+        stop_at: Option<Lsn>,
+    },
+    /// Verify the configuration and every prerequisite on the server; say how to fix problems.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Create the publication (for the mapped tables) and the replication slot, if missing.
+    Setup {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Drop the replication slot and the publication (frees the WAL the slot holds).
+    Teardown {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    let path = match &cli.command {
+        Command::Run { config, .. }
+        | Command::Check { config }
+        | Command::Setup { config }
+        | Command::Teardown { config } => config.config.clone(),
+    };
+    let config = match config::load(Some(&path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pglive: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pglive: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { stop_at, .. } => run(config, stop_at).await,
+            Command::Check { .. } => check(&config).await,
+            Command::Setup { .. } => setup(&config).await,
+            Command::Teardown { .. } => teardown(&config).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pglive: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    match pglive::app::run(config, stop_at, shutdown).await? {
+        Stopped::Shutdown => tracing::info!("stopped"),
+        Stopped::ReachedStopLsn(lsn) => tracing::info!(flush = %lsn, "reached the stop position"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!(
+        "shutting down: delivering what was read and confirming it (signal again to exit at once)"
+    );
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting without waiting");
+    std::process::exit(130);
+}
+
+async fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    let findings = pglive::check::run(config).await;
+    for f in &findings {
+        println!("{f}");
+    }
+    let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
+    if failed == 0 {
+        println!("all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{failed} check{} failed",
+            if failed == 1 { "" } else { "s" }
+        );
+        Ok(ExitCode::from(1))
+    }
+}
+
+async fn setup(config: &Config) -> anyhow::Result<ExitCode> {
+    let pg = &config.postgres;
+    let client = catalog::connect(&pg.conn, pg.connect_timeout).await?;
+    let done = catalog::ensure_setup(&client, &pg.publication, &pg.slot, &config.tables).await?;
+    if done.is_empty() {
+        println!(
+            "publication {} and slot {} already in place",
+            pg.publication, pg.slot
+        );
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn teardown(config: &Config) -> anyhow::Result<ExitCode> {
+    let pg = &config.postgres;
+    let client = catalog::connect(&pg.conn, pg.connect_timeout).await?;
+    let done = catalog::teardown(&client, &pg.publication, &pg.slot).await?;
+    if done.is_empty() {
+        println!(
+            "neither publication {} nor slot {} exists",
+            pg.publication, pg.slot
+        );
+    }
+    for line in done {
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

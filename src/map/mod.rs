@@ -1,0 +1,396 @@
+//! Decoded changes → LiveEvents: picks the mapped tables, names the channel, turns replica-identity
+//! key values into typed ids and coalesces them per (transaction, table, type), splitting past
+//! `max_ids_per_event` so memory stays bounded on any transaction. Pure; driven by `source::stream`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::decode::{LogicalMessage, OldTuple, Relation, RelationCache, Tuple, Value};
+use crate::event::{EventId, EventKind, EventSource, Id, LiveEvent};
+use crate::lsn::Lsn;
+
+/// Type OIDs whose text form becomes a JSON number: int2, int4, int8, oid.
+const INT_TYPE_OIDS: [u32; 4] = [21, 23, 20, 26];
+
+/// A mapped table, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct TableRule {
+    pub schema: String,
+    pub name: String,
+    pub channel: String,
+    /// Emit every id as a JSON string (for clients that cannot hold int8 exactly).
+    pub ids_as_strings: bool,
+    pub data_provider_name: Option<String>,
+}
+
+/// How changes become events.
+#[derive(Debug, Clone, Copy)]
+pub struct MapOptions {
+    /// One event per (transaction, table, type) carrying all ids; otherwise one event per row.
+    pub coalesce: bool,
+    /// Split a coalesced event once it holds this many ids.
+    pub max_ids_per_event: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    #[error("{what} arrived outside a transaction")]
+    NoTransaction { what: &'static str },
+    #[error("BEGIN arrived inside transaction {xid}")]
+    NestedBegin { xid: u32 },
+    #[error("change for relation OID {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+    #[error("COMMIT at {commit} does not match BEGIN at {begin}")]
+    CommitMismatch { begin: Lsn, commit: Lsn },
+}
+
+/// What a message meant for the pipeline.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to acknowledge yet.
+    Continue,
+    /// A transaction ended; once its events (already emitted) are delivered, `end_lsn` may be
+    /// confirmed to the server.
+    Committed { end_lsn: Lsn },
+}
+
+/// How to find a mapped table's ids in its tuples.
+#[derive(Debug)]
+struct Binding {
+    source: Arc<EventSource>,
+    /// Positions of the key columns in the relation, in key order; empty: no usable key.
+    key: Vec<KeyColumn>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeyColumn {
+    index: usize,
+    as_number: bool,
+}
+
+struct Txn {
+    header: TxnHeader,
+    groups: Vec<Group>,
+}
+
+/// What every event of a transaction shares, and the ordinal of its next event.
+struct TxnHeader {
+    commit_lsn: Lsn,
+    xid: u32,
+    commit_time: i64,
+    next_ordinal: u32,
+}
+
+struct Group {
+    binding: Arc<Binding>,
+    kind: EventKind,
+    /// Ids in order of first appearance, without repeats (since the last split).
+    ids: Vec<Id>,
+    seen: HashSet<Id>,
+    /// Some row had no resolvable key, or the table was truncated: the event carries no ids,
+    /// which tells clients to refetch everything.
+    whole_table: bool,
+}
+
+pub struct Mapper {
+    rules: HashMap<(String, String), Arc<EventSource>>,
+    ids_as_strings: HashMap<(String, String), bool>,
+    options: MapOptions,
+    relations: RelationCache<Option<Arc<Binding>>>,
+    txn: Option<Txn>,
+}
+
+impl Mapper {
+    pub fn new(rules: &[TableRule], options: MapOptions) -> Mapper {
+        let mut map = HashMap::new();
+        let mut strings = HashMap::new();
+        for r in rules {
+            let key = (r.schema.clone(), r.name.clone());
+            map.insert(
+                key.clone(),
+                Arc::new(EventSource {
+                    channel: r.channel.as_str().into(),
+                    schema: r.schema.as_str().into(),
+                    table: r.name.as_str().into(),
+                    data_provider_name: r.data_provider_name.as_deref().map(Into::into),
+                }),
+            );
+            strings.insert(key, r.ids_as_strings);
+        }
+        Mapper {
+            rules: map,
+            ids_as_strings: strings,
+            options: MapOptions {
+                max_ids_per_event: options.max_ids_per_event.max(1),
+                ..options
+            },
+            relations: RelationCache::default(),
+            txn: None,
+        }
+    }
+
+    /// Forgets session state; call when a new replication session starts.
+    pub fn reset(&mut self) {
+        self.relations.clear();
+        self.txn = None;
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Whether `rel` is mapped but its replica identity does not name a usable key (FULL or
+    /// NOTHING), so the caller should look up the primary key and pass it to [`Mapper::relation`].
+    pub fn needs_primary_key(&self, rel: &Relation) -> bool {
+        self.rules
+            .contains_key(&(rel.namespace.clone(), rel.name.clone()))
+            && (rel.replica_identity == b'f' || !rel.columns.iter().any(|c| c.key))
+    }
+
+    /// Records a Relation message. `primary_key` names the primary-key columns when the caller
+    /// looked them up (see [`Mapper::needs_primary_key`]).
+    pub fn relation(&mut self, rel: &Relation, primary_key: Option<&[String]>) {
+        let key = (rel.namespace.clone(), rel.name.clone());
+        let Some(source) = self.rules.get(&key) else {
+            self.relations.insert(rel.oid, None);
+            return;
+        };
+        let as_strings = self.ids_as_strings.get(&key).copied().unwrap_or(false);
+        let column = |index: usize| KeyColumn {
+            index,
+            as_number: !as_strings && INT_TYPE_OIDS.contains(&rel.columns[index].type_oid),
+        };
+        let flagged: Vec<usize> = (0..rel.columns.len())
+            .filter(|&i| rel.columns[i].key)
+            .collect();
+        let key_columns = if rel.replica_identity != b'f' && !flagged.is_empty() {
+            flagged.into_iter().map(column).collect()
+        } else {
+            primary_key
+                .and_then(|pk| {
+                    pk.iter()
+                        .map(|name| rel.columns.iter().position(|c| &c.name == name))
+                        .collect::<Option<Vec<_>>>()
+                })
+                .filter(|cols| !cols.is_empty())
+                .map(|cols| cols.into_iter().map(column).collect())
+                .unwrap_or_default()
+        };
+        self.relations.insert(
+            rel.oid,
+            Some(Arc::new(Binding {
+                source: source.clone(),
+                key: key_columns,
+            })),
+        );
+    }
+
+    /// Maps one message, appending any events it completes to `out`.
+    /// Relation messages must go through [`Mapper::relation`] instead.
+    pub fn handle(
+        &mut self,
+        msg: &LogicalMessage<'_>,
+        out: &mut Vec<LiveEvent>,
+    ) -> Result<Step, MapError> {
+        match msg {
+            LogicalMessage::Begin(b) => {
+                if let Some(t) = &self.txn {
+                    return Err(MapError::NestedBegin { xid: t.header.xid });
+                }
+                self.txn = Some(Txn {
+                    header: TxnHeader {
+                        commit_lsn: b.final_lsn,
+                        xid: b.xid,
+                        commit_time: b.commit_time,
+                        next_ordinal: 0,
+                    },
+                    groups: Vec::new(),
+                });
+            }
+            LogicalMessage::Commit(c) => {
+                let Txn { mut header, groups } = self
+                    .txn
+                    .take()
+                    .ok_or(MapError::NoTransaction { what: "COMMIT" })?;
+                if header.commit_lsn != c.commit_lsn {
+                    return Err(MapError::CommitMismatch {
+                        begin: header.commit_lsn,
+                        commit: c.commit_lsn,
+                    });
+                }
+                for g in groups {
+                    if g.whole_table || !g.ids.is_empty() {
+                        header.emit(&g.binding.source, g.kind, &g.ids, g.whole_table, out);
+                    }
+                }
+                return Ok(Step::Committed { end_lsn: c.end_lsn });
+            }
+            LogicalMessage::Insert { relation, new } => {
+                if let Some(b) = self.binding(*relation)? {
+                    let id = key_of(&b, *new, None);
+                    self.add(&b, EventKind::Created, [id], out)?;
+                }
+            }
+            LogicalMessage::Update { relation, old, new } => {
+                if let Some(b) = self.binding(*relation)? {
+                    let old_tuple = old.as_ref().map(OldTuple::tuple);
+                    let new_id = key_of(&b, *new, old_tuple);
+                    let old_id = old_tuple.map(|t| key_of(&b, t, None));
+                    match old_id {
+                        Some(old_id) if old_id != new_id => {
+                            self.add(&b, EventKind::Updated, [old_id, new_id], out)?
+                        }
+                        _ => self.add(&b, EventKind::Updated, [new_id], out)?,
+                    }
+                }
+            }
+            LogicalMessage::Delete { relation, old } => {
+                if let Some(b) = self.binding(*relation)? {
+                    let id = key_of(&b, old.tuple(), None);
+                    self.add(&b, EventKind::Deleted, [id], out)?;
+                }
+            }
+            LogicalMessage::Truncate { relations, .. } => {
+                for rel in relations {
+                    if let Some(b) = self.binding(*rel)? {
+                        self.add(&b, EventKind::Deleted, [None], out)?;
+                    }
+                }
+            }
+            // Relations are recorded through `relation`; types, origins and messages carry no
+            // row changes.
+            LogicalMessage::Relation(_)
+            | LogicalMessage::Type { .. }
+            | LogicalMessage::Origin { .. }
+            | LogicalMessage::Message { .. } => {}
+        }
+        Ok(Step::Continue)
+    }
+
+    fn binding(&self, oid: u32) -> Result<Option<Arc<Binding>>, MapError> {
+        match self.relations.get(oid) {
+            Some(b) => Ok(b.clone()),
+            None => Err(MapError::UnknownRelation(oid)),
+        }
+    }
+
+    /// Adds the ids of one row change (`None`: the row's key is unknown).
+    fn add<const N: usize>(
+        &mut self,
+        binding: &Arc<Binding>,
+        kind: EventKind,
+        ids: [Option<Id>; N],
+        out: &mut Vec<LiveEvent>,
+    ) -> Result<(), MapError> {
+        let max = self.options.max_ids_per_event;
+        let txn = self.txn.as_mut().ok_or(MapError::NoTransaction {
+            what: "a row change",
+        })?;
+        let whole_table = ids.iter().any(Option::is_none);
+        let Txn { header, groups } = txn;
+        if !self.options.coalesce {
+            let ids: Vec<Id> = ids.into_iter().flatten().collect();
+            header.emit(&binding.source, kind, &ids, whole_table, out);
+            return Ok(());
+        }
+        let pos = groups
+            .iter()
+            // By table, not by binding: a Relation message mid-transaction (after DDL) replaces
+            // the binding but must not split the table's coalesced event.
+            .position(|g| g.kind == kind && Arc::ptr_eq(&g.binding.source, &binding.source));
+        let group = match pos {
+            Some(pos) => &mut groups[pos],
+            None => {
+                groups.push(Group {
+                    binding: binding.clone(),
+                    kind,
+                    ids: Vec::new(),
+                    seen: HashSet::new(),
+                    whole_table: false,
+                });
+                groups.last_mut().expect("just pushed")
+            }
+        };
+        if whole_table || group.whole_table {
+            // One id-less event will cover every row; holding ids would only cost memory.
+            group.whole_table = true;
+            group.ids = Vec::new();
+            group.seen = HashSet::new();
+            return Ok(());
+        }
+        for id in ids.into_iter().flatten() {
+            if !group.seen.insert(id.clone()) {
+                continue;
+            }
+            group.ids.push(id);
+            if group.ids.len() >= max {
+                header.emit(&binding.source, kind, &group.ids, false, out);
+                group.ids.clear();
+                group.seen.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TxnHeader {
+    fn emit(
+        &mut self,
+        source: &EventSource,
+        kind: EventKind,
+        ids: &[Id],
+        whole_table: bool,
+        out: &mut Vec<LiveEvent>,
+    ) {
+        let id = EventId {
+            commit_lsn: self.commit_lsn,
+            ordinal: self.next_ordinal,
+        };
+        self.next_ordinal += 1;
+        let ids = (!whole_table).then_some(ids);
+        out.push(LiveEvent::new(
+            source,
+            kind,
+            ids,
+            id,
+            self.xid,
+            self.commit_time,
+        ));
+    }
+}
+
+/// The key of one row, or `None` when a key column has no value in this tuple (filler, NULL,
+/// or an unchanged TOASTed value that `fallback` does not hold either).
+fn key_of(binding: &Binding, tuple: Tuple<'_>, fallback: Option<Tuple<'_>>) -> Option<Id> {
+    if binding.key.is_empty() {
+        return None;
+    }
+    let value = |col: &KeyColumn| -> Option<Id> {
+        let text = match tuple.get(col.index)? {
+            Value::Text(t) => t,
+            Value::Unchanged => match fallback?.get(col.index)? {
+                Value::Text(t) => t,
+                _ => return None,
+            },
+            Value::Null | Value::Binary(_) => return None,
+        };
+        let text = std::str::from_utf8(text).ok()?;
+        if col.as_number
+            && let Ok(n) = text.parse::<i64>()
+        {
+            return Some(Id::Int(n));
+        }
+        Some(Id::Text(text.into()))
+    };
+    match binding.key.as_slice() {
+        [single] => value(single),
+        many => many
+            .iter()
+            .map(value)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| Id::Composite(v.into_boxed_slice())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,57 @@
+//! Sinks: where events go. Each sink implements the small [`Sink`] trait; one generic driver
+//! ([`drive`]) feeds it batches from its bounded queue in order and posts an acknowledgement
+//! for each batch it has delivered, which is what lets the checkpoint advance.
+
+pub mod stdout;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::checkpoint::{AckBoard, Seq};
+use crate::event::LiveEvent;
+
+/// Events handed to the sinks together, numbered in source order.
+#[derive(Debug)]
+pub struct Batch {
+    pub seq: Seq,
+    pub events: Vec<LiveEvent>,
+}
+
+/// A sink failed to deliver.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {sink}: {message}")]
+pub struct SinkError {
+    pub sink: &'static str,
+    pub message: String,
+}
+
+/// A destination for events.
+///
+/// Contract: `send` delivers the batch's events in order and resolves only once they are
+/// acknowledged by the destination (stdout: written and flushed). If it fails, nothing about
+/// the batch may be assumed delivered; the events will be replayed from the slot.
+pub trait Sink: Send + 'static {
+    fn name(&self) -> &'static str;
+
+    fn send(&mut self, batch: &Batch) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Called once when the pipeline stops, after the last batch.
+    fn close(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Feeds `sink` every batch from `queue` and acknowledges each on `board` as sink `index`.
+/// Returns when the queue is closed and drained, or at the first error.
+pub async fn drive<S: Sink>(
+    mut sink: S,
+    index: usize,
+    mut queue: mpsc::Receiver<Arc<Batch>>,
+    board: Arc<AckBoard>,
+) -> Result<(), SinkError> {
+    while let Some(batch) = queue.recv().await {
+        sink.send(&batch).await?;
+        board.ack(index, batch.seq);
+    }
+    sink.close().await
+}

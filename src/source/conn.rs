@@ -1,0 +1,575 @@
+//! The replication connection, on `postgres-protocol` + tokio + rustls: TCP or Unix socket,
+//! SSLRequest and TLS, the startup message with `replication=database` and pinned text
+//! formats, trust/cleartext/md5/SCRAM-SHA-256(-PLUS) authentication, `START_REPLICATION`,
+//! and cancel-safe framing of the CopyBoth stream that follows.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
+};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::conninfo::{ChannelBindingMode, ConnInfo, Host, SslMode};
+use super::error::{PgError, SourceError};
+use super::tls;
+use crate::lsn::Lsn;
+
+/// Session settings sent in the startup packet. The walsender honours them, and they decide the
+/// text form of values in pgoutput (ISO dates, UTC, ISO intervals, exact floats, hex bytea).
+pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=iso_8601 -c timezone=UTC \
+     -c extra_float_digits=3 -c bytea_output=hex";
+
+/// Read in chunks of at least this much: one syscall per many replication messages.
+const READ_CHUNK: usize = 128 * 1024;
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// A backend message: its tag and its body (without the tag and length).
+pub struct Frame {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+/// One message of the CopyBoth replication stream.
+pub enum ReplicationMessage {
+    /// WAL data: for logical replication, one pgoutput message.
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: Bytes,
+    },
+    /// The server's keepalive: `wal_end` is the position the walsender has sent up to.
+    Keepalive { wal_end: Lsn, reply_requested: bool },
+}
+
+pub struct ReplicationConnection {
+    io: Box<dyn Io>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_message: usize,
+    server_version: String,
+}
+
+/// What a status update reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    pub write: Lsn,
+    pub flush: Lsn,
+    pub reply_requested: bool,
+}
+
+impl ReplicationConnection {
+    /// Connects, secures, authenticates and waits for the server to be ready.
+    pub async fn connect(
+        info: &ConnInfo,
+        timeout: Duration,
+        max_message: usize,
+    ) -> Result<ReplicationConnection, SourceError> {
+        let timeout = info.connect_timeout.unwrap_or(timeout);
+        tokio::time::timeout(timeout, Self::connect_inner(info, max_message))
+            .await
+            .map_err(|_| SourceError::Timeout {
+                what: "connecting to PostgreSQL",
+                after: timeout,
+            })?
+    }
+
+    async fn connect_inner(
+        info: &ConnInfo,
+        max_message: usize,
+    ) -> Result<ReplicationConnection, SourceError> {
+        let io_err = |what: &'static str| move |e| SourceError::Io { what, source: e };
+        let (io, binding): (Box<dyn Io>, Option<Vec<u8>>) = match &info.host {
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", info.port));
+                let s = UnixStream::connect(&path)
+                    .await
+                    .map_err(io_err("connecting to the Unix socket"))?;
+                (Box::new(s), None)
+            }
+            Host::Tcp(host) => {
+                let mut tcp = TcpStream::connect((host.as_str(), info.port))
+                    .await
+                    .map_err(io_err("connecting"))?;
+                tcp.set_nodelay(true)
+                    .map_err(io_err("configuring the socket"))?;
+                match tls::client_config(info.sslmode, info.sslrootcert.as_deref())? {
+                    None => (Box::new(tcp), None),
+                    Some(config) => {
+                        let mut req = BytesMut::new();
+                        frontend::ssl_request(&mut req);
+                        tcp.write_all(&req)
+                            .await
+                            .map_err(io_err("requesting TLS"))?;
+                        // Exactly one byte: anything after it belongs to the TLS handshake.
+                        let answer = tcp.read_u8().await.map_err(io_err("requesting TLS"))?;
+                        match answer {
+                            b'S' => {
+                                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                                    .map_err(|_| {
+                                        SourceError::Config(format!(
+                                            "{host:?} is not a valid TLS server name"
+                                        ))
+                                    })?;
+                                let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+                                    .connect(name, tcp)
+                                    .await
+                                    .map_err(|e| SourceError::Tls(e.to_string()))?;
+                                let binding = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .and_then(|c| tls::server_end_point(c));
+                                (Box::new(stream), binding)
+                            }
+                            b'N' if info.sslmode == SslMode::Prefer => (Box::new(tcp), None),
+                            b'N' => {
+                                return Err(SourceError::Fatal(
+                                    "the server does not support TLS, but sslmode requires it"
+                                        .into(),
+                                ));
+                            }
+                            other => {
+                                return Err(SourceError::Protocol(format!(
+                                    "unexpected answer {other:#x} to SSLRequest"
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let mut conn = ReplicationConnection {
+            io,
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::with_capacity(256),
+            max_message,
+            server_version: String::new(),
+        };
+        conn.startup(info, binding).await?;
+        Ok(conn)
+    }
+
+    async fn startup(
+        &mut self,
+        info: &ConnInfo,
+        binding: Option<Vec<u8>>,
+    ) -> Result<(), SourceError> {
+        let params = [
+            ("user", info.user.as_str()),
+            ("database", info.dbname.as_str()),
+            ("replication", "database"),
+            ("client_encoding", "UTF8"),
+            ("application_name", info.application_name.as_str()),
+            ("options", SESSION_OPTIONS),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf)
+            .map_err(|e| SourceError::Protocol(e.to_string()))?;
+        self.flush_wbuf().await?;
+
+        let password = || {
+            info.password.as_deref().ok_or_else(|| {
+                SourceError::Fatal(format!(
+                    "the server asks user {:?} for a password, but the URL has none",
+                    info.user
+                ))
+            })
+        };
+        let mut scram: Option<ScramSha256> = None;
+        let mut used_binding = false;
+        loop {
+            let frame = self.read_frame().await?;
+            let mut raw = BytesMut::with_capacity(frame.body.len() + 5);
+            raw.put_u8(frame.tag);
+            raw.put_i32(frame.body.len() as i32 + 4);
+            raw.put_slice(&frame.body);
+            let msg = Message::parse(&mut raw)
+                .map_err(|e| SourceError::Protocol(e.to_string()))?
+                .ok_or_else(|| SourceError::Protocol("incomplete startup message".into()))?;
+            match msg {
+                Message::AuthenticationOk => {
+                    if info.channel_binding == ChannelBindingMode::Require && !used_binding {
+                        return Err(SourceError::Fatal(
+                            "channel_binding=require, but the server authenticated without channel binding".into(),
+                        ));
+                    }
+                }
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?.as_bytes(), &mut self.wbuf)
+                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
+                    self.flush_wbuf().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        info.user.as_bytes(),
+                        password()?.as_bytes(),
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
+                    self.flush_wbuf().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mut plain = false;
+                    let mut plus = false;
+                    let mut mechanisms = body.mechanisms();
+                    while let Some(m) = mechanisms
+                        .next()
+                        .map_err(|e| SourceError::Protocol(e.to_string()))?
+                    {
+                        plain |= m == SCRAM_SHA_256;
+                        plus |= m == SCRAM_SHA_256_PLUS;
+                    }
+                    let want_binding = info.channel_binding != ChannelBindingMode::Disable;
+                    let (mechanism, cb) = match (&binding, plus && want_binding) {
+                        (Some(data), true) => {
+                            used_binding = true;
+                            (
+                                SCRAM_SHA_256_PLUS,
+                                ChannelBinding::tls_server_end_point(data.clone()),
+                            )
+                        }
+                        // We could bind but the server cannot: say so ('y'), which also
+                        // detects a downgrade by a man in the middle.
+                        (Some(_), false) if want_binding => {
+                            (SCRAM_SHA_256, ChannelBinding::unrequested())
+                        }
+                        _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    };
+                    if info.channel_binding == ChannelBindingMode::Require && !used_binding {
+                        return Err(SourceError::Fatal(
+                            "channel_binding=require, but SCRAM-SHA-256-PLUS is not available on this connection".into(),
+                        ));
+                    }
+                    if !plain && !used_binding {
+                        return Err(SourceError::Fatal(
+                            "the server offers no SASL mechanism pglive supports".into(),
+                        ));
+                    }
+                    let s = ScramSha256::new(password()?.as_bytes(), cb);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
+                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
+                    self.flush_wbuf().await?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| {
+                        SourceError::Protocol("SASL continue before SASL start".into())
+                    })?;
+                    s.update(body.data()).map_err(|e| {
+                        SourceError::Fatal(format!("SCRAM authentication failed: {e}"))
+                    })?;
+                    frontend::sasl_response(s.message(), &mut self.wbuf)
+                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
+                    self.flush_wbuf().await?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    scram
+                        .take()
+                        .ok_or_else(|| {
+                            SourceError::Protocol("SASL final before SASL start".into())
+                        })?
+                        .finish(body.data())
+                        .map_err(|e| {
+                            SourceError::Fatal(format!(
+                                "the server's SCRAM signature is invalid: {e}"
+                            ))
+                        })?;
+                }
+                Message::ParameterStatus(body) => {
+                    if body.name().ok() == Some("server_version") {
+                        self.server_version = body.value().unwrap_or_default().to_owned();
+                    }
+                }
+                Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::ErrorResponse(_) => return Err(PgError::from_body(&frame.body).into()),
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationGssContinue(_) => {
+                    return Err(SourceError::Fatal(
+                        "the server asks for an authentication method pglive does not support \
+                         (use trust, password, md5 or scram-sha-256)"
+                            .into(),
+                    ));
+                }
+                _ => {
+                    return Err(SourceError::Protocol(format!(
+                        "unexpected message {:?} during startup",
+                        char::from(frame.tag)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The server's `server_version` parameter.
+    pub fn server_version(&self) -> &str {
+        &self.server_version
+    }
+
+    /// Runs a simple-protocol query (the only kind a walsender accepts) and returns its rows
+    /// as text.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        self.flush_wbuf().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'D' => {
+                    let mut b = frame.body.clone();
+                    let n = checked_get(&mut b, 2)?.get_u16();
+                    let mut row = Vec::with_capacity(n.into());
+                    for _ in 0..n {
+                        let len = checked_get(&mut b, 4)?.get_i32();
+                        if len < 0 {
+                            row.push(None);
+                        } else {
+                            let v = checked_get(&mut b, len as usize)?.split_to(len as usize);
+                            row.push(Some(String::from_utf8_lossy(&v).into_owned()));
+                        }
+                    }
+                    rows.push(row);
+                }
+                b'E' => error = Some(PgError::from_body(&frame.body)),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e.into()),
+            None => Ok(rows),
+        }
+    }
+
+    /// Starts logical replication from `slot` with pgoutput protocol version 1.
+    pub async fn start_replication(
+        &mut self,
+        slot: &str,
+        publication: &str,
+        from: Lsn,
+    ) -> Result<(), SourceError> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {from} (\"proto_version\" '1', \"publication_names\" {})",
+            quote_ident(slot),
+            quote_literal(&quote_ident(publication)),
+        );
+        frontend::query(&sql, &mut self.wbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        self.flush_wbuf().await?;
+        loop {
+            let frame = self.read_frame().await?;
+            match frame.tag {
+                b'W' => return Ok(()),
+                b'E' => return Err(PgError::from_body(&frame.body).into()),
+                b'N' => {}
+                other => {
+                    return Err(SourceError::Protocol(format!(
+                        "unexpected message {:?} in answer to START_REPLICATION",
+                        char::from(other)
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Reads more bytes from the server into the buffer. Cancel-safe: a cancelled read loses
+    /// nothing, so this may sit in a `select!`.
+    pub async fn fill(&mut self) -> Result<(), SourceError> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        let n = self
+            .io
+            .read_buf(&mut self.rbuf)
+            .await
+            .map_err(|e| SourceError::Io {
+                what: "reading from the server",
+                source: e,
+            })?;
+        if n == 0 {
+            return Err(SourceError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The next complete frame already in the buffer, if any.
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+        if self.rbuf.len() < 5 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l >= 4)
+            .ok_or_else(|| SourceError::Protocol(format!("invalid message length {len}")))?;
+        if len > self.max_message {
+            return Err(SourceError::Fatal(format!(
+                "a replication message of {len} bytes exceeds postgres.max_message_bytes ({})",
+                self.max_message
+            )));
+        }
+        if self.rbuf.len() < len + 1 {
+            // Make room for the whole message at once rather than growing step by step.
+            self.rbuf.reserve(len + 1 - self.rbuf.len());
+            return Ok(None);
+        }
+        let mut frame = self.rbuf.split_to(len + 1);
+        let tag = frame[0];
+        frame.advance(5);
+        Ok(Some(Frame {
+            tag,
+            body: frame.freeze(),
+        }))
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, SourceError> {
+        loop {
+            if let Some(f) = self.buffered_frame()? {
+                return Ok(f);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Interprets a frame of the CopyBoth stream. `Ok(None)` for frames that need no action
+    /// (notices).
+    pub fn parse_replication(frame: Frame) -> Result<Option<ReplicationMessage>, SourceError> {
+        match frame.tag {
+            b'd' => {
+                let mut b = frame.body;
+                let kind = checked_get(&mut b, 1)?.get_u8();
+                match kind {
+                    b'w' => {
+                        checked_get(&mut b, 24)?;
+                        let wal_start = Lsn(b.get_u64());
+                        let wal_end = Lsn(b.get_u64());
+                        let _send_time = b.get_i64();
+                        Ok(Some(ReplicationMessage::XLogData {
+                            wal_start,
+                            wal_end,
+                            data: b,
+                        }))
+                    }
+                    b'k' => {
+                        checked_get(&mut b, 17)?;
+                        let wal_end = Lsn(b.get_u64());
+                        let _send_time = b.get_i64();
+                        let reply_requested = b.get_u8() == 1;
+                        Ok(Some(ReplicationMessage::Keepalive {
+                            wal_end,
+                            reply_requested,
+                        }))
+                    }
+                    other => Err(SourceError::Protocol(format!(
+                        "unknown CopyData message {:?}",
+                        char::from(other)
+                    ))),
+                }
+            }
+            b'E' => Err(PgError::from_body(&frame.body).into()),
+            b'N' => Ok(None),
+            b'c' => Err(SourceError::Closed),
+            other => Err(SourceError::Protocol(format!(
+                "unexpected message {:?} during replication",
+                char::from(other)
+            ))),
+        }
+    }
+
+    /// Sends a standby status update: `write` received, `flush` = `apply` durably delivered.
+    pub async fn send_status(&mut self, status: Status) -> Result<(), SourceError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0)
+            - PG_EPOCH_OFFSET_MICROS;
+        self.wbuf.put_u8(b'd');
+        self.wbuf.put_i32(4 + 34);
+        self.wbuf.put_u8(b'r');
+        self.wbuf.put_u64(status.write.0);
+        self.wbuf.put_u64(status.flush.0);
+        self.wbuf.put_u64(status.flush.0);
+        self.wbuf.put_i64(now);
+        self.wbuf.put_u8(u8::from(status.reply_requested));
+        self.flush_wbuf().await
+    }
+
+    /// Ends the stream cleanly: CopyDone, drain until ReadyForQuery, Terminate.
+    pub async fn finish(mut self, timeout: Duration) -> Result<(), SourceError> {
+        frontend::copy_done(&mut self.wbuf);
+        self.flush_wbuf().await?;
+        let drain = async {
+            loop {
+                let frame = self.read_frame().await?;
+                match frame.tag {
+                    b'Z' => return Ok(()),
+                    b'E' => return Err(SourceError::from(PgError::from_body(&frame.body))),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, drain)
+            .await
+            .map_err(|_| SourceError::Timeout {
+                what: "ending the replication stream",
+                after: timeout,
+            })??;
+        frontend::terminate(&mut self.wbuf);
+        self.flush_wbuf().await?;
+        let _ = self.io.shutdown().await;
+        Ok(())
+    }
+
+    async fn flush_wbuf(&mut self) -> Result<(), SourceError> {
+        self.io
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| SourceError::Io {
+                what: "writing to the server",
+                source: e,
+            })?;
+        self.wbuf.clear();
+        self.io.flush().await.map_err(|e| SourceError::Io {
+            what: "writing to the server",
+            source: e,
+        })
+    }
+}
+
+fn checked_get(b: &mut Bytes, n: usize) -> Result<&mut Bytes, SourceError> {
+    if b.remaining() < n {
+        return Err(SourceError::Protocol(
+            "truncated message from the server".into(),
+        ));
+    }
+    Ok(b)
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `'text'` with embedded quotes doubled.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

@@ -1,0 +1,171 @@
+//! Errors of the source: what went wrong talking to PostgreSQL, and whether trying again
+//! (reconnecting with backoff) can help.
+
+use std::fmt;
+use std::time::Duration;
+
+/// An ErrorResponse from the server, with its SQLSTATE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    /// Parses the body of an ErrorResponse or NoticeResponse (fields until a NUL).
+    pub fn from_body(body: &[u8]) -> PgError {
+        let mut e = PgError {
+            severity: "ERROR".into(),
+            code: String::new(),
+            message: String::new(),
+            detail: None,
+            hint: None,
+        };
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+            match kind {
+                b'V' => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                b'D' => e.detail = Some(value),
+                b'H' => e.hint = Some(value),
+                _ => {}
+            }
+            rest = tail.get(end + 1..).unwrap_or_default();
+        }
+        e
+    }
+}
+
+impl fmt::Display for PgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " (detail: {d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, " (hint: {h})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("timed out {what} after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    TlsSetup(#[from] super::tls::TlsSetupError),
+    #[error("server error: {0}")]
+    Server(PgError),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Fatal(String),
+    #[error("control connection: {0}")]
+    Control(#[from] tokio_postgres::Error),
+    #[error("cannot decode replication message at {lsn}: {source}")]
+    Decode {
+        lsn: crate::lsn::Lsn,
+        #[source]
+        source: crate::decode::DecodeError,
+    },
+    #[error("replication stream out of order at {lsn}: {source}")]
+    Map {
+        lsn: crate::lsn::Lsn,
+        #[source]
+        source: crate::map::MapError,
+    },
+    #[error("sink {0} stopped")]
+    SinkGone(String),
+}
+
+/// SQLSTATE classes and codes that no amount of retrying fixes: bad credentials, a missing
+/// database, missing privileges, an invalid or missing slot or publication.
+const FATAL_SQLSTATES: [&str; 6] = ["28000", "28P01", "3D000", "42501", "42704", "55000"];
+
+/// `55006 object_in_use`: the slot is active for another process.
+pub const SLOT_IN_USE: &str = "55006";
+
+impl From<PgError> for SourceError {
+    fn from(e: PgError) -> Self {
+        SourceError::Server(e)
+    }
+}
+
+impl SourceError {
+    /// Whether reconnecting (after a backoff) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Server(e) => !FATAL_SQLSTATES.contains(&e.code.as_str()),
+            SourceError::Control(e) => match e.code() {
+                Some(code) => !FATAL_SQLSTATES.contains(&code.code()),
+                None => true,
+            },
+            SourceError::Config(_)
+            | SourceError::Fatal(_)
+            | SourceError::TlsSetup(_)
+            | SourceError::Decode { .. }
+            | SourceError::Map { .. }
+            | SourceError::SinkGone(_) => false,
+            SourceError::Io { .. }
+            | SourceError::Closed
+            | SourceError::Timeout { .. }
+            | SourceError::Tls(_)
+            | SourceError::Protocol(_) => true,
+        }
+    }
+
+    /// The replication slot is held by another process.
+    pub fn is_slot_in_use(&self) -> bool {
+        matches!(self, SourceError::Server(e) if e.code == SLOT_IN_USE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_error_fields() {
+        let body =
+            b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0Ffile.c\0\0";
+        let e = PgError::from_body(body);
+        assert_eq!(e.code, "28P01");
+        assert_eq!(e.severity, "FATAL");
+        assert!(e.to_string().contains("password authentication failed"));
+        assert!(!SourceError::Server(e).is_retryable());
+        let busy =
+            PgError::from_body(b"VERROR\0C55006\0Mreplication slot \"s\" is active for PID 7\0\0");
+        let busy = SourceError::Server(busy);
+        assert!(busy.is_retryable() && busy.is_slot_in_use());
+    }
+
+    #[test]
+    fn tolerates_truncated_bodies() {
+        let e = PgError::from_body(b"C12345\0Mno terminator");
+        assert_eq!(e.code, "12345");
+        assert_eq!(e.message, "no terminator");
+        PgError::from_body(b"");
+    }
+}

@@ -1,0 +1,12 @@
+//! The source: PostgreSQL logical replication. `conninfo` and `tls` describe how to connect,
+//! `conn` speaks the replication protocol, `catalog` does the SQL-side work over an ordinary
+//! connection, and `stream` runs the loop that feeds decoded, mapped events to the sinks.
+
+pub mod catalog;
+pub mod conn;
+pub mod conninfo;
+pub mod error;
+pub mod stream;
+pub mod tls;
+
+pub use error::SourceError;

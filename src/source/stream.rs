@@ -1,0 +1,472 @@
+//! The replication loop: reads the CopyBoth stream, decodes and maps each message, hands
+//! batches of events to every sink's bounded queue (a full queue stops reading: PostgreSQL
+//! keeps the WAL), and reports the checkpoint's flush position in status updates — proactively,
+//! when asked, and while backpressured. Reconnects with backoff and resumes from the slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::catalog;
+use super::conn::{ReplicationConnection, ReplicationMessage, Status};
+use super::error::SourceError;
+use crate::checkpoint::{AckBoard, Checkpoint, Seq};
+use crate::config::PostgresConfig;
+use crate::decode::{self, LogicalMessage};
+use crate::event::LiveEvent;
+use crate::lsn::Lsn;
+use crate::map::{Mapper, Step, TableRule};
+use crate::sink::Batch;
+
+/// Seal a batch at this many events…
+const MAX_BATCH_EVENTS: usize = 1024;
+/// …or this many bytes of JSON, whichever comes first.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Status updates caused by acknowledgements are sent at most this often.
+const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
+/// The first reconnection delay; it doubles up to `postgres.max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A session that streamed this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+/// How long to wait for the server to end the stream after CopyDone.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The sinks' side of the pipeline, as the source sees it.
+pub struct Outlets {
+    pub queues: Vec<(&'static str, mpsc::Sender<Arc<Batch>>)>,
+    pub board: Arc<AckBoard>,
+}
+
+/// How the source ended without error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The flush position reached the requested stop LSN.
+    ReachedStopLsn(Lsn),
+}
+
+pub struct Source {
+    config: PostgresConfig,
+    tables: Vec<TableRule>,
+    mapper: Mapper,
+    outlets: Outlets,
+    checkpoint: Checkpoint,
+    /// Sequence number the next sealed batch gets.
+    next_seq: Seq,
+    /// Highest WAL position received (reported as `write`).
+    received: Lsn,
+    stop_at: Option<Lsn>,
+    shutdown: CancellationToken,
+    /// Totals since start, for the log.
+    transactions: u64,
+    events: u64,
+}
+
+/// A batch sealed but not yet in every sink's queue.
+struct Pending {
+    batch: Arc<Batch>,
+    next_sink: usize,
+}
+
+impl Source {
+    pub fn new(
+        config: PostgresConfig,
+        tables: Vec<TableRule>,
+        mapper: Mapper,
+        outlets: Outlets,
+        stop_at: Option<Lsn>,
+        shutdown: CancellationToken,
+    ) -> Source {
+        Source {
+            config,
+            tables,
+            mapper,
+            outlets,
+            checkpoint: Checkpoint::default(),
+            next_seq: 1,
+            received: Lsn::ZERO,
+            stop_at,
+            shutdown,
+            transactions: 0,
+            events: 0,
+        }
+    }
+
+    /// Streams until shutdown (or the stop LSN), reconnecting after transient failures.
+    pub async fn run(mut self) -> Result<Stopped, SourceError> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut waiting_for_slot = false;
+        loop {
+            let started = Instant::now();
+            let err = match self.session(&mut waiting_for_slot).await {
+                Ok(stopped) => return Ok(stopped),
+                Err(e) => e,
+            };
+            if self.shutdown.is_cancelled() {
+                return Ok(Stopped::Shutdown);
+            }
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            if started.elapsed() >= HEALTHY_SESSION {
+                backoff = FIRST_BACKOFF;
+            }
+            if err.is_slot_in_use() {
+                if !waiting_for_slot {
+                    tracing::warn!(slot = %self.config.slot, error = %err,
+                        "replication slot is in use by another process; waiting for it to be released");
+                }
+                waiting_for_slot = true;
+            } else {
+                waiting_for_slot = false;
+                tracing::warn!(error = %err, retry_in = ?backoff,
+                    "replication interrupted; reconnecting and resuming from the slot");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.cancelled() => return Ok(Stopped::Shutdown),
+            }
+            backoff = (backoff * 2).min(self.config.max_backoff);
+        }
+    }
+
+    async fn session(&mut self, waiting_for_slot: &mut bool) -> Result<Stopped, SourceError> {
+        let cfg = &self.config;
+        let control = catalog::connect(&cfg.conn, cfg.connect_timeout).await?;
+        if cfg.auto_setup {
+            for change in
+                catalog::ensure_setup(&control, &cfg.publication, &cfg.slot, &self.tables).await?
+            {
+                tracing::info!("{change}");
+            }
+        }
+        let sender_timeout = catalog::wal_sender_timeout(&control).await?;
+        let status_interval = match sender_timeout {
+            Some(t) => cfg.status_interval.min(t / 2),
+            None => cfg.status_interval,
+        };
+        // Silence longer than this means the server or the network is gone: we ask for a
+        // keepalive at every status update, so a live server answers well within it.
+        let read_timeout = (status_interval * 3).max(sender_timeout.unwrap_or_default() * 2);
+
+        let mut conn =
+            ReplicationConnection::connect(&cfg.conn, cfg.connect_timeout, cfg.max_message_bytes)
+                .await?;
+        conn.start_replication(&cfg.slot, &cfg.publication, Lsn::ZERO)
+            .await?;
+        if *waiting_for_slot {
+            tracing::info!(slot = %cfg.slot, "replication slot released; taking over");
+            *waiting_for_slot = false;
+        }
+        tracing::info!(slot = %cfg.slot, publication = %cfg.publication, server = %cfg.conn,
+            version = conn.server_version(), "streaming");
+        self.mapper.reset();
+
+        let mut batch: Vec<LiveEvent> = Vec::with_capacity(MAX_BATCH_EVENTS);
+        let mut batch_bytes = 0usize;
+        let mut pending: Option<Pending> = None;
+        let result = self
+            .stream(
+                &mut conn,
+                &control,
+                &mut batch,
+                &mut batch_bytes,
+                &mut pending,
+                status_interval,
+                read_timeout,
+            )
+            .await;
+        match result {
+            Ok(stopped) => {
+                // Hand over what was read, wait for the sinks, confirm, end the stream cleanly.
+                let deadline = Instant::now() + FINISH_TIMEOUT * 2;
+                let delivered = self
+                    .deliver_rest(&mut batch, &mut pending, Some(deadline))
+                    .await;
+                let last = self.next_seq - 1;
+                while delivered
+                    && self.outlets.board.min_acked() < last
+                    && Instant::now() < deadline
+                {
+                    let _ = tokio::time::timeout_at(deadline, self.outlets.board.changed()).await;
+                }
+                let flush = self.checkpoint.advance(self.outlets.board.min_acked());
+                conn.send_status(Status {
+                    write: self.received,
+                    flush,
+                    reply_requested: false,
+                })
+                .await?;
+                if let Err(e) = conn.finish(FINISH_TIMEOUT).await {
+                    tracing::debug!(error = %e, "ending the replication stream");
+                }
+                tracing::info!(flush = %flush, transactions = self.transactions, events = self.events,
+                    "replication stopped; final position confirmed");
+                Ok(stopped)
+            }
+            Err(e) => {
+                // Everything read belongs to committed transactions: hand it to the sinks so the
+                // batch numbering stays contiguous for every sink, then reconnect.
+                self.deliver_rest(&mut batch, &mut pending, None).await;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stream(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        control: &Client,
+        batch: &mut Vec<LiveEvent>,
+        batch_bytes: &mut usize,
+        pending: &mut Option<Pending>,
+        status_interval: Duration,
+        read_timeout: Duration,
+    ) -> Result<Stopped, SourceError> {
+        let mut tick = tokio::time::interval(status_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        let mut last_status = Instant::now();
+        let mut reported = Lsn::ZERO;
+        // A status update to send at a time (and whether to ask for a keepalive back).
+        let mut status_due: Option<(Instant, bool)> = None;
+        // Owned handles, so the select below borrows none of `self`.
+        let shutdown = self.shutdown.clone();
+        let board = self.outlets.board.clone();
+        let queues = self.outlets.queues.clone();
+        loop {
+            // Work through whatever is buffered, unless a batch is waiting for queue space.
+            while pending.is_none() {
+                let Some(frame) = conn.buffered_frame()? else {
+                    break;
+                };
+                match ReplicationConnection::parse_replication(frame)? {
+                    None => {}
+                    Some(ReplicationMessage::XLogData {
+                        wal_start, data, ..
+                    }) => {
+                        let before = batch.len();
+                        self.handle_xlog(&data, wal_start, control, batch).await?;
+                        *batch_bytes += batch[before..].iter().map(|e| e.json.len()).sum::<usize>();
+                    }
+                    Some(ReplicationMessage::Keepalive {
+                        wal_end,
+                        reply_requested,
+                    }) => {
+                        self.received = self.received.max(wal_end);
+                        // Between transactions, everything up to the walsender's position has
+                        // been received: confirmable once what came before it is delivered.
+                        if !self.mapper.in_transaction() {
+                            let seq = self.boundary_seq(batch);
+                            self.checkpoint.record(seq, wal_end);
+                        }
+                        if reply_requested {
+                            reported = self.send_status(conn, false).await?;
+                            last_status = Instant::now();
+                            status_due = None;
+                        }
+                    }
+                }
+                if batch.len() >= MAX_BATCH_EVENTS || *batch_bytes >= MAX_BATCH_BYTES {
+                    *pending = Some(self.seal(batch));
+                    *batch_bytes = 0;
+                }
+            }
+            if pending.is_none() && !batch.is_empty() {
+                // Nothing more is buffered: deliver now rather than wait for a full batch.
+                *pending = Some(self.seal(batch));
+                *batch_bytes = 0;
+            }
+            if let Some(stop) = self.stop_at {
+                let flushed = self.checkpoint.advance(self.outlets.board.min_acked());
+                if flushed >= stop {
+                    return Ok(Stopped::ReachedStopLsn(flushed));
+                }
+                // Caught up with everything received but short of the stop position: ask the
+                // server where it is (its keepalive carries the position it has sent up to).
+                let idle = pending.is_none()
+                    && !self.mapper.in_transaction()
+                    && self.checkpoint.waiting() == 0;
+                if idle && status_due.is_none() {
+                    status_due = Some((last_status + MIN_STATUS_GAP, true));
+                }
+            }
+
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(Stopped::Shutdown),
+                sent = reserve(&queues, pending.as_ref()), if pending.is_some() => {
+                    let p = pending.as_mut().expect("guarded by the select condition");
+                    sent?.send(p.batch.clone());
+                    p.next_sink += 1;
+                    if p.next_sink == queues.len() {
+                        *pending = None;
+                    }
+                }
+                _ = board.changed() => {
+                    let flush = self.checkpoint.advance(self.outlets.board.min_acked());
+                    if flush > reported && status_due.is_none() {
+                        // Report promptly, but at most every MIN_STATUS_GAP.
+                        status_due = Some((last_status + MIN_STATUS_GAP, false));
+                    }
+                }
+                _ = tokio::time::sleep_until(status_due.map(|(at, _)| at).unwrap_or(last_status)), if status_due.is_some() => {
+                    let reply = status_due.take().is_some_and(|(_, reply)| reply);
+                    reported = self.send_status(conn, reply).await?;
+                    last_status = Instant::now();
+                }
+                _ = tick.tick() => {
+                    // Also asks for a keepalive: its position lets an idle slot advance, and
+                    // its arrival proves the connection is alive.
+                    reported = self.send_status(conn, true).await?;
+                    last_status = Instant::now();
+                }
+                read = conn.fill(), if pending.is_none() => {
+                    read?;
+                    last_rx = Instant::now();
+                }
+                _ = tokio::time::sleep_until(last_rx + read_timeout), if pending.is_none() => {
+                    return Err(SourceError::Timeout { what: "waiting for data from the server", after: read_timeout });
+                }
+            }
+        }
+    }
+
+    async fn handle_xlog(
+        &mut self,
+        data: &[u8],
+        wal_start: Lsn,
+        control: &Client,
+        out: &mut Vec<LiveEvent>,
+    ) -> Result<(), SourceError> {
+        let msg = decode::decode(data).map_err(|source| SourceError::Decode {
+            lsn: wal_start,
+            source,
+        })?;
+        if let LogicalMessage::Relation(rel) = &msg {
+            let pk = if self.mapper.needs_primary_key(rel) {
+                Some(catalog::primary_key(control, &rel.namespace, &rel.name).await?)
+            } else {
+                None
+            };
+            self.mapper.relation(rel, pk.as_deref());
+            return Ok(());
+        }
+        let before = out.len();
+        let step = self
+            .mapper
+            .handle(&msg, out)
+            .map_err(|source| SourceError::Map {
+                lsn: wal_start,
+                source,
+            })?;
+        self.events += (out.len() - before) as u64;
+        if let Step::Committed { end_lsn } = step {
+            self.transactions += 1;
+            self.received = self.received.max(end_lsn);
+            let seq = self.boundary_seq(out);
+            self.checkpoint.record(seq, end_lsn);
+        }
+        Ok(())
+    }
+
+    /// The batch a position recorded now depends on: the open batch if it holds events,
+    /// otherwise the last sealed one.
+    fn boundary_seq(&self, open: &[LiveEvent]) -> Seq {
+        if open.is_empty() {
+            self.next_seq - 1
+        } else {
+            self.next_seq
+        }
+    }
+
+    fn seal(&mut self, batch: &mut Vec<LiveEvent>) -> Pending {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Pending {
+            batch: Arc::new(Batch {
+                seq,
+                events: std::mem::replace(batch, Vec::with_capacity(MAX_BATCH_EVENTS)),
+            }),
+            next_sink: 0,
+        }
+    }
+
+    /// Puts the open and pending batches into every sink's queue. Returns false if a sink is
+    /// gone or the deadline passed first.
+    async fn deliver_rest(
+        &mut self,
+        batch: &mut Vec<LiveEvent>,
+        pending: &mut Option<Pending>,
+        deadline: Option<Instant>,
+    ) -> bool {
+        if !batch.is_empty() {
+            if let Some(p) = pending.take() {
+                if !self.deliver(p, deadline).await {
+                    return false;
+                }
+            }
+            *pending = Some(self.seal(batch));
+        }
+        match pending.take() {
+            Some(p) => self.deliver(p, deadline).await,
+            None => true,
+        }
+    }
+
+    async fn deliver(&self, mut p: Pending, deadline: Option<Instant>) -> bool {
+        while p.next_sink < self.outlets.queues.len() {
+            let reserve = reserve(&self.outlets.queues, Some(&p));
+            let permit = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, reserve).await {
+                    Ok(r) => r,
+                    Err(_) => return false,
+                },
+                None => reserve.await,
+            };
+            match permit {
+                Ok(permit) => permit.send(p.batch.clone()),
+                Err(_) => return false,
+            }
+            p.next_sink += 1;
+        }
+        true
+    }
+
+    async fn send_status(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        reply_requested: bool,
+    ) -> Result<Lsn, SourceError> {
+        let flush = self.checkpoint.advance(self.outlets.board.min_acked());
+        conn.send_status(Status {
+            write: self.received.max(flush),
+            flush,
+            reply_requested,
+        })
+        .await?;
+        tracing::trace!(flush = %flush, write = %self.received, "status update");
+        Ok(flush)
+    }
+}
+
+/// Waits for room in the queue of the next sink that still needs `pending`.
+async fn reserve<'a>(
+    queues: &'a [(&'static str, mpsc::Sender<Arc<Batch>>)],
+    pending: Option<&Pending>,
+) -> Result<mpsc::Permit<'a, Arc<Batch>>, SourceError> {
+    let Some(p) = pending else {
+        return std::future::pending().await;
+    };
+    let (name, queue) = &queues[p.next_sink];
+    queue
+        .reserve()
+        .await
+        .map_err(|_| SourceError::SinkGone((*name).to_owned()))
+}

@@ -1,0 +1,294 @@
+//! What events look like: every field, each change type, key types, coalescing.
+
+use serde_json::{Value, json};
+
+use crate::support::{Daemon, TestDb, all_ids};
+
+fn start(db: &TestDb, tables: &[&str], extra: &str) -> Daemon {
+    let d = Daemon::run(&db.config(tables, extra));
+    d.wait_log("streaming");
+    d
+}
+
+#[test]
+fn every_event_field_matches_the_contract() {
+    let db = TestDb::new("fields");
+    db.sql("CREATE TABLE products (id int PRIMARY KEY, name text)");
+    let d = start(&db, &["name = \"products\""], "");
+    let out = db.sql(
+        "BEGIN; INSERT INTO products VALUES (42, 'x'); SELECT txid_current(); COMMIT;
+         SELECT pg_current_wal_lsn() - '0/0'::pg_lsn;",
+    );
+    let mut lines = out.lines();
+    let xid: u64 = lines.next().unwrap().parse().unwrap();
+    let after: f64 = lines.next().unwrap().parse().unwrap();
+    let events = d.wait_events("one event", |e| !e.is_empty());
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    let mut keys: Vec<&str> = e.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["channel", "date", "meta", "payload", "type"],
+        "exactly the five keys"
+    );
+    // …in the contract's order on the wire.
+    let raw = &d.raw_lines()[0];
+    let at = |k: &str| raw.find(&format!("\"{k}\":")).unwrap();
+    assert!(
+        at("channel") < at("type")
+            && at("type") < at("payload")
+            && at("payload") < at("date")
+            && at("date") < at("meta"),
+        "{raw}"
+    );
+    assert_eq!(e["channel"], "resources/products");
+    assert_eq!(e["type"], "created");
+    assert_eq!(e["payload"], json!({"ids": [42]}));
+    let mut meta: Vec<&str> = e["meta"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    meta.sort();
+    assert_eq!(meta, ["id", "lsn", "schema", "table", "xid"]);
+    assert_eq!(e["meta"]["xid"], json!(xid));
+    assert_eq!(e["meta"]["schema"], "public");
+    assert_eq!(e["meta"]["table"], "products");
+    let lsn = e["meta"]["lsn"].as_str().unwrap();
+    assert_eq!(e["meta"]["id"], format!("{lsn}:0"));
+    let lsn_num = db
+        .sql(&format!("SELECT '{lsn}'::pg_lsn - '0/0'::pg_lsn"))
+        .parse::<f64>()
+        .unwrap();
+    assert!(
+        lsn_num > 0.0 && lsn_num < after,
+        "commit LSN {lsn} precedes the WAL position after commit"
+    );
+    // date: RFC 3339 UTC with microseconds, and close to the server's clock.
+    let date = e["date"].as_str().unwrap();
+    assert_eq!(date.len(), 27, "{date}");
+    assert!(date.ends_with('Z') && date.as_bytes()[10] == b'T', "{date}");
+    let age: f64 = db
+        .sql(&format!(
+            "SELECT abs(extract(epoch FROM now() - '{date}'::timestamptz))"
+        ))
+        .parse()
+        .unwrap();
+    assert!(age < 60.0, "commit time {date} is {age}s from now");
+}
+
+#[test]
+fn insert_update_delete_truncate() {
+    let db = TestDb::new("types");
+    db.sql("CREATE TABLE posts (id int PRIMARY KEY, title text)");
+    let d = start(
+        &db,
+        &["name = \"public.posts\"\nchannel = \"resources/articles\""],
+        "",
+    );
+    db.sql(
+        "INSERT INTO posts VALUES (1, 'a');
+         UPDATE posts SET title = 'b' WHERE id = 1;
+         DELETE FROM posts WHERE id = 1;
+         INSERT INTO posts VALUES (2, 'c');
+         TRUNCATE posts;",
+    );
+    let events = d.wait_events("five events", |e| e.len() >= 5);
+    let got: Vec<(Value, Value)> = events
+        .iter()
+        .map(|e| (e["type"].clone(), e["payload"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("created"), json!({"ids": [1]})),
+            (json!("updated"), json!({"ids": [1]})),
+            (json!("deleted"), json!({"ids": [1]})),
+            (json!("created"), json!({"ids": [2]})),
+            (json!("deleted"), json!({})),
+        ]
+    );
+    assert!(events.iter().all(|e| e["channel"] == "resources/articles"));
+    assert_eq!(events.len(), 5);
+}
+
+#[test]
+fn key_types_are_typed_and_exact() {
+    let db = TestDb::new("keys");
+    db.sql(
+        "CREATE TABLE k4 (id int4 PRIMARY KEY);
+         CREATE TABLE k8 (id int8 PRIMARY KEY);
+         CREATE TABLE ku (id uuid PRIMARY KEY);
+         CREATE TABLE kt (id text PRIMARY KEY);
+         CREATE TABLE kc (tenant int, code text, PRIMARY KEY (tenant, code));
+         CREATE TABLE ks (id int8 PRIMARY KEY);",
+    );
+    let d = start(
+        &db,
+        &[
+            "name = \"k4\"",
+            "name = \"k8\"",
+            "name = \"ku\"",
+            "name = \"kt\"",
+            "name = \"kc\"",
+            "name = \"ks\"\nids_as_strings = true",
+        ],
+        "",
+    );
+    db.sql(
+        "INSERT INTO k4 VALUES (-7);
+         INSERT INTO k8 VALUES (9007199254740993);
+         INSERT INTO ku VALUES ('6f1b8c3e-0d5c-4c53-9d1e-2f0a1b2c3d4e');
+         INSERT INTO kt VALUES ('a \"quoted\" key');
+         INSERT INTO kc VALUES (3, 'x');
+         INSERT INTO ks VALUES (9007199254740993);",
+    );
+    let events = d.wait_events("six events", |e| e.len() >= 6);
+    let by_table = |t: &str| {
+        events.iter().find(|e| e["meta"]["table"] == t).unwrap()["payload"]["ids"].clone()
+    };
+    assert_eq!(by_table("k4"), json!([-7]));
+    assert_eq!(
+        by_table("ku"),
+        json!(["6f1b8c3e-0d5c-4c53-9d1e-2f0a1b2c3d4e"])
+    );
+    assert_eq!(by_table("kt"), json!(["a \"quoted\" key"]));
+    assert_eq!(by_table("kc"), json!([[3, "x"]]));
+    assert_eq!(by_table("ks"), json!(["9007199254740993"]));
+    // int8 beyond 2^53 must be exact in the JSON text itself, not just after parsing.
+    let raw = d.raw_lines();
+    let k8 = raw.iter().find(|l| l.contains("\"table\":\"k8\"")).unwrap();
+    assert!(k8.contains("\"ids\":[9007199254740993]"), "{k8}");
+}
+
+#[test]
+fn key_changing_updates_carry_old_and_new_ids() {
+    let db = TestDb::new("rekey");
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE f (id int PRIMARY KEY, v text); ALTER TABLE f REPLICA IDENTITY FULL;
+         INSERT INTO t VALUES (1, 'a'); INSERT INTO f VALUES (1, 'a');",
+    );
+    let d = start(&db, &["name = \"t\"", "name = \"f\""], "");
+    db.sql(
+        "UPDATE t SET id = 2 WHERE id = 1;
+         UPDATE f SET id = 5 WHERE id = 1;
+         UPDATE f SET v = 'b' WHERE id = 5;",
+    );
+    let events = d.wait_events("three events", |e| e.len() >= 3);
+    assert_eq!(events[0]["payload"], json!({"ids": [1, 2]}));
+    assert_eq!(
+        events[1]["payload"],
+        json!({"ids": [1, 5]}),
+        "REPLICA IDENTITY FULL: ids from the primary key"
+    );
+    assert_eq!(events[2]["payload"], json!({"ids": [5]}));
+}
+
+#[test]
+fn transactions_are_coalesced_and_split() {
+    let db = TestDb::new("coalesce");
+    db.sql("CREATE TABLE a (id int PRIMARY KEY, v int); CREATE TABLE b (id int PRIMARY KEY);");
+    let d = start(
+        &db,
+        &["name = \"a\"", "name = \"b\""],
+        "[events]\nmax_ids_per_event = 3",
+    );
+    db.sql(
+        "BEGIN;
+         INSERT INTO a SELECT g, 0 FROM generate_series(1, 7) g;
+         INSERT INTO b VALUES (100);
+         UPDATE a SET v = 1 WHERE id IN (2, 3);
+         UPDATE a SET v = 2 WHERE id = 2;
+         INSERT INTO b VALUES (101);
+         COMMIT;
+         INSERT INTO b VALUES (102);",
+    );
+    let events = d.wait_events("all events", |e| all_ids(e).contains(&json!(102)));
+    let summary: Vec<(String, String, Value, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["meta"]["table"].as_str().unwrap().to_owned(),
+                e["type"].as_str().unwrap().to_owned(),
+                e["payload"]["ids"].clone(),
+                e["meta"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .split(':')
+                    .nth(1)
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let s = |t: &str, ty: &str, ids: Value, ord: &str| {
+        (t.to_owned(), ty.to_owned(), ids, ord.to_owned())
+    };
+    assert_eq!(
+        summary,
+        [
+            // Full groups leave as soon as they fill; the rest at commit, in order of first appearance.
+            s("a", "created", json!([1, 2, 3]), "0"),
+            s("a", "created", json!([4, 5, 6]), "1"),
+            s("a", "created", json!([7]), "2"),
+            s("b", "created", json!([100, 101]), "3"),
+            s("a", "updated", json!([2, 3]), "4"),
+            s("b", "created", json!([102]), "0"),
+        ]
+    );
+    let first_lsn = events[0]["meta"]["lsn"].clone();
+    assert!(
+        events[..5].iter().all(|e| e["meta"]["lsn"] == first_lsn),
+        "one transaction, one commit LSN"
+    );
+    assert_ne!(events[5]["meta"]["lsn"], first_lsn);
+}
+
+#[test]
+fn per_row_events_when_coalescing_is_off() {
+    let db = TestDb::new("perrow");
+    db.sql("CREATE TABLE a (id int PRIMARY KEY)");
+    let d = start(&db, &["name = \"a\""], "[events]\ncoalesce = false");
+    db.sql("INSERT INTO a SELECT generate_series(1, 4)");
+    let events = d.wait_events("four events", |e| e.len() >= 4);
+    let ids: Vec<Value> = events.iter().map(|e| e["payload"].clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            json!({"ids":[1]}),
+            json!({"ids":[2]}),
+            json!({"ids":[3]}),
+            json!({"ids":[4]})
+        ]
+    );
+    let ords: Vec<String> = events
+        .iter()
+        .map(|e| e["meta"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        ords[0].ends_with(":0") && ords[3].ends_with(":3"),
+        "{ords:?}"
+    );
+}
+
+#[test]
+fn rolled_back_transactions_produce_nothing() {
+    let db = TestDb::new("rollback");
+    db.sql("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY);");
+    let d = start(&db, &["name = \"a\""], "");
+    db.sql(
+        "BEGIN; INSERT INTO a VALUES (1); ROLLBACK;
+         BEGIN; INSERT INTO a VALUES (2); SAVEPOINT s; INSERT INTO a VALUES (3); ROLLBACK TO s; COMMIT;
+         INSERT INTO other VALUES (1);
+         INSERT INTO a VALUES (4);",
+    );
+    let events = d.wait_events("the marker row", |e| all_ids(e).contains(&json!(4)));
+    assert_eq!(all_ids(&events), [json!(2), json!(4)], "{events:#?}");
+    assert!(
+        events.iter().all(|e| e["meta"]["table"] == "a"),
+        "unmapped tables produce nothing"
+    );
+}

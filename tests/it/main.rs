@@ -1,0 +1,8 @@
+//! Integration tests against a real PostgreSQL (started by the harness) and the real binary.
+
+mod support;
+
+mod auth;
+mod cli;
+mod durability;
+mod events;
