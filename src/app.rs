@@ -12,12 +12,15 @@ use crate::checkpoint::AckBoard;
 use crate::config::{Config, SinkConfig};
 use crate::lsn::Lsn;
 use crate::map::Mapper;
-use crate::sink::{self, SinkError, stdout::StdoutSink};
+use crate::sink::{self, SinkError, file::FileSink, stdout::StdoutSink};
 use crate::source::stream::{Outlets, Source, Stopped};
 
 /// Batches each sink may have queued: with batches of at most 1 MiB, this bounds the memory a
 /// slow sink can hold while the source waits (PostgreSQL keeps the rest of the WAL).
 pub const SINK_QUEUE_BATCHES: usize = 16;
+
+/// After the source stops, how long sinks may take to deliver what is queued.
+pub const SINK_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -43,6 +46,10 @@ pub async fn run(
             SinkConfig::Stdout => {
                 drivers.spawn(sink::drive(StdoutSink::new(), index, rx, board.clone()));
             }
+            SinkConfig::File { path, fsync } => {
+                let sink = FileSink::new(path.clone(), *fsync);
+                drivers.spawn(sink::drive(sink, index, rx, board.clone()));
+            }
         }
         queues.push((sink_config.name(), tx));
     }
@@ -59,14 +66,24 @@ pub async fn run(
     // what is queued and stop.
     let result = source.run().await;
     let mut sink_error = None;
-    while let Some(joined) = drivers.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+    let deadline = tokio::time::Instant::now() + SINK_DRAIN_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, drivers.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(Ok(())))) => {}
+            Ok(Some(Ok(Err(e)))) => {
                 tracing::error!(error = %e, "sink failed");
                 sink_error.get_or_insert(e);
             }
-            Err(e) => tracing::error!(error = %e, "sink task panicked"),
+            Ok(Some(Err(e))) => tracing::error!(error = %e, "sink task panicked"),
+            Err(_) => {
+                // What they still hold was not confirmed; PostgreSQL will send it again.
+                tracing::warn!(
+                    "sinks did not drain within {SINK_DRAIN_TIMEOUT:?}; stopping them (undelivered events will be replayed)"
+                );
+                drivers.abort_all();
+                break;
+            }
         }
     }
     // A sink failure is the root cause of a source stopping for "sink gone".

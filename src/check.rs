@@ -152,6 +152,10 @@ async fn checks(
                 ),
                 id.fix(&t.schema, &t.name),
             ),
+            Some(id) if id.partitioned && catalog::publication_via_root(client, &pg.publication).await? == Some(false) => Finding::fail(
+                format!("table {name} is partitioned, but publication {} publishes partitions under their own names, so its changes would be missed", pg.publication),
+                format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true);", quote_ident(&pg.publication)),
+            ),
             Some(id) if !id.has_ids() => Finding::warn(
                 format!("table {name} has REPLICA IDENTITY FULL but no primary key: its events carry no ids, so clients refetch everything"),
                 format!("ALTER TABLE {quoted} ADD PRIMARY KEY (<key columns>);"),

@@ -31,6 +31,8 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IDS_PER_EVENT: usize = 1000;
 /// Largest replication message accepted: 1 GiB, the largest value PostgreSQL can store.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Upper bound for the durations above: longer ones are mistakes, and would overflow timers.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Environment variables with this prefix (and a `__` section separator) override the file.
 pub const ENV_PREFIX: &str = "PGLIVE_";
 
@@ -58,13 +60,17 @@ pub struct PostgresConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkConfig {
+    /// One JSON event per line on standard output.
     Stdout,
+    /// One JSON event per line appended to `path`; synced to disk per batch when `fsync`.
+    File { path: PathBuf, fsync: bool },
 }
 
 impl SinkConfig {
     pub fn name(&self) -> &'static str {
         match self {
             SinkConfig::Stdout => "stdout",
+            SinkConfig::File { .. } => "file",
         }
     }
 }
@@ -105,6 +111,7 @@ struct RawTable {
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum RawSink {
     Stdout {},
+    File { path: PathBuf, fsync: Option<bool> },
 }
 
 /// A duration written as `"500ms"`, `"10s"`, `"5m"`, `"1h"` or a number of seconds.
@@ -256,6 +263,21 @@ impl Issues {
     }
 }
 
+/// Drops the source excerpt (`2 | url = "…"` and its `|` gutter lines) from a parse error.
+fn without_quoted_source(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            let gutter = t
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            !gutter.starts_with('|')
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn push_part(key: &mut String, part: &str) {
     if part.is_empty() {
         return;
@@ -310,7 +332,15 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
     let top: Dict = match figment.extract() {
         Ok(d) => d,
         Err(e) => {
-            issues.figment_error("", e);
+            // A syntax error quotes the offending line, which may hold a password: keep only
+            // the position and the reason.
+            for err in e {
+                let message = without_quoted_source(&err.to_string());
+                issues.list.push(Issue {
+                    key: err.path.join("."),
+                    message,
+                });
+            }
             return Err(ConfigError {
                 issues: issues.list,
             });
@@ -469,12 +499,35 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
     for (i, s) in sinks {
         let sink = match s {
             RawSink::Stdout {} => SinkConfig::Stdout,
+            RawSink::File { path, fsync } => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                if path.as_os_str().is_empty() {
+                    issues.push(format!("sinks[{i}].path"), "must not be empty");
+                } else if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+                    issues.push(
+                        format!("sinks[{i}].path"),
+                        format!("directory {} does not exist", dir.display()),
+                    );
+                }
+                SinkConfig::File {
+                    path,
+                    fsync: fsync.unwrap_or(true),
+                }
+            }
         };
-        if sink == SinkConfig::Stdout && sink_configs.contains(&SinkConfig::Stdout) {
-            issues.push(
-                format!("sinks[{i}].type"),
-                "only one stdout sink is allowed",
-            );
+        let same_target = |other: &SinkConfig| match (&sink, other) {
+            (SinkConfig::Stdout, SinkConfig::Stdout) => true,
+            (SinkConfig::File { path: a, .. }, SinkConfig::File { path: b, .. }) => a == b,
+            _ => false,
+        };
+        if sink_configs.iter().any(same_target) {
+            let what = match &sink {
+                SinkConfig::Stdout => "only one stdout sink is allowed".to_owned(),
+                SinkConfig::File { path, .. } => {
+                    format!("another file sink already writes to {}", path.display())
+                }
+            };
+            issues.push(format!("sinks[{i}].type"), what);
         }
         sink_configs.push(sink);
     }

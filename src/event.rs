@@ -44,7 +44,7 @@ pub enum Id {
 #[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
 pub struct EventId {
     pub commit_lsn: Lsn,
-    pub ordinal: u32,
+    pub ordinal: u64,
 }
 
 impl std::fmt::Display for EventId {

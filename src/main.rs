@@ -100,6 +100,8 @@ fn main() -> ExitCode {
             Command::Teardown { .. } => teardown(&config).await,
         }
     });
+    // Do not wait for a write stuck on a blocked stdout: what it held was not confirmed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -160,7 +162,8 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
 async fn setup(config: &Config) -> anyhow::Result<ExitCode> {
     let pg = &config.postgres;
     let client = catalog::connect(&pg.conn, pg.connect_timeout).await?;
-    let done = catalog::ensure_setup(&client, &pg.publication, &pg.slot, &config.tables).await?;
+    let done =
+        catalog::ensure_setup(&client, &pg.publication, &pg.slot, &config.tables, true).await?;
     if done.is_empty() {
         println!(
             "publication {} and slot {} already in place",

@@ -78,7 +78,7 @@ struct TxnHeader {
     commit_lsn: Lsn,
     xid: u32,
     commit_time: i64,
-    next_ordinal: u32,
+    next_ordinal: u64,
 }
 
 struct Group {
@@ -298,19 +298,17 @@ impl Mapper {
             // By table, not by binding: a Relation message mid-transaction (after DDL) replaces
             // the binding but must not split the table's coalesced event.
             .position(|g| g.kind == kind && Arc::ptr_eq(&g.binding.source, &binding.source));
-        let group = match pos {
-            Some(pos) => &mut groups[pos],
-            None => {
-                groups.push(Group {
-                    binding: binding.clone(),
-                    kind,
-                    ids: Vec::new(),
-                    seen: HashSet::new(),
-                    whole_table: false,
-                });
-                groups.last_mut().expect("just pushed")
-            }
-        };
+        let pos = pos.unwrap_or_else(|| {
+            groups.push(Group {
+                binding: binding.clone(),
+                kind,
+                ids: Vec::new(),
+                seen: HashSet::new(),
+                whole_table: false,
+            });
+            groups.len() - 1
+        });
+        let group = &mut groups[pos];
         if whole_table || group.whole_table {
             // One id-less event will cover every row; holding ids would only cost memory.
             group.whole_table = true;
@@ -319,14 +317,21 @@ impl Mapper {
             return Ok(());
         }
         for id in ids.into_iter().flatten() {
+            let group = &mut groups[pos];
             if !group.seen.insert(id.clone()) {
                 continue;
             }
             group.ids.push(id);
             if group.ids.len() >= max {
-                header.emit(&binding.source, kind, &group.ids, false, out);
-                group.ids.clear();
-                group.seen.clear();
+                // Keep the order of first appearance: what earlier groups hold leaves first.
+                for g in groups[..=pos].iter_mut() {
+                    if g.whole_table || g.ids.is_empty() {
+                        continue;
+                    }
+                    header.emit(&g.binding.source, g.kind, &g.ids, false, out);
+                    g.ids.clear();
+                    g.seen.clear();
+                }
             }
         }
         Ok(())

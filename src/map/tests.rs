@@ -1127,7 +1127,7 @@ fn coalesces_per_table_and_type_in_order_of_first_appearance() {
         ["0/16B3748:0", "0/16B3748:1", "0/16B3748:2", "0/16B3748:3"]
     );
     for (n, ev) in out.iter().enumerate() {
-        assert_eq!(ev.id.ordinal, u32::try_from(n).unwrap());
+        assert_eq!(ev.id.ordinal, n as u64);
         assert_eq!(ev.id.commit_lsn, Lsn(LSN));
     }
 }
@@ -1713,5 +1713,40 @@ fn error_messages_name_what_went_wrong() {
         }
         .to_string(),
         "COMMIT at 1/200 does not match BEGIN at 0/100"
+    );
+}
+
+#[test]
+fn a_split_keeps_the_order_of_first_appearance() {
+    // orders appears first; when products fills, what orders holds leaves before it.
+    let mut m = mapper(
+        &[rule("products"), rule("orders")],
+        coalescing(2),
+        &[products(), orders()],
+    );
+    let out = feed(
+        &mut m,
+        &txn(vec![
+            insert(ORDERS, &[V::T("100"), V::N]),
+            insert(PRODUCTS, &[V::T("1"), V::N]),
+            insert(PRODUCTS, &[V::T("2"), V::N]),
+            insert(ORDERS, &[V::T("101"), V::N]),
+        ]),
+    );
+    assert_eq!(
+        kinds(&out),
+        [
+            ("resources/orders".to_owned(), "created".to_owned()),
+            ("resources/products".to_owned(), "created".to_owned()),
+            ("resources/orders".to_owned(), "created".to_owned()),
+        ]
+    );
+    assert_eq!(
+        ids(&out),
+        [Some(json!([100])), Some(json!([1, 2])), Some(json!([101]))]
+    );
+    assert_eq!(
+        meta_ids(&out),
+        ["0/16B3748:0", "0/16B3748:1", "0/16B3748:2"]
     );
 }

@@ -140,17 +140,37 @@ pub async fn publication_tables(
     Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
 }
 
+/// Whether the publication publishes partitions under their root; `None` if it does not exist.
+pub async fn publication_via_root(
+    client: &Client,
+    publication: &str,
+) -> Result<Option<bool>, SourceError> {
+    Ok(client
+        .query_opt(
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
 /// Creates what is missing: the publication (for the mapped tables, or with them added), then
-/// the slot. Idempotent. Returns a line per change made.
+/// the slot, unless `create_slot` is false (a slot that vanished while pglive ran must not be
+/// silently replaced: the changes in between would be lost). Idempotent. Returns a line per
+/// change made.
 pub async fn ensure_setup(
     client: &Client,
     publication: &str,
     slot_name: &str,
     tables: &[TableRule],
+    create_slot: bool,
 ) -> Result<Vec<String>, SourceError> {
     let mut done = Vec::new();
+    let mut any_partitioned = false;
     for t in tables {
-        let problem = match table_identity(client, &t.schema, &t.name).await? {
+        let identity = table_identity(client, &t.schema, &t.name).await?;
+        any_partitioned |= identity.as_ref().is_some_and(|i| i.partitioned);
+        let problem = match identity {
             None => Some(format!("table {}.{} does not exist", t.schema, t.name)),
             Some(id) if !id.usable() => Some(format!(
                 "table {}.{} has no primary key or usable REPLICA IDENTITY, so adding it to the \
@@ -169,11 +189,28 @@ pub async fn ensure_setup(
         .iter()
         .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
         .collect();
+    // A partitioned table's changes must be published under its own name, not its partitions'.
+    let via_root = if any_partitioned {
+        " WITH (publish_via_partition_root = true)"
+    } else {
+        ""
+    };
+    if any_partitioned && publication_via_root(client, publication).await? == Some(false) {
+        client
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                quote_ident(publication)
+            ))
+            .await?;
+        done.push(format!(
+            "set publish_via_partition_root on publication {publication} (a mapped table is partitioned)"
+        ));
+    }
     match publication_tables(client, publication).await? {
         None => {
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {}",
+                    "CREATE PUBLICATION {} FOR TABLE {}{via_root}",
                     quote_ident(publication),
                     names.join(", ")
                 ))
@@ -214,6 +251,13 @@ pub async fn ensure_setup(
         }
     }
     if slot(client, slot_name).await?.is_none() {
+        if !create_slot {
+            return Err(SourceError::Fatal(format!(
+                "replication slot {slot_name} no longer exists: it was dropped while pglive was \
+                 running, so changes since then may be lost; recreate it with `pglive setup` \
+                 (changes from then on) and restart"
+            )));
+        }
         client
             .query_one(
                 "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -258,6 +302,9 @@ pub struct TableIdentity {
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: u8,
     pub primary_key: Vec<String>,
+    /// A partitioned table: its changes are published under its name only with
+    /// `publish_via_partition_root`.
+    pub partitioned: bool,
 }
 
 impl TableIdentity {
@@ -296,7 +343,8 @@ pub async fn table_identity(
 ) -> Result<Option<TableIdentity>, SourceError> {
     let row = client
         .query_opt(
-            "SELECT c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            "SELECT c.relreplident::text, c.relkind = 'p' FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
             &[&schema, &table],
         )
@@ -306,5 +354,6 @@ pub async fn table_identity(
     Ok(Some(TableIdentity {
         replica_identity: ident.bytes().next().unwrap_or(b'd'),
         primary_key: primary_key(client, schema, table).await?,
+        partitioned: row.get(1),
     }))
 }

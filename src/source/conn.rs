@@ -187,8 +187,18 @@ impl ReplicationConnection {
                 ))
             })
         };
+        let require_binding = info.channel_binding == ChannelBindingMode::Require;
+        let no_binding = || {
+            SourceError::Fatal(
+                "channel_binding=require, but the server does not authenticate with \
+                 SCRAM-SHA-256-PLUS on this connection"
+                    .into(),
+            )
+        };
         let mut scram: Option<ScramSha256> = None;
-        let mut used_binding = false;
+        // SCRAM-PLUS was chosen, and the server's final signature then verified.
+        let mut plus_started = false;
+        let mut scram_verified = false;
         loop {
             let frame = self.read_frame().await?;
             let mut raw = BytesMut::with_capacity(frame.body.len() + 5);
@@ -200,11 +210,22 @@ impl ReplicationConnection {
                 .ok_or_else(|| SourceError::Protocol("incomplete startup message".into()))?;
             match msg {
                 Message::AuthenticationOk => {
-                    if info.channel_binding == ChannelBindingMode::Require && !used_binding {
+                    if scram.is_some() {
                         return Err(SourceError::Fatal(
-                            "channel_binding=require, but the server authenticated without channel binding".into(),
+                            "the server ended SCRAM authentication without proving it knows the password".into(),
                         ));
                     }
+                    if require_binding && !(plus_started && scram_verified) {
+                        return Err(no_binding());
+                    }
+                }
+                // Under channel_binding=require no password is revealed to a server that has
+                // not been bound to the TLS session.
+                Message::AuthenticationCleartextPassword
+                | Message::AuthenticationMd5Password(_)
+                    if require_binding =>
+                {
+                    return Err(no_binding());
                 }
                 Message::AuthenticationCleartextPassword => {
                     frontend::password_message(password()?.as_bytes(), &mut self.wbuf)
@@ -235,7 +256,7 @@ impl ReplicationConnection {
                     let want_binding = info.channel_binding != ChannelBindingMode::Disable;
                     let (mechanism, cb) = match (&binding, plus && want_binding) {
                         (Some(data), true) => {
-                            used_binding = true;
+                            plus_started = true;
                             (
                                 SCRAM_SHA_256_PLUS,
                                 ChannelBinding::tls_server_end_point(data.clone()),
@@ -248,12 +269,10 @@ impl ReplicationConnection {
                         }
                         _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
                     };
-                    if info.channel_binding == ChannelBindingMode::Require && !used_binding {
-                        return Err(SourceError::Fatal(
-                            "channel_binding=require, but SCRAM-SHA-256-PLUS is not available on this connection".into(),
-                        ));
+                    if require_binding && !plus_started {
+                        return Err(no_binding());
                     }
-                    if !plain && !used_binding {
+                    if !plain && !plus_started {
                         return Err(SourceError::Fatal(
                             "the server offers no SASL mechanism pglive supports".into(),
                         ));
@@ -287,6 +306,7 @@ impl ReplicationConnection {
                                 "the server's SCRAM signature is invalid: {e}"
                             ))
                         })?;
+                    scram_verified = true;
                 }
                 Message::ParameterStatus(body) => {
                     if body.name().ok() == Some("server_version") {

@@ -82,7 +82,7 @@ pub enum SourceError {
     Config(String),
     #[error("{0}")]
     Fatal(String),
-    #[error("control connection: {0}")]
+    #[error("control connection: {}", describe_control(.0))]
     Control(#[from] tokio_postgres::Error),
     #[error("cannot decode replication message at {lsn}: {source}")]
     Decode {
@@ -98,6 +98,17 @@ pub enum SourceError {
     },
     #[error("sink {0} stopped")]
     SinkGone(String),
+}
+
+/// tokio-postgres shows only "db error" for server errors; name the server's message instead.
+fn describe_control(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// SQLSTATE classes and codes that no amount of retrying fixes: bad credentials, a missing
@@ -128,10 +139,11 @@ impl SourceError {
             | SourceError::Decode { .. }
             | SourceError::Map { .. }
             | SourceError::SinkGone(_) => false,
+            // A certificate that does not verify will not verify next time either.
+            SourceError::Tls(e) => !e.contains("invalid peer certificate"),
             SourceError::Io { .. }
             | SourceError::Closed
             | SourceError::Timeout { .. }
-            | SourceError::Tls(_)
             | SourceError::Protocol(_) => true,
         }
     }

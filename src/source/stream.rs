@@ -62,6 +62,9 @@ pub struct Source {
     received: Lsn,
     stop_at: Option<Lsn>,
     shutdown: CancellationToken,
+    /// Whether a session has streamed: from then on a missing slot is an error, not something
+    /// to create.
+    streamed: bool,
     /// Totals since start, for the log.
     transactions: u64,
     events: u64,
@@ -92,6 +95,7 @@ impl Source {
             received: Lsn::ZERO,
             stop_at,
             shutdown,
+            streamed: false,
             transactions: 0,
             events: 0,
         }
@@ -139,8 +143,15 @@ impl Source {
         let cfg = &self.config;
         let control = catalog::connect(&cfg.conn, cfg.connect_timeout).await?;
         if cfg.auto_setup {
-            for change in
-                catalog::ensure_setup(&control, &cfg.publication, &cfg.slot, &self.tables).await?
+            let create_slot = !self.streamed;
+            for change in catalog::ensure_setup(
+                &control,
+                &cfg.publication,
+                &cfg.slot,
+                &self.tables,
+                create_slot,
+            )
+            .await?
             {
                 tracing::info!("{change}");
             }
@@ -157,8 +168,16 @@ impl Source {
         let mut conn =
             ReplicationConnection::connect(&cfg.conn, cfg.connect_timeout, cfg.max_message_bytes)
                 .await?;
-        conn.start_replication(&cfg.slot, &cfg.publication, Lsn::ZERO)
-            .await?;
+        tokio::time::timeout(
+            cfg.connect_timeout,
+            conn.start_replication(&cfg.slot, &cfg.publication, Lsn::ZERO),
+        )
+        .await
+        .map_err(|_| SourceError::Timeout {
+            what: "starting replication",
+            after: cfg.connect_timeout,
+        })??;
+        self.streamed = true;
         if *waiting_for_slot {
             tracing::info!(slot = %cfg.slot, "replication slot released; taking over");
             *waiting_for_slot = false;
@@ -193,7 +212,15 @@ impl Source {
                     && self.outlets.board.min_acked() < last
                     && Instant::now() < deadline
                 {
-                    let _ = tokio::time::timeout_at(deadline, self.outlets.board.changed()).await;
+                    // Keep the session alive (and the position current) while sinks drain.
+                    let step = deadline.min(Instant::now() + status_interval);
+                    let board = self.outlets.board.clone();
+                    if tokio::time::timeout_at(step, board.changed())
+                        .await
+                        .is_err()
+                    {
+                        self.send_status(&mut conn, false).await?;
+                    }
                 }
                 let flush = self.checkpoint.advance(self.outlets.board.min_acked());
                 conn.send_status(Status {
@@ -212,7 +239,12 @@ impl Source {
             Err(e) => {
                 // Everything read belongs to committed transactions: hand it to the sinks so the
                 // batch numbering stays contiguous for every sink, then reconnect.
-                self.deliver_rest(&mut batch, &mut pending, None).await;
+                let shutdown = self.shutdown.clone();
+                tokio::select! {
+                    _ = self.deliver_rest(&mut batch, &mut pending, None) => {}
+                    // Stopping: nothing more will be confirmed, so nothing is lost by dropping.
+                    _ = shutdown.cancelled() => {}
+                }
                 Err(e)
             }
         }
@@ -351,7 +383,14 @@ impl Source {
         })?;
         if let LogicalMessage::Relation(rel) = &msg {
             let pk = if self.mapper.needs_primary_key(rel) {
-                Some(catalog::primary_key(control, &rel.namespace, &rel.name).await?)
+                let timeout = self.config.connect_timeout;
+                let lookup = catalog::primary_key(control, &rel.namespace, &rel.name);
+                Some(tokio::time::timeout(timeout, lookup).await.map_err(|_| {
+                    SourceError::Timeout {
+                        what: "looking up a primary key",
+                        after: timeout,
+                    }
+                })??)
             } else {
                 None
             };
@@ -407,10 +446,10 @@ impl Source {
         deadline: Option<Instant>,
     ) -> bool {
         if !batch.is_empty() {
-            if let Some(p) = pending.take() {
-                if !self.deliver(p, deadline).await {
-                    return false;
-                }
+            if let Some(p) = pending.take()
+                && !self.deliver(p, deadline).await
+            {
+                return false;
             }
             *pending = Some(self.seal(batch));
         }

@@ -142,6 +142,17 @@ async fn authentication_and_verification_failures_are_clear_and_final() {
             ),
             "needs TLS",
         ),
+        // md5 cannot bind to TLS: under channel_binding=require the password is never sent.
+        (
+            url(
+                c,
+                "md5user",
+                Some(MD5_PASSWORD),
+                "127.0.0.1",
+                "sslmode=require&channel_binding=require",
+            ),
+            "channel_binding=require",
+        ),
     ];
     for (u, want) in cases {
         let result = match ConnInfo::parse(&u) {
@@ -166,6 +177,10 @@ async fn authentication_and_verification_failures_are_clear_and_final() {
     );
     let err = identify(&u).await.expect_err("unknown CA must fail");
     assert!(matches!(err, SourceError::Tls(_)), "{err}");
+    assert!(
+        !err.is_retryable(),
+        "a certificate that does not verify is final: {err}"
+    );
 }
 
 #[test]

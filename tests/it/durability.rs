@@ -52,7 +52,11 @@ fn sigkill_mid_stream_then_restart_delivers_every_committed_change() {
             cluster.psql(&name, &sql);
         })
     };
-    first.wait_events("the stream to be flowing", |e| e.len() >= 200);
+    let seen = first.wait_events("the stream to be flowing", |e| e.len() >= 200);
+    let hundredth = db.lsn(seen[99]["meta"]["lsn"].as_str().unwrap());
+    crate::support::wait_until("the first hundred events to be confirmed", || {
+        db.confirmed_flush().unwrap() >= hundredth
+    });
     first.kill();
     let before = first.events();
     assert!(
@@ -71,6 +75,10 @@ fn sigkill_mid_stream_then_restart_delivers_every_committed_change() {
     let mut all = ids_as_set(&before);
     all.extend(ids_as_set(&after));
     assert_eq!(all, (1..=20_000).collect::<BTreeSet<i64>>());
+    assert!(
+        !ids_as_set(&after).contains(&1),
+        "the restart resumes from the confirmed position: confirmed rows are not replayed"
+    );
 
     // Events delivered twice are the same event: same meta.id, same bytes.
     let mut by_id: HashMap<String, String> = HashMap::new();
@@ -135,19 +143,29 @@ fn sigterm_delivers_confirms_and_exits_zero() {
     d.wait_log("streaming");
     db.sql("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);");
     let events = d.wait_events("two events", |e| e.len() >= 2);
-    let last_commit = events[1]["meta"]["lsn"].as_str().unwrap().to_owned();
+    let last_commit = db.lsn(events[1]["meta"]["lsn"].as_str().unwrap());
     d.signal("TERM");
     let status = d.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}\n{}", d.stderr());
-    let confirmed = db.confirmed_flush().unwrap();
-    let commit: f64 = db
-        .sql(&format!("SELECT '{last_commit}'::pg_lsn - '0/0'::pg_lsn"))
-        .parse()
+    // The final status update reported a position past the last commit, and the slot has it.
+    let log = d.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("final position confirmed"))
+        .unwrap_or_else(|| panic!("no final confirmation in the log:\n{log}"));
+    let final_flush = line
+        .split("flush=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
         .unwrap();
+    let final_flush = db.lsn(final_flush);
     assert!(
-        confirmed as f64 > commit,
-        "confirmed {confirmed} is past the last commit {commit}"
+        final_flush > last_commit,
+        "final flush {final_flush} is past the last commit {last_commit}"
     );
+    assert!(db.confirmed_flush().unwrap() >= final_flush);
     assert_eq!(
         db.sql(&format!(
             "SELECT active FROM pg_replication_slots WHERE slot_name = '{}'",
@@ -177,4 +195,257 @@ fn a_held_slot_is_waited_for_then_taken_over() {
     db.sql("INSERT INTO t VALUES (2)");
     let events = standby.wait_events("the standby's events", |e| all_ids(e).contains(&json!(2)));
     assert!(all_ids(&events).contains(&json!(2)));
+}
+
+#[test]
+fn several_sinks_each_get_everything_and_the_slot_follows_the_slowest() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex, mpsc};
+
+    let db = TestDb::new("slowest");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = format!(
+        "{}[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
+        db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
+        fifo.display()
+    );
+    let (code, out, err) = crate::support::pglive(&["setup"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    // A backlog of 3,000 one-row transactions, about 600 KB of events: far more than a pipe
+    // holds, far less than the sink queues do.
+    write_rows(&db, "t", 1, 3000, 1);
+    let last_commit = db
+        .sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
+        .parse::<f64>()
+        .unwrap() as u64;
+
+    // The file sink's reader opens the pipe but does not read until told to.
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (go, wait_go) = mpsc::channel::<()>();
+    let reader = {
+        let (fifo, lines) = (fifo.clone(), lines.clone());
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(fifo).unwrap();
+            let _ = wait_go.recv();
+            for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+
+    let d = Daemon::run(&config);
+    let events = d.wait_events("stdout to receive the whole backlog", |e| e.len() >= 3000);
+    let last_event = db.lsn(events.last().unwrap()["meta"]["lsn"].as_str().unwrap());
+    // A pipe holds 64 KiB, and the file sink acknowledges whole batches only: it cannot have
+    // acknowledged any event that starts beyond that many bytes.
+    let raw = d.raw_lines();
+    let mut bytes = 0;
+    let beyond_pipe = raw
+        .iter()
+        .position(|l| {
+            bytes += l.len() + 1;
+            bytes > 65_536
+        })
+        .expect("more than a pipe's worth of events");
+    let beyond_pipe = db.lsn(events[beyond_pipe]["meta"]["lsn"].as_str().unwrap());
+    // Wait for a status update that reports everything as received (write position): the
+    // flush position in it must still wait for the stalled file sink.
+    let written = || -> u64 {
+        db.cluster
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT r.write_lsn - '0/0'::pg_lsn FROM pg_stat_replication r
+                       JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = '{}'",
+                    db.slot
+                ),
+            )
+            .parse::<f64>()
+            .unwrap_or(0.0) as u64
+    };
+    crate::support::wait_until(
+        "a status update reporting the whole backlog received",
+        || written() >= last_event,
+    );
+    assert!(
+        db.confirmed_flush().unwrap() < beyond_pipe,
+        "the slot moved past events the file sink has not delivered"
+    );
+
+    go.send(()).unwrap();
+    crate::support::wait_until("the file sink to deliver the whole backlog", || {
+        lines.lock().unwrap().len() >= 3000
+    });
+    crate::support::wait_until("the slot to pass the last transaction", || {
+        db.confirmed_flush().unwrap_or(0) >= last_commit
+    });
+    assert_eq!(
+        *lines.lock().unwrap(),
+        d.raw_lines(),
+        "both sinks carry exactly the same events"
+    );
+    drop(d);
+    reader.join().unwrap();
+}
+
+#[test]
+fn a_sink_stalled_beyond_wal_sender_timeout_keeps_the_session_alive() {
+    use std::io::Read;
+
+    let db = TestDb::new("stalled");
+    // This role's sessions time out after 2 s without a message from the client.
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         DROP ROLE IF EXISTS impatient; CREATE ROLE impatient LOGIN REPLICATION SUPERUSER;
+         ALTER ROLE impatient SET wal_sender_timeout = '2s';",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = db
+        .config(&["name = \"t\""], "[events]\ncoalesce = false")
+        .replace("postgres://postgres@", "postgres://impatient@")
+        .replace(
+            "[[sinks]]\ntype = \"stdout\"\n",
+            &format!(
+                "[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
+                fifo.display()
+            ),
+        );
+    let d = Daemon::run(&config);
+    // Opening a pipe's read end waits for its writer: open it aside, and do not read yet.
+    let opener = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::File::open(fifo).unwrap())
+    };
+    d.wait_log("streaming");
+    write_rows(&db, "t", 1, 3000, 1);
+    let pid = || {
+        db.sql(&format!(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.slot
+        ))
+    };
+    let walsender = pid();
+    // Let time pass well beyond the server's 2 s timeout while the sink cannot move.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        pid(),
+        walsender,
+        "the server kept the session: status updates continued\n{}",
+        d.stderr()
+    );
+    assert!(!d.stderr().contains("reconnecting"), "{}", d.stderr());
+    // Unblock: everything arrives.
+    let mut text = String::new();
+    let mut reader = std::io::BufReader::new(opener.join().unwrap());
+    let mut seen = 0;
+    let mut buf = [0u8; 65536];
+    while seen < 3000 {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "pipe closed early:\n{}", d.stderr());
+        text.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        seen = text.matches('\n').count();
+    }
+    assert_eq!(seen, 3000);
+}
+
+#[test]
+fn stop_at_delivers_up_to_the_position_then_exits() {
+    let db = TestDb::new("stopat");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let config = db.config(&["name = \"t\""], "");
+    let (code, out, err) = crate::support::pglive(&["setup"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    write_rows(&db, "t", 1, 50, 2);
+    let stop = db.sql("SELECT pg_current_wal_lsn()");
+    write_rows(&db, "t", 1001, 5, 2);
+    let mut d = Daemon::spawn(&config, &["run", "--stop-at", &stop]);
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}\n{}", d.stderr());
+    let ids = ids_as_set(&d.events());
+    assert!(
+        (1..=100).all(|i| ids.contains(&i)),
+        "everything before the stop position"
+    );
+    assert!(db.confirmed_flush().unwrap() >= db.lsn(&stop));
+    assert!(
+        d.stderr().contains("reached the stop position"),
+        "{}",
+        d.stderr()
+    );
+}
+
+#[test]
+fn a_slot_dropped_while_running_is_not_silently_recreated() {
+    let db = TestDb::new("dropped");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let mut d = Daemon::run(&db.config(&["name = \"t\""], "max_backoff = \"500ms\""));
+    d.wait_log("streaming");
+    db.cluster.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{0}';",
+            db.slot
+        ),
+    );
+    // The walsender may still be exiting: drop the slot once it is released.
+    crate::support::wait_until("the slot to be dropped", || {
+        db.cluster
+            .try_psql(
+                "postgres",
+                &format!("SELECT pg_drop_replication_slot('{}')", db.slot),
+            )
+            .is_ok()
+    });
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{}", d.stderr());
+    assert!(d.stderr().contains("no longer exists"), "{}", d.stderr());
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.slot
+        )),
+        "0"
+    );
+}
+
+#[test]
+fn partitioned_tables_are_published_under_their_own_name() {
+    let db = TestDb::new("partitioned");
+    db.sql(
+        "CREATE TABLE m (id int PRIMARY KEY, at date) PARTITION BY RANGE (id);
+         CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (100);
+         CREATE TABLE m2 PARTITION OF m FOR VALUES FROM (100) TO (200);",
+    );
+    let config = db.config(&["name = \"m\""], "");
+    let d = Daemon::run(&config);
+    d.wait_log("streaming");
+    db.sql("INSERT INTO m VALUES (1, now()), (150, now()); UPDATE m SET id = 160 WHERE id = 1;");
+    let events = d.wait_events("events for both partitions", |e| e.len() >= 2);
+    assert_eq!(events[0]["meta"]["table"], "m");
+    assert_eq!(events[0]["payload"], json!({"ids": [1, 150]}));
+    assert_eq!(events[1]["channel"], "resources/m");
+    // setup and check agree with what run did.
+    let (code, out, _) = crate::support::pglive(&["setup"], &config);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = crate::support::pglive(&["check"], &config);
+    assert_eq!(code, 1, "the slot is in use by the running daemon: {out}");
+    assert!(out.contains("ok    table public.m"), "{out}");
+    assert!(out.contains("covers every mapped table"), "{out}");
 }

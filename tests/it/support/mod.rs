@@ -86,6 +86,13 @@ impl<'c> TestDb<'c> {
         out.parse::<f64>().ok().map(|f| f as u64)
     }
 
+    /// An `X/X` LSN as a number.
+    pub fn lsn(&self, text: &str) -> u64 {
+        self.sql(&format!("SELECT '{text}'::pg_lsn - '0/0'::pg_lsn"))
+            .parse::<f64>()
+            .unwrap() as u64
+    }
+
     /// The server's current WAL insert position, as a number.
     pub fn current_wal(&self) -> u64 {
         self.sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
@@ -243,6 +250,12 @@ impl Daemon {
     #[track_caller]
     fn wait_change(&self, deadline: Instant, what: &str, events: &[Value]) {
         let now = Instant::now();
+        if self.output.0.lock().unwrap().closed >= 2 {
+            panic!(
+                "pglive exited while waiting for {what}\n--- stderr:\n{}",
+                self.stderr()
+            );
+        }
         if now >= deadline {
             panic!(
                 "timed out waiting for {what}\n--- {} events so far (last 5): {:#?}\n--- stderr:\n{}",
@@ -261,10 +274,20 @@ impl Daemon {
             .unwrap();
     }
 
-    /// Sends SIGKILL and reaps the process.
+    /// Sends SIGKILL, reaps the process and reads what it had written.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.wait_output_closed();
+    }
+
+    /// Waits until both output pipes are fully read (they close when the process is gone).
+    fn wait_output_closed(&self) {
+        let (lock, cv) = &*self.output;
+        let g = lock.lock().unwrap();
+        let _ = cv
+            .wait_timeout_while(g, Duration::from_secs(10), |o| o.closed < 2)
+            .unwrap();
     }
 
     /// Sends a signal by name (TERM, INT, …).

@@ -1,0 +1,89 @@
+//! The file sink: appends one JSON event per line to a file (an audit trail, or a named pipe
+//! into another program). A batch is acknowledged once its lines are written and, for a
+//! regular file with `fsync = true`, on disk.
+
+use std::path::PathBuf;
+
+use tokio::fs::{File, OpenOptions};
+use tokio::io::AsyncWriteExt;
+
+use super::{Batch, Sink, SinkError};
+
+pub struct FileSink {
+    path: PathBuf,
+    fsync: bool,
+    /// Opened at the first batch: opening a named pipe waits for its reader.
+    file: Option<(File, bool)>,
+    buf: Vec<u8>,
+}
+
+impl FileSink {
+    pub fn new(path: PathBuf, fsync: bool) -> FileSink {
+        FileSink {
+            path,
+            fsync,
+            file: None,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    fn error(&self, what: &str, e: std::io::Error) -> SinkError {
+        SinkError {
+            sink: "file",
+            message: format!("cannot {what} {}: {e}", self.path.display()),
+        }
+    }
+}
+
+impl Sink for FileSink {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .map_err(|e| self.error("open", e))?;
+            // Pipes and devices cannot be synced; only regular files are.
+            let regular = file
+                .metadata()
+                .await
+                .map_err(|e| self.error("inspect", e))?
+                .is_file();
+            self.file = Some((file, regular && self.fsync));
+        }
+        self.buf.clear();
+        for event in &batch.events {
+            self.buf.extend_from_slice(&event.json);
+            self.buf.push(b'\n');
+        }
+        let Some((file, sync)) = self.file.as_mut() else {
+            unreachable!("opened above")
+        };
+        let sync = *sync;
+        let result = async {
+            file.write_all(&self.buf).await?;
+            file.flush().await?;
+            if sync {
+                file.sync_data().await?;
+            }
+            Ok(())
+        }
+        .await;
+        result.map_err(|e| self.error("write to", e))
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        if let Some((file, _)) = self.file.as_mut() {
+            file.flush().await.map_err(|e| SinkError {
+                sink: "file",
+                message: format!("cannot flush: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+}
