@@ -8,17 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-1000000}
 
-scripts/prereqs.sh
-cargo build --release --locked --quiet
-bin=$PWD/target/release/pglive
 [ -x /usr/bin/time ] || { echo "bench-bigtxn: needs GNU time (apt-get install time)" >&2; exit 1; }
-
-work=$(mktemp -d /tmp/pglive-bench.XXXXXX)
-chmod 755 "$work"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url=$(scripts/pg-cluster.sh start "$work/pg" "$port")
-trap 'scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
-q() { psql -X -q -A -t "$url" "$@"; }
+. scripts/bench-common.sh
 
 q -c "CREATE TABLE big (id bigint PRIMARY KEY, qty int, name text)"
 q -c "CREATE PUBLICATION big_pub FOR TABLE big"

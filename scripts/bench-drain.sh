@@ -16,16 +16,7 @@ CHANGES=${CHANGES:-200000}
 TXN=${TXN:-100}
 ROUNDS=${ROUNDS:-3}
 
-scripts/prereqs.sh
-cargo build --release --locked --quiet
-bin=$PWD/target/release/pglive
-
-work=$(mktemp -d /tmp/pglive-bench.XXXXXX)
-chmod 755 "$work"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url=$(scripts/pg-cluster.sh start "$work/pg" "$port")
-trap 'scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
-q() { psql -X -q -A -t "$url" "$@"; }
+. scripts/bench-common.sh
 
 q -c "CREATE TABLE bench (id bigint PRIMARY KEY, qty int, name text)"
 q -c "CREATE PUBLICATION bench_pub FOR TABLE bench"

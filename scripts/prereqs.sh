@@ -15,6 +15,7 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pg_recvlogical >/dev/null 2>&1 || need+=(postgresql-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+[ -x /usr/bin/time ] || need+=(time)   # peak memory in scripts/bench-bigtxn.sh
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: installing ${need[*]}" >&2

@@ -28,6 +28,18 @@ fn write_rows(db: &TestDb, table: &str, from: i64, txns: i64, per: i64) {
     db.sql(&sql);
 }
 
+/// A named pipe in a directory of its own (removed when the guard drops).
+fn named_pipe() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    (dir, fifo)
+}
+
 #[test]
 fn sigkill_mid_stream_then_restart_delivers_every_committed_change() {
     let db = TestDb::new("sigkill");
@@ -204,15 +216,7 @@ fn several_sinks_each_get_everything_and_the_slot_follows_the_slowest() {
 
     let db = TestDb::new("slowest");
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("events.pipe");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (_dir, fifo) = named_pipe();
     let config = format!(
         "{}[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
         db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
@@ -308,15 +312,7 @@ fn a_sink_stalled_beyond_wal_sender_timeout_keeps_the_session_alive() {
          DROP ROLE IF EXISTS impatient; CREATE ROLE impatient LOGIN REPLICATION SUPERUSER;
          ALTER ROLE impatient SET wal_sender_timeout = '2s';",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("events.pipe");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (_dir, fifo) = named_pipe();
     let config = db
         .config(&["name = \"t\""], "[events]\ncoalesce = false")
         .replace("postgres://postgres@", "postgres://impatient@")

@@ -1,0 +1,13 @@
+# Sourced by the benchmark scripts: builds pglive (release), starts a throwaway PostgreSQL
+# with logical WAL in a temporary directory removed on exit, and defines `q` (psql on it).
+# Sets: bin, work, url.
+scripts/prereqs.sh
+cargo build --release --locked --quiet
+bin=$PWD/target/release/pglive
+
+work=$(mktemp -d /tmp/pglive-bench.XXXXXX)
+chmod 755 "$work"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url=$(scripts/pg-cluster.sh start "$work/pg" "$port")
+trap 'scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
+q() { psql -X -q -A -t "$url" "$@"; }
