@@ -6,7 +6,7 @@ use pglive::source::conn::ReplicationConnection;
 use pglive::source::conninfo::ConnInfo;
 use std::time::Duration;
 
-use crate::support::cluster::{MD5_PASSWORD, SCRAM_PASSWORD};
+use crate::support::cluster::{CLEARTEXT_PASSWORD, MD5_PASSWORD, SCRAM_PASSWORD};
 use crate::support::{Cluster, Daemon, TestDb};
 
 fn enc(s: &str) -> String {
@@ -38,13 +38,20 @@ fn url(c: &Cluster, user: &str, password: Option<&str>, host: &str, params: &str
 }
 
 #[tokio::test]
-async fn trust_md5_and_scram_over_plain_and_tls() {
+async fn trust_password_md5_and_scram_over_plain_and_tls() {
     let c = Cluster::shared();
     let ca = c.ca_cert();
     let ca = ca.display();
     let ok = [
         url(c, "postgres", None, "127.0.0.1", "sslmode=disable"),
         url(c, "postgres", None, "127.0.0.1", "sslmode=require"),
+        url(
+            c,
+            "pwuser",
+            Some(CLEARTEXT_PASSWORD),
+            "127.0.0.1",
+            "sslmode=require",
+        ),
         url(
             c,
             "md5user",

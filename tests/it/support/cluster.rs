@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 /// Password of `md5user` (md5 authentication).
 pub const MD5_PASSWORD: &str = "md5-pass";
+/// Password of `pwuser` (cleartext `password` authentication).
+pub const CLEARTEXT_PASSWORD: &str = "plain-pass";
 /// Password of `scramuser` (scram-sha-256 authentication).
 pub const SCRAM_PASSWORD: &str = "scräm pass";
 
@@ -177,6 +179,7 @@ impl Cluster {
             data.join("pg_hba.conf"),
             "local all all trust\n\
              host all md5user 127.0.0.1/32 md5\n\
+             host all pwuser 127.0.0.1/32 password\n\
              host all scramuser 127.0.0.1/32 scram-sha-256\n\
              host all all 127.0.0.1/32 trust\n\
              host all all ::1/128 trust\n",
@@ -192,7 +195,8 @@ impl Cluster {
         c.psql(
             "postgres",
             &format!(
-                "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN REPLICATION PASSWORD '{MD5_PASSWORD}';
+                "CREATE ROLE pwuser LOGIN REPLICATION PASSWORD '{CLEARTEXT_PASSWORD}';
+                 SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN REPLICATION PASSWORD '{MD5_PASSWORD}';
                  SET password_encryption = 'scram-sha-256'; CREATE ROLE scramuser LOGIN REPLICATION PASSWORD '{SCRAM_PASSWORD}';"
             ),
         );
