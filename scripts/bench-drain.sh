@@ -24,7 +24,7 @@ q -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1/$2:,.0f}')"; }
 
-printf '%-6s %-12s %10s %12s %10s %12s %12s %8s\n' round mode recv_s recv_chg/s pglive_s pglive_chg/s events ratio
+printf '%-6s %-10s %8s %12s %9s %13s %8s %8s %6s\n' round mode recv_s recv_chg/s pglive_s pglive_chg/s cpu_s events ratio
 ratios=()
 next_id=1
 for round in $(seq 1 "$ROUNDS"); do
@@ -64,14 +64,15 @@ CONF
     }
     run_live() {
       local t0; t0=$(now)
-      "$bin" run -c "$work/pglive.toml" --stop-at "$end" 2>"$work/pglive.log" >/dev/null
+      /usr/bin/time -o "$work/cpu" -f "%U %S" "$bin" run -c "$work/pglive.toml" --stop-at "$end" 2>"$work/pglive.log" >/dev/null
       live_s=$(python3 -c "print(f'{$(now) - $t0:.3f}')")
     }
     if [ $((round % 2)) = 1 ]; then run_recv; run_live; else run_live; run_recv; fi
     ratio=$(python3 -c "print(f'{$recv_s / $live_s:.2f}')")
     ratios+=("$mode:$ratio")
-    printf '%-6s %-12s %10s %12s %10s %12s %12s %8s\n' "$round" "$mode" "$recv_s" "$(rate "$CHANGES" "$recv_s")" \
-      "$live_s" "$(rate "$CHANGES" "$live_s")" "$(grep -o 'events=[0-9]*' "$work/pglive.log" | tail -n1 | cut -d= -f2)" "$ratio"
+    printf '%-6s %-10s %8s %12s %9s %13s %8s %8s %6s\n' "$round" "$mode" "$recv_s" "$(rate "$CHANGES" "$recv_s")" \
+      "$live_s" "$(rate "$CHANGES" "$live_s")" "$(python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')")" \
+      "$(grep -o 'events=[0-9]*' "$work/pglive.log" | tail -n1 | cut -d= -f2)" "$ratio"
     q -c "SELECT pg_drop_replication_slot('b_recv'), pg_drop_replication_slot('b_live')" >/dev/null
   done
 done
