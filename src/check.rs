@@ -6,7 +6,10 @@ use std::fmt;
 
 use tokio_postgres::Client;
 
-use crate::config::Config;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use crate::config::{Config, SinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog;
 use crate::source::conn::{quote_ident, quote_literal};
@@ -73,13 +76,26 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     let client = match catalog::connect(&pg.conn, pg.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
-            return vec![Finding::fail(
+            let mut out: Vec<Finding> = config
+                .sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| sink(i, s))
+                .collect();
+            out.push(Finding::fail(
                 format!("cannot connect to {}: {e}", pg.conn),
                 "check postgres.url, that the server is running and reachable, and pg_hba.conf",
-            )];
+            ));
+            return out;
         }
     };
-    let mut out = vec![Finding::ok(format!("connected to {}", pg.conn))];
+    let mut out: Vec<Finding> = config
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sink(i, s))
+        .collect();
+    out.push(Finding::ok(format!("connected to {}", pg.conn)));
     if let Err(e) = checks(config, &client, &mut out).await {
         out.push(Finding::fail(
             format!("a check query failed: {e}"),
@@ -87,6 +103,53 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// Whether sink `index` can take events (without sending any).
+fn sink(index: usize, sink: &SinkConfig) -> Finding {
+    match sink {
+        SinkConfig::Stdout => Finding::ok(format!("sinks[{index}]: stdout")),
+        SinkConfig::File { path, .. } => {
+            let shown = path.display();
+            let fix = format!("make {shown} writable by this user, or change sinks[{index}].path");
+            match std::fs::metadata(path) {
+                Ok(m) if m.file_type().is_fifo() => Finding::ok(format!(
+                    "sinks[{index}]: {shown} is a named pipe (events flow once a reader opens it)"
+                )),
+                Ok(_) => match std::fs::OpenOptions::new().append(true).open(path) {
+                    Ok(_) => Finding::ok(format!("sinks[{index}]: {shown} is writable")),
+                    Err(e) => {
+                        Finding::fail(format!("sinks[{index}]: cannot write {shown}: {e}"), fix)
+                    }
+                },
+                Err(_) => {
+                    // Not there yet: probe the directory with a file of our own.
+                    let dir = path
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(Path::new("."));
+                    let probe = dir.join(format!(".pglive-check-{}", std::process::id()));
+                    match std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&probe)
+                    {
+                        Ok(_) => {
+                            let _ = std::fs::remove_file(&probe);
+                            Finding::ok(format!("sinks[{index}]: {shown} can be created"))
+                        }
+                        Err(e) => Finding::fail(
+                            format!(
+                                "sinks[{index}]: cannot create files in {}: {e}",
+                                dir.display()
+                            ),
+                            fix,
+                        ),
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn checks(

@@ -87,3 +87,44 @@ impl Sink for FileSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn meets_the_sink_contract_and_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "earlier\n").unwrap();
+        let read = || {
+            std::fs::read(&path)
+                .unwrap()
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty() && *l != b"earlier")
+                .map(<[u8]>::to_vec)
+                .collect()
+        };
+        crate::sink::contract::check(FileSink::new(path.clone(), true), read).await;
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .starts_with("earlier\n"),
+            "appends"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_path_is_an_error_naming_it() {
+        let mut sink = FileSink::new("/nonexistent-dir/events.jsonl".into(), true);
+        let batch = Batch {
+            seq: 1,
+            events: Vec::new(),
+        };
+        let err = sink.send(&batch).await.unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent-dir/events.jsonl"),
+            "{err}"
+        );
+    }
+}

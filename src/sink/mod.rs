@@ -56,3 +56,55 @@ pub async fn drive<S: Sink>(
     }
     sink.close().await
 }
+
+/// The contract every sink must meet, run against each sink's own output.
+#[cfg(test)]
+pub(crate) mod contract {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+
+    use super::{Batch, Sink, drive};
+    use crate::checkpoint::AckBoard;
+    use crate::event::{EventId, EventKind, EventSource, Id, LiveEvent};
+    use crate::lsn::Lsn;
+
+    fn event(n: u64) -> LiveEvent {
+        let source = EventSource {
+            channel: "resources/t".into(),
+            schema: "public".into(),
+            table: "t".into(),
+            data_provider_name: None,
+        };
+        let id = EventId {
+            commit_lsn: Lsn(0x1000 + n),
+            ordinal: 0,
+        };
+        LiveEvent::new(
+            &source,
+            EventKind::Created,
+            Some(&[Id::Int(n as i64)]),
+            id,
+            7,
+            0,
+        )
+    }
+
+    /// Drives `sink` through three batches and checks that every batch is acknowledged, in
+    /// order, and that `output()` then holds every event, once, in order, byte for byte.
+    pub(crate) async fn check<S: Sink>(sink: S, output: impl Fn() -> Vec<Vec<u8>>) {
+        let board = Arc::new(AckBoard::new(1));
+        let (tx, rx) = mpsc::channel(4);
+        let driver = tokio::spawn(drive(sink, 0, rx, board.clone()));
+        let mut expected = Vec::new();
+        for seq in 1..=3u64 {
+            let events: Vec<LiveEvent> = (0..seq * 2).map(|i| event(seq * 100 + i)).collect();
+            expected.extend(events.iter().map(|e| e.json.to_vec()));
+            tx.send(Arc::new(Batch { seq, events })).await.unwrap();
+        }
+        drop(tx);
+        driver.await.unwrap().unwrap();
+        assert_eq!(board.min_acked(), 3, "every batch acknowledged");
+        assert_eq!(output(), expected);
+    }
+}

@@ -213,3 +213,33 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         );
     }
 }
+
+#[test]
+fn check_reports_on_each_sink() {
+    let db = TestDb::new("checksinks");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}[[sinks]]\ntype = \"file\"\npath = \"{}/events.jsonl\"\n",
+        db.config(&["name = \"t\""], ""),
+        dir.path().display()
+    );
+    let (code, out, err) = pglive(&["setup"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = pglive(&["check"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok    sinks[0]: stdout"), "{out}");
+    assert!(
+        out.contains("ok    sinks[1]:") && out.contains("can be created"),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join("events.jsonl").exists(),
+        "check creates nothing"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "its probe is removed"
+    );
+}

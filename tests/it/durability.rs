@@ -445,3 +445,40 @@ fn partitioned_tables_are_published_under_their_own_name() {
     assert!(out.contains("ok    table public.m"), "{out}");
     assert!(out.contains("covers every mapped table"), "{out}");
 }
+
+#[test]
+fn a_silent_server_is_detected_and_the_stream_resumes() {
+    let db = TestDb::new("silent");
+    // Short server timeout, so the client's read deadline is short too.
+    db.sql(
+        "CREATE TABLE t (id int PRIMARY KEY);
+         DROP ROLE IF EXISTS hasty; CREATE ROLE hasty LOGIN REPLICATION SUPERUSER;
+         ALTER ROLE hasty SET wal_sender_timeout = '2s';",
+    );
+    let config = db
+        .config(&["name = \"t\""], "max_backoff = \"500ms\"")
+        .replace("postgres://postgres@", "postgres://hasty@");
+    let d = Daemon::run(&config);
+    d.wait_log("streaming");
+    let walsender = db.sql(&format!(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}'",
+        db.slot
+    ));
+    // Freeze the walsender: the connection stays open but nothing arrives any more.
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &walsender])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} {walsender}");
+    };
+    signal("-STOP");
+    let resumed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        d.wait_log("waiting for data from the server");
+    }));
+    signal("-CONT");
+    resumed.unwrap();
+    db.sql("INSERT INTO t VALUES (1)");
+    let events = d.wait_events("the event after reconnecting", |e| !e.is_empty());
+    assert_eq!(events[0]["payload"], json!({"ids": [1]}));
+}
