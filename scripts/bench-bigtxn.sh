@@ -8,7 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-1000000}
 
-[ -x /usr/bin/time ] || { echo "bench-bigtxn: needs GNU time (apt-get install time)" >&2; exit 1; }
 . scripts/bench-common.sh
 
 q -c "CREATE TABLE big (id bigint PRIMARY KEY, qty int, name text)"

@@ -1,9 +1,9 @@
 # Sourced by the benchmark scripts: builds pglive (release), starts a throwaway PostgreSQL
 # with logical WAL in a temporary directory removed on exit, and defines `q` (psql on it).
 # Sets: bin, work, url.
-scripts/prereqs.sh
+scripts/prereqs.sh bench
 cargo build --release --locked --quiet
-bin=$PWD/target/release/pglive
+bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/pglive
 
 work=$(mktemp -d /tmp/pglive-bench.XXXXXX)
 chmod 755 "$work"

@@ -8,7 +8,8 @@
 #
 # Each round creates two slots at the same position, writes the backlog, then drains one slot
 # with each tool (alternating which goes first) until the WAL position taken after the writes.
-# Times include process start-up for both. Prints a table; the ratio is pglive / pg_recvlogical.
+# Times include process start-up for both. Prints a table; `ratio` is pglive's throughput over
+# pg_recvlogical's (above 1: pglive drained faster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,5 +84,5 @@ for item in sys.argv[1:]:
     mode, r = item.split(":")
     by.setdefault(mode, []).append(float(r))
 for mode, rs in by.items():
-    print(f"median ratio (pglive/pg_recvlogical, {mode}): {statistics.median(rs):.2f}")
+    print(f"median throughput ratio pglive/pg_recvlogical ({mode}): {statistics.median(rs):.2f}")
 PY

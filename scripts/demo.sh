@@ -9,16 +9,17 @@ cd "$(dirname "$0")/.."
 scripts/prereqs.sh
 echo "==> building pglive (release)" >&2
 cargo build --release --locked --quiet
-bin=target/release/pglive
+bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/pglive
 
 work=$(mktemp -d /tmp/pglive-demo.XXXXXX)
 chmod 755 "$work"
 pid=""
+created=""
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  if [ -f "$work/pglive.toml" ]; then
+  if [ -n "$created" ]; then
     "$bin" teardown -c "$work/pglive.toml" >/dev/null 2>&1 || true
-    psql -X -q "$url" -c "DROP TABLE IF EXISTS demo_products" >/dev/null 2>&1 || true
+    psql -X -q "$url" -c "DROP TABLE IF EXISTS pglive_demo_products" >/dev/null 2>&1 || true
   fi
   [ -n "${own_cluster:-}" ] && scripts/pg-cluster.sh stop "$work/pg"
   rm -rf "$work"
@@ -42,7 +43,17 @@ else
   url=$(scripts/pg-cluster.sh start "$work/pg" "$port")
 fi
 
-psql -X -q "$url" -c "CREATE TABLE IF NOT EXISTS demo_products (id bigint PRIMARY KEY, name text, price numeric)"
+# Never touch what was there before: the demo's table, publication and slot must be new.
+existing=$(psql -X -q -A -t "$url" -c "SELECT concat_ws(' ',
+    CASE WHEN to_regclass('public.pglive_demo_products') IS NOT NULL THEN 'table pglive_demo_products' END,
+    (SELECT 'publication pglive_demo' FROM pg_publication WHERE pubname = 'pglive_demo'),
+    (SELECT 'slot pglive_demo' FROM pg_replication_slots WHERE slot_name = 'pglive_demo'))")
+if [ -n "$existing" ]; then
+  echo "demo: $existing already exist(s) in this database; not touching them" >&2
+  exit 1
+fi
+created=1
+psql -X -q "$url" -c "CREATE TABLE pglive_demo_products (id bigint PRIMARY KEY, name text, price numeric)"
 cat >"$work/pglive.toml" <<CONF
 [postgres]
 url = "$url"
@@ -50,7 +61,7 @@ slot = "pglive_demo"
 publication = "pglive_demo"
 
 [[tables]]
-name = "public.demo_products"
+name = "public.pglive_demo_products"
 channel = "resources/products"
 
 [[sinks]]
@@ -66,14 +77,14 @@ wait_for 30 "pglive to start streaming" grep -q streaming "$work/pglive.log"
 
 echo "==> writing rows with psql" >&2
 psql -X -q "$url" <<'SQL'
-INSERT INTO demo_products VALUES (1, 'Keyboard', 49.90), (2, 'Mouse', 19.90);
-UPDATE demo_products SET price = 44.90 WHERE id = 1;
+INSERT INTO pglive_demo_products VALUES (1, 'Keyboard', 49.90), (2, 'Mouse', 19.90);
+UPDATE pglive_demo_products SET price = 44.90 WHERE id = 1;
 BEGIN;
-INSERT INTO demo_products SELECT g, 'Cable ' || g, 5 FROM generate_series(3, 7) g;
-DELETE FROM demo_products WHERE id = 2;
+INSERT INTO pglive_demo_products SELECT g, 'Cable ' || g, 5 FROM generate_series(3, 7) g;
+DELETE FROM pglive_demo_products WHERE id = 2;
 COMMIT;
-UPDATE demo_products SET id = 100 WHERE id = 1;
-TRUNCATE demo_products;
+UPDATE pglive_demo_products SET id = 100 WHERE id = 1;
+TRUNCATE pglive_demo_products;
 SQL
 
 count() { [ "$(wc -l <"$work/events.jsonl")" -ge 6 ]; }

@@ -35,7 +35,6 @@ case "$cmd" in
         || { cat "$dir/initdb.log" >&2; exit 1; }
       cat >>"$dir/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
-port = $port
 unix_socket_directories = '$dir'
 wal_level = logical
 max_wal_senders = 20
@@ -45,7 +44,7 @@ synchronous_commit = off
 full_page_writes = off
 CONF
     fi
-    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null \
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -o "-p $port" -w -t 60 start >/dev/null \
       || { tail -n 30 "$dir/server.log" >&2; exit 1; }
     echo "postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
     ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what pglive's tests, quick start and benchmark need and the machine lacks:
-# the PostgreSQL server and client (initdb, psql, pg_recvlogical), openssl (test
-# certificates), and the rustfmt/clippy components. Safe to run repeatedly.
+# Installs what pglive's tests and quick start need and the machine lacks: the PostgreSQL
+# server and client (initdb, psql, pg_recvlogical), openssl (test certificates), python3,
+# and the rustfmt/clippy components; `prereqs.sh bench` adds GNU time for the benchmarks.
+# Safe to run repeatedly.
 set -euo pipefail
 
 have_pg_server() {
@@ -15,7 +16,10 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pg_recvlogical >/dev/null 2>&1 || need+=(postgresql-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
-[ -x /usr/bin/time ] || need+=(time)   # peak memory in scripts/bench-bigtxn.sh
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ "${1:-}" = bench ]; then
+  [ -x /usr/bin/time ] || need+=(time)   # peak memory in scripts/bench-bigtxn.sh
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "prereqs: installing ${need[*]}" >&2

@@ -33,6 +33,13 @@ pub const DEFAULT_MAX_IDS_PER_EVENT: usize = 1000;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
 /// Upper bound for the durations above: longer ones are mistakes, and would overflow timers.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Text settings taken from the environment as written (never parsed as numbers or booleans).
+const RAW_ENV_KEYS: &[&str] = &[
+    "postgres.url",
+    "postgres.password_file",
+    "postgres.slot",
+    "postgres.publication",
+];
 /// Environment variables with this prefix (and a `__` section separator) override the file.
 pub const ENV_PREFIX: &str = "PGLIVE_";
 
@@ -214,14 +221,8 @@ impl Issues {
         if !self.env {
             return None;
         }
-        let var = format!(
-            "{ENV_PREFIX}{}",
-            key.split('.')
-                .map(str::to_uppercase)
-                .collect::<Vec<_>>()
-                .join("__")
-        );
-        let from_env = if key == "postgres.url" {
+        let var = env_var_name(key);
+        let from_env = if RAW_ENV_KEYS.contains(&key) {
             // Merged raw (see `load`), so its metadata does not name the environment.
             std::env::var_os(&var).is_some()
         } else {
@@ -261,6 +262,12 @@ impl Issues {
             self.push(key, message);
         }
     }
+}
+
+/// `postgres.slot` → `PGLIVE_POSTGRES__SLOT`.
+fn env_var_name(key: &str) -> String {
+    let parts: Vec<String> = key.split('.').map(str::to_uppercase).collect();
+    format!("{ENV_PREFIX}{}", parts.join("__"))
 }
 
 /// Drops the source excerpt (`2 | url = "…"` and its `|` gutter lines) from a parse error.
@@ -309,11 +316,13 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
             // Only `SECTION__KEY` variables configure; `PGLIVE_CONFIG` and the like do not.
             .filter(|k| k.as_str().contains("__"))
             .split("__")
-            // Taken raw below: figment would parse a numeric-looking secret as a number.
-            .ignore(&["postgres.url"]),
+            // Taken raw below: figment would read `007` as the number 7.
+            .ignore(RAW_ENV_KEYS),
     );
-    if let Ok(url) = std::env::var(format!("{ENV_PREFIX}POSTGRES__URL")) {
-        figment = figment.merge(Serialized::default("postgres.url", url));
+    for key in RAW_ENV_KEYS {
+        if let Ok(value) = std::env::var(env_var_name(key)) {
+            figment = figment.merge(Serialized::default(key, value));
+        }
     }
     from_figment(figment, true)
 }
@@ -411,6 +420,10 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         .map(RawDuration::resolve)
     {
         None => default,
+        Some(Ok(d)) if d > MAX_DURATION => {
+            issues.push(format!("postgres.{key}"), "must be at most 1h");
+            default
+        }
         Some(Ok(d)) if !d.is_zero() => d,
         Some(Ok(_)) => {
             issues.push(format!("postgres.{key}"), "must be greater than zero");

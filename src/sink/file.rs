@@ -42,6 +42,7 @@ impl Sink for FileSink {
 
     async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
         if self.file.is_none() {
+            let existed = tokio::fs::try_exists(&self.path).await.unwrap_or(true);
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -54,6 +55,14 @@ impl Sink for FileSink {
                 .await
                 .map_err(|e| self.error("inspect", e))?
                 .is_file();
+            if regular && self.fsync && !existed {
+                // A new file's directory entry must reach the disk too, or its acknowledged
+                // events could vanish with it after a power cut.
+                let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+                let dir = dir.unwrap_or(std::path::Path::new("."));
+                let synced = async { File::open(dir).await?.sync_all().await }.await;
+                synced.map_err(|e| self.error("sync the directory of", e))?;
+            }
             self.file = Some((file, regular && self.fsync));
         }
         self.buf.clear();

@@ -163,7 +163,9 @@ impl Source {
         };
         // Silence longer than this means the server or the network is gone: we ask for a
         // keepalive at every status update, so a live server answers well within it.
-        let read_timeout = (status_interval * 3).max(sender_timeout.unwrap_or_default() * 2);
+        let read_timeout = status_interval
+            .saturating_mul(3)
+            .max(sender_timeout.unwrap_or_default().saturating_mul(2));
 
         let mut conn =
             ReplicationConnection::connect(&cfg.conn, cfg.connect_timeout, cfg.max_message_bytes)

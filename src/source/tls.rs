@@ -38,6 +38,14 @@ pub fn client_config(
 ) -> Result<Option<Arc<ClientConfig>>, TlsSetupError> {
     let builder =
         ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    // As in libpq: with a root certificate at hand (sslrootcert, or ~/.postgresql/root.crt),
+    // sslmode=require verifies the chain like verify-ca.
+    let mode = match mode {
+        SslMode::Require if root_cert.is_some() || default_root_cert().is_some() => {
+            SslMode::VerifyCa
+        }
+        other => other,
+    };
     let config = match mode {
         SslMode::Disable => return Ok(None),
         SslMode::Prefer | SslMode::Require => builder
@@ -64,10 +72,15 @@ pub fn client_config(
 }
 
 /// Roots from `sslrootcert`, else libpq's default `~/.postgresql/root.crt`, else the system store.
-fn load_roots(root_cert: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
-    let default = std::env::var_os("HOME")
+/// libpq's default root certificate file, if present.
+fn default_root_cert() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME")
         .map(|h| Path::new(&h).join(".postgresql/root.crt"))
-        .filter(|p| p.exists());
+        .filter(|p| p.exists())
+}
+
+fn load_roots(root_cert: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
+    let default = default_root_cert();
     let mut store = RootCertStore::empty();
     let path = root_cert
         .filter(|p| p.as_os_str() != "system")

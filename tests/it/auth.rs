@@ -174,6 +174,26 @@ async fn authentication_and_verification_failures_are_clear_and_final() {
         assert!(!err.is_retryable(), "{u}: {err} should not be retried");
         assert!(!err.to_string().contains("wrong"), "no password in {err}");
     }
+    // With a root certificate given, sslmode=require verifies the chain (as libpq does).
+    let u = url(
+        c,
+        "postgres",
+        None,
+        "127.0.0.1",
+        &format!("sslmode=require&sslrootcert={}", other.display()),
+    );
+    let err = identify(&u)
+        .await
+        .expect_err("require with a root certificate verifies the chain");
+    assert!(matches!(err, SourceError::Tls(_)), "{err}");
+    let u = url(
+        c,
+        "postgres",
+        None,
+        "127.0.0.1",
+        &format!("sslmode=require&sslrootcert={}", c.ca_cert().display()),
+    );
+    identify(&u).await.unwrap_or_else(|e| panic!("{u}: {e}"));
     // A certificate from an unknown CA is refused.
     let u = url(
         c,

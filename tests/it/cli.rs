@@ -71,6 +71,21 @@ fn environment_overrides_the_file_and_is_named_in_errors() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Text settings are taken as written: `007` stays `007`, not the number 7.
+    let out = std::process::Command::new(crate::support::BIN)
+        .args(["check", "-c"])
+        .arg(file.path())
+        .env_remove("PGLIVE_CONFIG")
+        .env("PGLIVE_POSTGRES__URL", db.url())
+        .env("PGLIVE_POSTGRES__SLOT", "007")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("replication slot 007 does not exist"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&[("PGLIVE_POSTGRES__SLOT", "No Good")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -94,29 +94,12 @@ fn sh(script: &str) {
 
 impl Cluster {
     /// The cluster shared by the tests of this process; stopped and removed after the process
-    /// exits (a watchdog waits for it).
+    /// exits (see `watch`).
     pub fn shared() -> &'static Cluster {
         static SHARED: OnceLock<Cluster> = OnceLock::new();
         SHARED.get_or_init(|| {
             let mut c = Cluster::init();
             c.owned = false;
-            let stop = format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {as_owner} {pg_ctl} -D {dir}/data -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
-                pid = std::process::id(),
-                as_owner = if is_root() { "runuser -u postgres --" } else { "" },
-                pg_ctl = c.bindir.join("pg_ctl").display(),
-                dir = c.dir.display(),
-            );
-            // Not waited for on purpose: the watchdog outlives this process to clean up after it.
-            #[allow(clippy::zombie_processes)]
-            Command::new("sh")
-                .arg("-c")
-                .arg(stop)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn the cluster watchdog");
             c
         })
     }
@@ -192,6 +175,7 @@ impl Cluster {
             owned: true,
         };
         c.start();
+        c.watch();
         c.psql(
             "postgres",
             &format!(
@@ -201,6 +185,35 @@ impl Cluster {
             ),
         );
         c
+    }
+
+    /// Stops and removes the cluster once this process is gone, however it ends. The watchdog
+    /// runs in a session of its own and ignores the usual signals, so that killing the test
+    /// run's process group does not leave the server behind.
+    fn watch(&self) {
+        let stop = format!(
+            "trap '' INT TERM HUP; while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {as_owner} {pg_ctl} -D {dir}/data -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
+            pid = std::process::id(),
+            as_owner = if is_root() {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
+            pg_ctl = self.bindir.join("pg_ctl").display(),
+            dir = self.dir.display(),
+        );
+        // Not waited for on purpose: the watchdog outlives this process to clean up after it.
+        #[allow(clippy::zombie_processes)]
+        Command::new("setsid")
+            .arg("sh")
+            .arg("-c")
+            .arg(stop)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the cluster watchdog");
     }
 
     pub fn start(&self) {
