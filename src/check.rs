@@ -73,15 +73,15 @@ impl fmt::Display for Finding {
 /// Runs every check. A connection failure is itself a finding (and ends the checks).
 pub async fn run(config: &Config) -> Vec<Finding> {
     let pg = &config.postgres;
+    let mut out: Vec<Finding> = config
+        .sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sink(i, s))
+        .collect();
     let client = match catalog::connect(&pg.conn, pg.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
-            let mut out: Vec<Finding> = config
-                .sinks
-                .iter()
-                .enumerate()
-                .map(|(i, s)| sink(i, s))
-                .collect();
             out.push(Finding::fail(
                 format!("cannot connect to {}: {e}", pg.conn),
                 "check postgres.url, that the server is running and reachable, and pg_hba.conf",
@@ -89,12 +89,6 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             return out;
         }
     };
-    let mut out: Vec<Finding> = config
-        .sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| sink(i, s))
-        .collect();
     out.push(Finding::ok(format!("connected to {}", pg.conn)));
     if let Err(e) = checks(config, &client, &mut out).await {
         out.push(Finding::fail(

@@ -28,6 +28,14 @@ fn write_rows(db: &TestDb, table: &str, from: i64, txns: i64, per: i64) {
     db.sql(&sql);
 }
 
+/// A role whose replication sessions the server ends after 2 s without a client message.
+fn impatient_role(db: &TestDb, role: &str) {
+    db.sql(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN REPLICATION SUPERUSER;
+         ALTER ROLE {role} SET wal_sender_timeout = '2s';"
+    ));
+}
+
 /// A named pipe in a directory of its own (removed when the guard drops).
 fn named_pipe() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -306,12 +314,8 @@ fn a_sink_stalled_beyond_wal_sender_timeout_keeps_the_session_alive() {
     use std::io::Read;
 
     let db = TestDb::new("stalled");
-    // This role's sessions time out after 2 s without a message from the client.
-    db.sql(
-        "CREATE TABLE t (id int PRIMARY KEY);
-         DROP ROLE IF EXISTS impatient; CREATE ROLE impatient LOGIN REPLICATION SUPERUSER;
-         ALTER ROLE impatient SET wal_sender_timeout = '2s';",
-    );
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    impatient_role(&db, "impatient");
     let (_dir, fifo) = named_pipe();
     let config = db
         .config(&["name = \"t\""], "[events]\ncoalesce = false")
@@ -449,12 +453,9 @@ fn partitioned_tables_are_published_under_their_own_name() {
 #[test]
 fn a_silent_server_is_detected_and_the_stream_resumes() {
     let db = TestDb::new("silent");
-    // Short server timeout, so the client's read deadline is short too.
-    db.sql(
-        "CREATE TABLE t (id int PRIMARY KEY);
-         DROP ROLE IF EXISTS hasty; CREATE ROLE hasty LOGIN REPLICATION SUPERUSER;
-         ALTER ROLE hasty SET wal_sender_timeout = '2s';",
-    );
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    // A short server timeout makes the client's read deadline short too.
+    impatient_role(&db, "hasty");
     let config = db
         .config(&["name = \"t\""], "max_backoff = \"500ms\"")
         .replace("postgres://postgres@", "postgres://hasty@");
