@@ -96,6 +96,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let is_run = matches!(cli.command, Command::Run { .. });
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { stop_at, .. } => run(config, stop_at).await,
@@ -110,6 +111,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("pglive: {e:#}");
+            if is_run {
+                eprintln!(
+                    "pglive: `pglive check --config {}` verifies every prerequisite and says how to fix it",
+                    path.display()
+                );
+            }
             ExitCode::from(1)
         }
     }

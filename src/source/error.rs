@@ -82,8 +82,10 @@ pub enum SourceError {
     Config(String),
     #[error("{0}")]
     Fatal(String),
+    /// Its message already includes the cause (see `describe_control`), so it is not
+    /// chained as a source, which would print it twice.
     #[error("control connection: {}", describe_control(.0))]
-    Control(#[from] tokio_postgres::Error),
+    Control(tokio_postgres::Error),
     #[error("cannot decode replication message at {lsn}: {source}")]
     Decode {
         lsn: crate::lsn::Lsn,
@@ -117,6 +119,12 @@ const FATAL_SQLSTATES: [&str; 6] = ["28000", "28P01", "3D000", "42501", "42704",
 
 /// `55006 object_in_use`: the slot is active for another process.
 pub const SLOT_IN_USE: &str = "55006";
+
+impl From<tokio_postgres::Error> for SourceError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        SourceError::Control(e)
+    }
+}
 
 impl From<PgError> for SourceError {
     fn from(e: PgError) -> Self {
