@@ -320,6 +320,8 @@ fn a_sink_stalled_beyond_wal_sender_timeout_keeps_the_session_alive() {
     let config = db
         .config(&["name = \"t\""], "[events]\ncoalesce = false")
         .replace("postgres://postgres@", "postgres://impatient@")
+        // Status updates at 8× the server's 2 s timeout, so a loaded machine cannot miss it.
+        .replace("status_interval = \"1s\"", "status_interval = \"250ms\"")
         .replace(
             "[[sinks]]\ntype = \"stdout\"\n",
             &format!(
