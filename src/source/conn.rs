@@ -29,6 +29,11 @@ pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=iso_8601 -c
 /// Read in chunks of at least this much: one syscall per many replication messages.
 const READ_CHUNK: usize = 128 * 1024;
 
+/// A read smaller than this, right after another, means the stream is trickling in.
+const SMALL_READ: usize = 16 * 1024;
+/// How long to let a busy stream gather before reading again.
+const READ_GATHER_PAUSE: Duration = Duration::from_millis(1);
+
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
@@ -59,6 +64,8 @@ pub struct ReplicationConnection {
     wbuf: BytesMut,
     max_message: usize,
     server_version: String,
+    /// When the last read returned data (see `fill`).
+    last_read: Option<std::time::Instant>,
 }
 
 /// What a status update reports.
@@ -157,6 +164,7 @@ impl ReplicationConnection {
             wbuf: BytesMut::with_capacity(256),
             max_message,
             server_version: String::new(),
+            last_read: None,
         };
         conn.startup(info, binding).await?;
         Ok(conn)
@@ -427,6 +435,17 @@ impl ReplicationConnection {
             })?;
         if n == 0 {
             return Err(SourceError::Closed);
+        }
+        // The walsender writes every message as it is produced. When small reads come back to
+        // back, the stream is busy and we are waking up once per few messages: pausing a
+        // moment lets a bigger chunk gather, for far fewer wakeups (and less CPU taken from
+        // the walsender) at the cost of a millisecond. An isolated change is not delayed.
+        let busy = self
+            .last_read
+            .is_some_and(|t| t.elapsed() < READ_GATHER_PAUSE * 2);
+        self.last_read = Some(std::time::Instant::now());
+        if n < SMALL_READ && busy {
+            tokio::time::sleep(READ_GATHER_PAUSE).await;
         }
         Ok(())
     }
