@@ -13,8 +13,14 @@ pub struct FileSink {
     path: PathBuf,
     fsync: bool,
     /// Opened at the first batch: opening a named pipe waits for its reader.
-    file: Option<(File, bool)>,
+    file: Option<OpenFile>,
     buf: Vec<u8>,
+}
+
+struct OpenFile {
+    file: File,
+    /// Sync each batch to disk (a regular file with `fsync = true`).
+    sync: bool,
 }
 
 impl FileSink {
@@ -25,6 +31,32 @@ impl FileSink {
             file: None,
             buf: Vec::with_capacity(64 * 1024),
         }
+    }
+
+    async fn open(&self) -> Result<OpenFile, SinkError> {
+        let existed = tokio::fs::try_exists(&self.path).await.unwrap_or(true);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(|e| self.error("open", e))?;
+        // Pipes and devices cannot be synced; only regular files are.
+        let regular = file
+            .metadata()
+            .await
+            .map_err(|e| self.error("inspect", e))?
+            .is_file();
+        let sync = regular && self.fsync;
+        if sync && !existed {
+            // A new file's directory entry must reach the disk too, or its acknowledged
+            // events could vanish with it after a power cut.
+            let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = dir.unwrap_or(std::path::Path::new("."));
+            let synced = async { File::open(dir).await?.sync_all().await }.await;
+            synced.map_err(|e| self.error("sync the directory of", e))?;
+        }
+        Ok(OpenFile { file, sync })
     }
 
     fn error(&self, what: &str, e: std::io::Error) -> SinkError {
@@ -41,59 +73,30 @@ impl Sink for FileSink {
     }
 
     async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        if self.file.is_none() {
-            let existed = tokio::fs::try_exists(&self.path).await.unwrap_or(true);
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .await
-                .map_err(|e| self.error("open", e))?;
-            // Pipes and devices cannot be synced; only regular files are.
-            let regular = file
-                .metadata()
-                .await
-                .map_err(|e| self.error("inspect", e))?
-                .is_file();
-            if regular && self.fsync && !existed {
-                // A new file's directory entry must reach the disk too, or its acknowledged
-                // events could vanish with it after a power cut.
-                let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
-                let dir = dir.unwrap_or(std::path::Path::new("."));
-                let synced = async { File::open(dir).await?.sync_all().await }.await;
-                synced.map_err(|e| self.error("sync the directory of", e))?;
-            }
-            self.file = Some((file, regular && self.fsync));
-        }
-        self.buf.clear();
-        for event in &batch.events {
-            self.buf.extend_from_slice(&event.json);
-            self.buf.push(b'\n');
-        }
-        let Some((file, sync)) = self.file.as_mut() else {
-            unreachable!("opened above")
+        let mut out = match self.file.take() {
+            Some(out) => out,
+            None => self.open().await?,
         };
-        let sync = *sync;
+        batch.write_lines(&mut self.buf);
         let result = async {
-            file.write_all(&self.buf).await?;
-            file.flush().await?;
-            if sync {
-                file.sync_data().await?;
+            out.file.write_all(&self.buf).await?;
+            out.file.flush().await?;
+            if out.sync {
+                out.file.sync_data().await?;
             }
             Ok(())
         }
         .await;
+        self.file = Some(out);
         result.map_err(|e| self.error("write to", e))
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {
-        if let Some((file, _)) = self.file.as_mut() {
-            file.flush().await.map_err(|e| SinkError {
-                sink: "file",
-                message: format!("cannot flush: {e}"),
-            })?;
-        }
-        Ok(())
+        let flushed = match self.file.as_mut() {
+            Some(out) => out.file.flush().await,
+            None => Ok(()),
+        };
+        flushed.map_err(|e| self.error("flush", e))
     }
 }
 

@@ -20,6 +20,18 @@ pub struct Batch {
     pub events: Vec<LiveEvent>,
 }
 
+impl Batch {
+    /// The events as newline-delimited JSON, into `out` (cleared first): the line format of
+    /// the stdout and file sinks.
+    pub fn write_lines(&self, out: &mut Vec<u8>) {
+        out.clear();
+        for event in &self.events {
+            out.extend_from_slice(&event.json);
+            out.push(b'\n');
+        }
+    }
+}
+
 /// A sink failed to deliver.
 #[derive(Debug, thiserror::Error)]
 #[error("sink {sink}: {message}")]

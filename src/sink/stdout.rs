@@ -38,11 +38,7 @@ impl Sink for StdoutSink {
     }
 
     async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
-        self.buf.clear();
-        for event in &batch.events {
-            self.buf.extend_from_slice(&event.json);
-            self.buf.push(b'\n');
-        }
+        batch.write_lines(&mut self.buf);
         self.out.write_all(&self.buf).await.map_err(Self::error)?;
         self.out.flush().await.map_err(Self::error)
     }

@@ -222,8 +222,7 @@ fn streams_end_to_end_over_scram_plus_and_verified_tls() {
         db.name,
         c.ca_cert().display()
     );
-    let (code, out, err) = crate::support::pglive(&["setup"], &db.config(&["name = \"t\""], ""));
-    assert_eq!(code, 0, "{out}{err}");
+    crate::support::setup(&db.config(&["name = \"t\""], ""));
     let config = db.config(&["name = \"t\""], "").replace(&db.url(), &secure);
     let d = Daemon::run(&config);
     d.wait_log("streaming");

@@ -239,8 +239,7 @@ fn check_reports_on_each_sink() {
         db.config(&["name = \"t\""], ""),
         dir.path().display()
     );
-    let (code, out, err) = pglive(&["setup"], &config);
-    assert_eq!(code, 0, "{out}{err}");
+    crate::support::setup(&config);
     let (code, out, err) = pglive(&["check"], &config);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok    sinks[0]: stdout"), "{out}");

@@ -15,17 +15,23 @@ fn ids_as_set(events: &[Value]) -> BTreeSet<i64> {
         .collect()
 }
 
-/// Writes `txns` transactions of `per` rows each into `table`, starting at id `from`.
+/// `txns` statements (each its own transaction) inserting `per` rows each into `table`,
+/// starting at id `from`.
+fn rows_sql(table: &str, from: i64, txns: i64, per: i64) -> String {
+    (0..txns)
+        .map(|t| {
+            let lo = from + t * per;
+            format!(
+                "INSERT INTO {table} SELECT g FROM generate_series({lo}, {}) g;\n",
+                lo + per - 1
+            )
+        })
+        .collect()
+}
+
+/// Writes `rows_sql(..)` through psql.
 fn write_rows(db: &TestDb, table: &str, from: i64, txns: i64, per: i64) {
-    let mut sql = String::new();
-    for t in 0..txns {
-        let lo = from + t * per;
-        sql.push_str(&format!(
-            "INSERT INTO {table} SELECT g FROM generate_series({lo}, {}) g;\n",
-            lo + per - 1
-        ));
-    }
-    db.sql(&sql);
+    db.sql(&rows_sql(table, from, txns, per));
 }
 
 /// A role whose replication sessions the server ends after 2 s without a client message.
@@ -53,24 +59,13 @@ fn sigkill_mid_stream_then_restart_delivers_every_committed_change() {
     let db = TestDb::new("sigkill");
     db.sql("CREATE TABLE t (id int8 PRIMARY KEY)");
     let config = db.config(&["name = \"t\""], "[events]\ncoalesce = false");
-    let (code, out, err) = crate::support::pglive(&["setup"], &config);
-    assert_eq!(code, 0, "{out}{err}");
+    crate::support::setup(&config);
 
     let mut first = Daemon::run(&config);
     let writer = {
         let cluster = db.cluster;
         let name = db.name.clone();
-        std::thread::spawn(move || {
-            let mut sql = String::new();
-            for t in 0..2000i64 {
-                sql.push_str(&format!(
-                    "INSERT INTO t SELECT g FROM generate_series({}, {}) g;\n",
-                    t * 10 + 1,
-                    t * 10 + 10
-                ));
-            }
-            cluster.psql(&name, &sql);
-        })
+        std::thread::spawn(move || cluster.psql(&name, &rows_sql("t", 1, 2000, 10)))
     };
     let seen = first.wait_events("the stream to be flowing", |e| e.len() >= 200);
     let hundredth = db.lsn(seen[99]["meta"]["lsn"].as_str().unwrap());
@@ -230,8 +225,7 @@ fn several_sinks_each_get_everything_and_the_slot_follows_the_slowest() {
         db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
         fifo.display()
     );
-    let (code, out, err) = crate::support::pglive(&["setup"], &config);
-    assert_eq!(code, 0, "{out}{err}");
+    crate::support::setup(&config);
     // A backlog of 3,000 one-row transactions, about 600 KB of events: far more than a pipe
     // holds, far less than the sink queues do.
     write_rows(&db, "t", 1, 3000, 1);
@@ -372,8 +366,7 @@ fn stop_at_delivers_up_to_the_position_then_exits() {
     let db = TestDb::new("stopat");
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let config = db.config(&["name = \"t\""], "");
-    let (code, out, err) = crate::support::pglive(&["setup"], &config);
-    assert_eq!(code, 0, "{out}{err}");
+    crate::support::setup(&config);
     write_rows(&db, "t", 1, 50, 2);
     let stop = db.sql("SELECT pg_current_wal_lsn()");
     write_rows(&db, "t", 1001, 5, 2);

@@ -354,6 +354,13 @@ pub fn pglive(args: &[&str], config: &str) -> (i32, String, String) {
     )
 }
 
+/// `pglive setup`, which must succeed.
+#[track_caller]
+pub fn setup(config: &str) {
+    let (code, out, err) = pglive(&["setup"], config);
+    assert_eq!(code, 0, "pglive setup failed: {out}{err}");
+}
+
 /// Polls `cond` until it holds or the deadline passes (for state outside the daemon, such as
 /// the slot's position). Each poll is a real query, so the interval only limits load.
 #[track_caller]
