@@ -26,9 +26,13 @@ pub const SINK_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 pub enum RunError {
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
+    #[error("sinks[{index}] ({}): {}", error.sink, error.message)]
+    Sink { index: usize, error: SinkError },
+    #[error("a sink stopped unexpectedly: {0}")]
+    SinkPanicked(String),
 }
+
+type Driver = std::pin::Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
 
 /// Runs the daemon until `shutdown` is cancelled, the flush position reaches `stop_at`, or a
 /// failure that retrying cannot fix.
@@ -37,20 +41,28 @@ pub async fn run(
     stop_at: Option<Lsn>,
     shutdown: CancellationToken,
 ) -> Result<Stopped, RunError> {
+    let stop = shutdown.child_token();
     let board = Arc::new(AckBoard::new(config.sinks.len()));
     let mut drivers = JoinSet::new();
     let mut queues = Vec::new();
     for (index, sink_config) in config.sinks.iter().enumerate() {
         let (tx, rx) = mpsc::channel(SINK_QUEUE_BATCHES);
-        match sink_config {
-            SinkConfig::Stdout => {
-                drivers.spawn(sink::drive(StdoutSink::new(), index, rx, board.clone()));
-            }
+        let board = board.clone();
+        let driver: Driver = match sink_config {
+            SinkConfig::Stdout => Box::pin(sink::drive(StdoutSink::new(), index, rx, board)),
             SinkConfig::File { path, fsync } => {
                 let sink = FileSink::new(path.clone(), *fsync);
-                drivers.spawn(sink::drive(sink, index, rx, board.clone()));
+                Box::pin(sink::drive(sink, index, rx, board))
             }
-        }
+            SinkConfig::Amqp(amqp) => {
+                Box::pin(sink::amqp::drive((**amqp).clone(), index, rx, board))
+            }
+        };
+        drivers.spawn(async move {
+            driver
+                .await
+                .map_err(|error| RunError::Sink { index, error })
+        });
         queues.push((sink_config.name(), tx));
     }
     let mapper = Mapper::new(&config.tables, config.events);
@@ -60,12 +72,29 @@ pub async fn run(
         mapper,
         Outlets { queues, board },
         stop_at,
-        shutdown,
+        stop.clone(),
     );
     // The source owns the queue senders: when it returns they close, and the drivers finish
-    // what is queued and stop.
-    let result = source.run().await;
+    // what is queued and stop. A sink that fails stops the source at once (rather than at its
+    // next batch), which confirms what every sink has delivered and returns.
     let mut sink_error = None;
+    let running = source.run();
+    tokio::pin!(running);
+    let result = loop {
+        tokio::select! {
+            result = &mut running => break result,
+            Some(joined) = drivers.join_next() => {
+                let failure = match joined {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e,
+                    Err(e) => RunError::SinkPanicked(e.to_string()),
+                };
+                // Reported by the caller, with the exit status.
+                sink_error.get_or_insert(failure);
+                stop.cancel();
+            }
+        }
+    };
     let deadline = tokio::time::Instant::now() + SINK_DRAIN_TIMEOUT;
     loop {
         match tokio::time::timeout_at(deadline, drivers.join_next()).await {
@@ -75,7 +104,10 @@ pub async fn run(
                 tracing::error!(error = %e, "sink failed");
                 sink_error.get_or_insert(e);
             }
-            Ok(Some(Err(e))) => tracing::error!(error = %e, "sink task panicked"),
+            Ok(Some(Err(e))) => {
+                tracing::error!(error = %e, "sink task panicked");
+                sink_error.get_or_insert(RunError::SinkPanicked(e.to_string()));
+            }
             Err(_) => {
                 // What they still hold was not confirmed; PostgreSQL will send it again.
                 tracing::warn!(
@@ -88,7 +120,7 @@ pub async fn run(
     }
     // A sink failure is the root cause of a source stopping for "sink gone".
     match (result, sink_error) {
-        (_, Some(e)) => Err(e.into()),
+        (_, Some(e)) => Err(e),
         (r, None) => Ok(r?),
     }
 }

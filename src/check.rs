@@ -10,6 +10,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::config::{Config, SinkConfig};
+use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog;
 use crate::source::conn::{quote_ident, quote_literal};
@@ -73,12 +74,10 @@ impl fmt::Display for Finding {
 /// Runs every check. A connection failure is itself a finding (and ends the checks).
 pub async fn run(config: &Config) -> Vec<Finding> {
     let pg = &config.postgres;
-    let mut out: Vec<Finding> = config
-        .sinks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| sink(i, s))
-        .collect();
+    let mut out = Vec::new();
+    for (i, s) in config.sinks.iter().enumerate() {
+        out.push(sink(i, s).await);
+    }
     let client = match catalog::connect(&pg.conn, pg.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
@@ -99,10 +98,42 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     out
 }
 
+/// Whether the broker of AMQP sink `index` takes the connection, and the exchange is usable.
+async fn broker(index: usize, config: &AmqpSinkConfig) -> Finding {
+    let exchange = &config.exchange;
+    match amqp::probe(config).await {
+        Ok(true) => Finding::ok(format!(
+            "sinks[{index}]: connected to {}; exchange {exchange:?} exists",
+            config.url
+        )),
+        Ok(false) if config.declare => Finding::ok(format!(
+            "sinks[{index}]: connected to {}; exchange {exchange:?} will be declared at start",
+            config.url
+        )),
+        Ok(false) => Finding::fail(
+            format!(
+                "sinks[{index}]: exchange {exchange:?} does not exist on {}",
+                config.url
+            ),
+            format!("create it (a durable topic exchange), or set sinks[{index}].declare = true"),
+        ),
+        Err(e) => Finding::fail(
+            format!(
+                "sinks[{index}]: cannot use the broker at {}: {e}",
+                config.url
+            ),
+            format!(
+                "check sinks[{index}].url (host, port, user, password, vhost) and that the broker is running"
+            ),
+        ),
+    }
+}
+
 /// Whether sink `index` can take events (without sending any).
-fn sink(index: usize, sink: &SinkConfig) -> Finding {
+async fn sink(index: usize, sink: &SinkConfig) -> Finding {
     match sink {
         SinkConfig::Stdout => Finding::ok(format!("sinks[{index}]: stdout")),
+        SinkConfig::Amqp(amqp) => broker(index, amqp).await,
         SinkConfig::File { path, .. } => {
             let shown = path.display();
             let fix = format!("make {shown} writable by this user, or change sinks[{index}].path");

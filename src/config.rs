@@ -13,6 +13,7 @@ use figment::value::{Dict, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::map::{MapOptions, TableRule};
+use crate::sink::amqp::{self, AmqpSinkConfig, AmqpUrl, OnReject, RoutingKey};
 use crate::source::conninfo::ConnInfo;
 
 /// Default replication slot name.
@@ -71,6 +72,8 @@ pub enum SinkConfig {
     Stdout,
     /// One JSON event per line appended to `path`; synced to disk per batch when `fsync`.
     File { path: PathBuf, fsync: bool },
+    /// Persistent messages to a RabbitMQ exchange, with publisher confirms.
+    Amqp(Box<AmqpSinkConfig>),
 }
 
 impl SinkConfig {
@@ -78,6 +81,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Stdout => "stdout",
             SinkConfig::File { .. } => "file",
+            SinkConfig::Amqp(_) => amqp::NAME,
         }
     }
 }
@@ -114,11 +118,30 @@ struct RawTable {
     data_provider_name: Option<String>,
 }
 
+// Parsed once at start-up; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum RawSink {
     Stdout {},
-    File { path: PathBuf, fsync: Option<bool> },
+    File {
+        path: PathBuf,
+        fsync: Option<bool>,
+    },
+    Amqp {
+        url: String,
+        password_file: Option<PathBuf>,
+        exchange: Option<String>,
+        declare: Option<bool>,
+        routing_key: Option<String>,
+        mandatory: Option<bool>,
+        on_reject: Option<String>,
+        max_inflight: Option<u64>,
+        max_inflight_bytes: Option<u64>,
+        connect_timeout: Option<RawDuration>,
+        max_backoff: Option<RawDuration>,
+        ca_file: Option<PathBuf>,
+    },
 }
 
 /// A duration written as `"500ms"`, `"10s"`, `"5m"`, `"1h"` or a number of seconds.
@@ -415,36 +438,24 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
             format!("{publication:?} is not a valid publication name (1 to 63 bytes)"),
         );
     }
-    let mut duration = |key: &str, raw: &Option<RawDuration>, default: Duration| match raw
-        .as_ref()
-        .map(RawDuration::resolve)
-    {
-        None => default,
-        Some(Ok(d)) if d > MAX_DURATION => {
-            issues.push(format!("postgres.{key}"), "must be at most 1h");
-            default
-        }
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            issues.push(format!("postgres.{key}"), "must be greater than zero");
-            default
-        }
-        Some(Err(e)) => {
-            issues.push(format!("postgres.{key}"), e);
-            default
-        }
-    };
     let status_interval = duration(
-        "status_interval",
+        &mut issues,
+        "postgres.status_interval",
         &postgres.status_interval,
         DEFAULT_STATUS_INTERVAL,
     );
     let connect_timeout = duration(
-        "connect_timeout",
+        &mut issues,
+        "postgres.connect_timeout",
         &postgres.connect_timeout,
         DEFAULT_CONNECT_TIMEOUT,
     );
-    let max_backoff = duration("max_backoff", &postgres.max_backoff, DEFAULT_MAX_BACKOFF);
+    let max_backoff = duration(
+        &mut issues,
+        "postgres.max_backoff",
+        &postgres.max_backoff,
+        DEFAULT_MAX_BACKOFF,
+    );
     let max_message_bytes = match postgres.max_message_bytes {
         None => DEFAULT_MAX_MESSAGE_BYTES,
         Some(n) if n >= 1024 => usize::try_from(n).unwrap_or(usize::MAX),
@@ -527,19 +538,133 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                     fsync: fsync.unwrap_or(true),
                 }
             }
-        };
-        let same_target = |other: &SinkConfig| match (&sink, other) {
-            (SinkConfig::Stdout, SinkConfig::Stdout) => true,
-            (SinkConfig::File { path: a, .. }, SinkConfig::File { path: b, .. }) => a == b,
-            _ => false,
-        };
-        if sink_configs.iter().any(same_target) {
-            let what = match &sink {
-                SinkConfig::Stdout => "only one stdout sink is allowed".to_owned(),
-                SinkConfig::File { path, .. } => {
-                    format!("another file sink already writes to {}", path.display())
+            RawSink::Amqp {
+                url,
+                password_file,
+                exchange,
+                declare,
+                routing_key,
+                mandatory,
+                on_reject,
+                max_inflight,
+                max_inflight_bytes,
+                connect_timeout,
+                max_backoff,
+                ca_file,
+            } => {
+                let key = |k: &str| format!("sinks[{i}].{k}");
+                let password =
+                    password_file
+                        .as_ref()
+                        .and_then(|file| match std::fs::read_to_string(file) {
+                            Ok(pw) => Some(pw.trim_end_matches(['\r', '\n']).to_owned()),
+                            Err(e) => {
+                                issues.push(
+                                    key("password_file"),
+                                    format!("cannot read {}: {e}", file.display()),
+                                );
+                                None
+                            }
+                        });
+                let url = match AmqpUrl::parse(&url, password.as_deref()) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        issues.push(key("url"), e);
+                        None
+                    }
+                };
+                let exchange = exchange.unwrap_or_else(|| amqp::DEFAULT_EXCHANGE.into());
+                if exchange.len() > 255 {
+                    issues.push(key("exchange"), "must be at most 255 bytes");
                 }
-            };
+                let routing_key = match RoutingKey::parse(
+                    routing_key.as_deref().unwrap_or(amqp::DEFAULT_TEMPLATE),
+                ) {
+                    Ok(rk) => {
+                        for rule in &rules {
+                            if let Err(e) = rk.check(&rule.channel, &rule.schema, &rule.name) {
+                                issues.push(key("routing_key"), e);
+                            }
+                        }
+                        Some(rk)
+                    }
+                    Err(e) => {
+                        issues.push(key("routing_key"), e);
+                        None
+                    }
+                };
+                let mut positive = |k: &str, v: Option<u64>, default: usize| match v {
+                    None => default,
+                    Some(0) => {
+                        issues.push(key(k), "must be at least 1");
+                        default
+                    }
+                    Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                };
+                let max_inflight =
+                    positive("max_inflight", max_inflight, amqp::DEFAULT_MAX_INFLIGHT);
+                let max_inflight_bytes = positive(
+                    "max_inflight_bytes",
+                    max_inflight_bytes,
+                    amqp::DEFAULT_MAX_INFLIGHT_BYTES,
+                );
+                let connect_timeout = duration(
+                    &mut issues,
+                    &key("connect_timeout"),
+                    &connect_timeout,
+                    DEFAULT_CONNECT_TIMEOUT,
+                );
+                let max_backoff = duration(
+                    &mut issues,
+                    &key("max_backoff"),
+                    &max_backoff,
+                    DEFAULT_MAX_BACKOFF,
+                );
+                if let Some(ca) = ca_file.as_ref().filter(|p| !p.is_file()) {
+                    issues.push(
+                        key("ca_file"),
+                        format!("{} is not a readable file", ca.display()),
+                    );
+                }
+                let on_reject = match on_reject.as_deref() {
+                    None | Some("retry") => OnReject::Retry,
+                    Some("skip") => OnReject::Skip,
+                    Some(other) => {
+                        issues.push(
+                            key("on_reject"),
+                            format!("{other:?} is not a policy; use \"retry\" or \"skip\""),
+                        );
+                        OnReject::Retry
+                    }
+                };
+                let (Some(url), Some(routing_key)) = (url, routing_key) else {
+                    continue;
+                };
+                SinkConfig::Amqp(Box::new(AmqpSinkConfig {
+                    url,
+                    exchange,
+                    declare: declare.unwrap_or(true),
+                    routing_key,
+                    mandatory: mandatory.unwrap_or(true),
+                    on_reject,
+                    max_inflight,
+                    max_inflight_bytes,
+                    connect_timeout,
+                    max_backoff,
+                    ca_file,
+                }))
+            }
+        };
+        let duplicate = sink_configs.iter().find_map(|other| match (&sink, other) {
+            (SinkConfig::Stdout, SinkConfig::Stdout) => {
+                Some("only one stdout sink is allowed".to_owned())
+            }
+            (SinkConfig::File { path: a, .. }, SinkConfig::File { path: b, .. }) if a == b => Some(
+                format!("another file sink already writes to {}", a.display()),
+            ),
+            _ => None,
+        });
+        if let Some(what) = duplicate {
             issues.push(format!("sinks[{i}].type"), what);
         }
         sink_configs.push(sink);
@@ -567,6 +692,31 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         _ => Err(ConfigError {
             issues: issues.list,
         }),
+    }
+}
+
+/// A duration setting: `default` when absent; greater than zero and at most [`MAX_DURATION`].
+fn duration(
+    issues: &mut Issues,
+    key: &str,
+    raw: &Option<RawDuration>,
+    default: Duration,
+) -> Duration {
+    match raw.as_ref().map(RawDuration::resolve) {
+        None => default,
+        Some(Ok(d)) if d > MAX_DURATION => {
+            issues.push(key, "must be at most 1h");
+            default
+        }
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            issues.push(key, "must be greater than zero");
+            default
+        }
+        Some(Err(e)) => {
+            issues.push(key, e);
+            default
+        }
     }
 }
 

@@ -146,6 +146,11 @@ impl LiveEvent {
             json: json.into_boxed_slice(),
         }
     }
+
+    /// The commit time in whole seconds since 1970-01-01 UTC.
+    pub fn commit_unix_secs(&self) -> i64 {
+        self.commit_time.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECS
+    }
 }
 
 /// Seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.

@@ -58,15 +58,30 @@ enum Command {
     },
 }
 
+/// `RUST_LOG`, or `info`. The AMQP client's own messages repeat what the sink reports (and
+/// dump whole returned messages), so they are off unless `RUST_LOG` names `lapin`.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let spec = std::env::var("RUST_LOG").unwrap_or_default();
+    let spec = if spec.trim().is_empty() {
+        "info"
+    } else {
+        spec.as_str()
+    };
+    let spec = if spec.contains("lapin") {
+        spec.to_owned()
+    } else {
+        format!("{spec},lapin=off")
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .init();
 
     let path = match &cli.command {

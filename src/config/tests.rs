@@ -849,3 +849,122 @@ fn issue_display_omits_an_empty_key() {
     };
     assert_eq!(keyed.to_string(), "postgres.url: missing");
 }
+
+// ---- the amqp sink ----
+
+fn amqp(sink: &str) -> String {
+    minimal(&format!("\n[[sinks]]\ntype = \"amqp\"\n{sink}\n"))
+}
+
+fn amqp_config(sink: &str) -> AmqpSinkConfig {
+    match ok(&amqp(sink)).sinks.pop() {
+        Some(SinkConfig::Amqp(c)) => *c,
+        other => panic!("expected an amqp sink, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_amqp_sink_takes_the_documented_defaults() {
+    let c = amqp_config("url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"");
+    assert_eq!(c.exchange, "pglive");
+    assert!(c.declare && c.mandatory);
+    assert_eq!(c.on_reject, OnReject::Retry);
+    assert_eq!(c.routing_key, RoutingKey::parse("{channel}").unwrap());
+    assert_eq!(c.max_inflight, amqp::DEFAULT_MAX_INFLIGHT);
+    assert_eq!(c.max_inflight_bytes, amqp::DEFAULT_MAX_INFLIGHT_BYTES);
+    assert_eq!(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(c.max_backoff, DEFAULT_MAX_BACKOFF);
+    assert_eq!(c.ca_file, None);
+    assert_eq!(
+        c.url.to_string(),
+        "amqp://guest:********@127.0.0.1:5672/%2f"
+    );
+}
+
+#[test]
+fn every_amqp_key_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "from-file\n").unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "pem").unwrap();
+    let c = amqp_config(&format!(
+        r#"url = "amqps://app@mq.example/prod?heartbeat=20"
+password_file = "{}"
+exchange = "events"
+declare = false
+routing_key = "cdc.{{table}}.{{type}}"
+mandatory = false
+on_reject = "skip"
+max_inflight = 10
+max_inflight_bytes = 2048
+connect_timeout = "3s"
+max_backoff = "5s"
+ca_file = "{}""#,
+        pw.display(),
+        ca.display()
+    ));
+    assert_eq!(c.exchange, "events");
+    assert!(!c.declare && !c.mandatory);
+    assert_eq!(c.on_reject, OnReject::Skip);
+    assert_eq!(
+        c.routing_key,
+        RoutingKey::parse("cdc.{table}.{type}").unwrap()
+    );
+    assert_eq!((c.max_inflight, c.max_inflight_bytes), (10, 2048));
+    assert_eq!(c.connect_timeout, Duration::from_secs(3));
+    assert_eq!(c.max_backoff, Duration::from_secs(5));
+    assert_eq!(c.ca_file.as_deref(), Some(ca.as_path()));
+    // The password comes from the file and is shown masked.
+    assert_eq!(
+        c.url.to_string(),
+        "amqps://app:********@mq.example/prod?heartbeat=20"
+    );
+    assert!(!format!("{c:?}").contains("from-file"));
+}
+
+#[test]
+fn bad_amqp_values_are_all_reported_by_key_without_the_password() {
+    let found = issues(&amqp(
+        r#"url = "http://guest:hunter2@127.0.0.1/"
+routing_key = "{chanel}"
+on_reject = "drop"
+max_inflight = 0
+max_backoff = "soon"
+ca_file = "/nonexistent/ca.pem""#,
+    ));
+    assert_eq!(
+        keys(&found),
+        [
+            "sinks[1].url",
+            "sinks[1].routing_key",
+            "sinks[1].max_inflight",
+            "sinks[1].max_backoff",
+            "sinks[1].ca_file",
+            "sinks[1].on_reject"
+        ]
+    );
+    let text = format!("{found:?}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("amqp:// or amqps://"), "{text}");
+}
+
+#[test]
+fn an_amqp_url_is_required_and_its_query_checked() {
+    let issue = only_issue(&amqp(""), "sinks[1].url");
+    assert!(issue.message.contains("missing"), "{issue}");
+    let issue = only_issue(&amqp("url = \"amqp://h/?heartbeat=soon\""), "sinks[1].url");
+    assert!(issue.message.contains("query"), "{issue}");
+}
+
+#[test]
+fn a_routing_key_too_long_for_a_mapped_table_names_the_table() {
+    let long = "x".repeat(250);
+    let issue = only_issue(
+        &amqp(&format!(
+            "url = \"amqp://h/\"\nrouting_key = \"{long}.{{table}}\""
+        )),
+        "sinks[1].routing_key",
+    );
+    assert!(issue.message.contains("public.products"), "{issue}");
+}

@@ -2,6 +2,7 @@
 //! ([`drive`]) feeds it batches from its bounded queue in order and posts an acknowledgement
 //! for each batch it has delivered, which is what lets the checkpoint advance.
 
+pub mod amqp;
 pub mod file;
 pub mod stdout;
 

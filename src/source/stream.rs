@@ -210,8 +210,11 @@ impl Source {
                     .deliver_rest(&mut batch, &mut pending, Some(deadline))
                     .await;
                 let last = self.next_seq - 1;
+                // A sink that stopped (failed) will acknowledge nothing more.
+                let sink_gone = |o: &Outlets| o.queues.iter().any(|(_, q)| q.is_closed());
                 while delivered
                     && self.outlets.board.min_acked() < last
+                    && !sink_gone(&self.outlets)
                     && Instant::now() < deadline
                 {
                     // Keep the session alive (and the position current) while sinks drain.

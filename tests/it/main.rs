@@ -2,6 +2,7 @@
 
 mod support;
 
+mod amqp;
 mod auth;
 mod cli;
 mod durability;

@@ -2,6 +2,7 @@
 //! the real `pglive` binary run as a child process whose stdout events and stderr log are
 //! collected for assertions. Waits are for conditions with deadlines, never fixed sleeps.
 
+pub mod broker;
 pub mod cluster;
 
 use std::io::{BufRead, BufReader};

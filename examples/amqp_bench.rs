@@ -1,0 +1,160 @@
+//! The broker side of `scripts/bench-amqp.sh`.
+//!
+//!   amqp_bench setup URL EXCHANGE QUEUE     declare a durable topic exchange and a durable queue bound with `#`
+//!   amqp_bench purge URL QUEUE              empty the queue; prints how many messages it held
+//!   amqp_bench publish URL EXCHANGE N WINDOW WINDOW_BYTES
+//!
+//! `publish` is the raw ceiling: N persistent messages, each exactly what pglive publishes for
+//! a one-row insert into `public.bench` (same body, routing key and properties), published on
+//! one channel with confirms and at most WINDOW messages (and WINDOW_BYTES of bodies) awaiting
+//! confirmation, as the AMQP sink does, but with no PostgreSQL and no pglive pipeline. Prints
+//! the seconds from the first publish to the last confirm.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use pglive::event::{EventId, EventKind, EventSource, Id, LiveEvent};
+use pglive::lsn::Lsn;
+use pglive::sink::amqp::properties;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["setup", url, exchange, queue] => setup(url, exchange, queue).await,
+            ["purge", url, queue] => purge(url, queue).await,
+            ["publish", url, exchange, n, window, bytes] => {
+                publish(url, exchange, n.parse()?, window.parse()?, bytes.parse()?).await
+            }
+            _ => Err("usage: see the comment at the top of examples/amqp_bench.rs".into()),
+        }
+    })
+}
+
+async fn connect(url: &str) -> Result<(Connection, lapin::Channel)> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    Ok((conn, channel))
+}
+
+async fn setup(url: &str, exchange: &str, queue: &str) -> Result<()> {
+    let (_conn, ch) = connect(url).await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn purge(url: &str, queue: &str) -> Result<()> {
+    let (_conn, ch) = connect(url).await?;
+    let n = ch
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await?;
+    println!("{n}");
+    Ok(())
+}
+
+async fn publish(url: &str, exchange: &str, n: u64, window: usize, bytes: usize) -> Result<()> {
+    let source = EventSource {
+        channel: "resources/bench".into(),
+        schema: "public".into(),
+        table: "bench".into(),
+        data_provider_name: None,
+    };
+    // Built before timing: the ceiling measures the broker and the client, not JSON.
+    let events: Vec<LiveEvent> = (1..=n)
+        .map(|i| {
+            let id = EventId {
+                commit_lsn: Lsn(0x5000_0000 + i * 200),
+                ordinal: 0,
+            };
+            let ids = [Id::Int(i as i64)];
+            LiveEvent::new(
+                &source,
+                EventKind::Created,
+                Some(&ids),
+                id,
+                1000 + i as u32,
+                0,
+            )
+        })
+        .collect();
+    let (_conn, ch) = connect(url).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let options = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    let started = Instant::now();
+    let mut inflight = VecDeque::new();
+    let mut inflight_bytes = 0;
+    for event in &events {
+        while inflight.len() >= window || inflight_bytes >= bytes {
+            let (size, confirm): (usize, lapin::PublisherConfirm) =
+                inflight.pop_front().expect("window not empty");
+            check(confirm.await?)?;
+            inflight_bytes -= size;
+        }
+        let confirm = ch
+            .basic_publish(
+                exchange.into(),
+                "resources.bench".into(),
+                options,
+                &event.json,
+                properties(event),
+            )
+            .await?;
+        inflight_bytes += event.json.len();
+        inflight.push_back((event.json.len(), confirm));
+    }
+    for (_, confirm) in inflight {
+        check(confirm.await?)?;
+    }
+    println!("{:.3}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn check(c: Confirmation) -> Result<()> {
+    match c {
+        Confirmation::Ack(None) => Ok(()),
+        other => Err(format!("message not taken: {other:?}").into()),
+    }
+}

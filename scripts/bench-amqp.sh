@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# AMQP sink benchmark, in one run against the local RabbitMQ:
+#   ceiling   lapin alone publishing CHANGES persistent messages, each what pglive publishes for
+#             a one-row change (same body, routing key and properties), with confirms and the
+#             sink's default window (4096 messages, 16 MiB) — no PostgreSQL, no pglive;
+#   per-row   pglive draining a backlog of CHANGES row changes (TXN rows per transaction) into
+#             the exchange, one message per change;
+#   coalesced the same backlog with the default coalescing (one message per transaction here).
+# Every message goes to one durable classic queue (bound with `#`), emptied between runs; the
+# pglive runs end when the slot's confirmed position reaches the end of the backlog
+# (`run --stop-at`), so every message is confirmed by the broker. Prints a table; `ratio` is
+# changes/s over the ceiling's messages/s in the same round.
+#
+#   scripts/bench-amqp.sh                  # 200,000 changes, 100-row transactions, 3 rounds
+#   CHANGES=50000 ROUNDS=1 scripts/bench-amqp.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHANGES=${CHANGES:-200000}
+TXN=${TXN:-100}
+ROUNDS=${ROUNDS:-3}
+WINDOW=4096
+WINDOW_BYTES=$((16 << 20))
+
+scripts/rabbitmq.sh
+. scripts/bench-common.sh
+cargo build --release --locked --quiet --example amqp_bench
+tool=$(dirname "$bin")/examples/amqp_bench
+
+vhost=pglive_bench
+rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+rabbitmqctl -q add_vhost "$vhost" >/dev/null
+rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+trap 'rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true; scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
+amqp="amqp://guest:guest@127.0.0.1:5672/$vhost"
+"$tool" setup "$amqp" pglive bench
+
+q -c "CREATE TABLE bench (id bigint PRIMARY KEY, qty int, name text)"
+q -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
+
+now() { date +%s.%N; }
+rate() { python3 -c "print(f'{$1/$2:,.0f}')"; }
+secs() { python3 -c "print(f'{$(now) - $1:.3f}')"; }
+
+printf '%-6s %-10s %9s %10s %12s %8s %6s\n' round mode seconds messages changes/s cpu_s ratio
+results=()
+next_id=1
+for round in $(seq 1 "$ROUNDS"); do
+  "$tool" purge "$amqp" bench >/dev/null
+  ceil_s=$("$tool" publish "$amqp" pglive "$CHANGES" "$WINDOW" "$WINDOW_BYTES")
+  msgs=$("$tool" purge "$amqp" bench)
+  ceil_rate=$(python3 -c "print($CHANGES / $ceil_s)")
+  printf '%-6s %-10s %9s %10s %12s %8s %6s\n' "$round" ceiling "$ceil_s" "$msgs" "$(rate "$CHANGES" "$ceil_s")" - 1.00
+  for mode in per-row coalesced; do
+    coalesce=true; [ "$mode" = per-row ] && coalesce=false
+    q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
+    txns=$((CHANGES / TXN))
+    python3 - "$next_id" "$txns" "$TXN" >"$work/load.sql" <<'PY'
+import sys
+start, txns, per = map(int, sys.argv[1:])
+for t in range(txns):
+    lo = start + t * per
+    print(f"INSERT INTO bench SELECT g, g % 97, 'item ' || g FROM generate_series({lo}, {lo + per - 1}) g;")
+PY
+    next_id=$((next_id + txns * TXN))
+    q -f "$work/load.sql"
+    end=$(q -c "SELECT pg_current_wal_lsn()")
+    cat >"$work/pglive.toml" <<CONF
+[postgres]
+url = "$url"
+slot = "b_live"
+publication = "bench_pub"
+auto_setup = false
+[events]
+coalesce = $coalesce
+[[tables]]
+name = "bench"
+[[sinks]]
+type = "amqp"
+url = "$amqp"
+max_inflight = $WINDOW
+max_inflight_bytes = $WINDOW_BYTES
+CONF
+    t0=$(now)
+    /usr/bin/time -o "$work/cpu" -f "%U %S" "$bin" run -c "$work/pglive.toml" --stop-at "$end" 2>"$work/pglive.log" >/dev/null
+    live_s=$(secs "$t0")
+    msgs=$("$tool" purge "$amqp" bench)
+    ratio=$(python3 -c "print(f'{$CHANGES / $live_s / $ceil_rate:.2f}')")
+    results+=("$mode:$ratio")
+    printf '%-6s %-10s %9s %10s %12s %8s %6s\n' "$round" "$mode" "$live_s" "$msgs" "$(rate "$CHANGES" "$live_s")" \
+      "$(python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')")" "$ratio"
+    q -c "SELECT pg_drop_replication_slot('b_live')" >/dev/null
+  done
+done
+python3 - "${results[@]}" <<'PY'
+import sys, statistics
+by = {}
+for item in sys.argv[1:]:
+    mode, r = item.split(":")
+    by.setdefault(mode, []).append(float(r))
+for mode, rs in by.items():
+    print(f"median ratio to the broker ceiling ({mode}): {statistics.median(rs):.2f}")
+PY

@@ -1,0 +1,588 @@
+//! The AMQP sink: publishes each event to a RabbitMQ exchange as a persistent message and
+//! acknowledges a batch only when the broker has confirmed every message in it.
+//!
+//! Publishing is pipelined: up to `max_inflight` messages (and `max_inflight_bytes` of body)
+//! wait for their confirms at once, all on one channel, so they reach each queue in commit
+//! order. Confirms are taken in publish order, so a batch is acknowledged exactly when it and
+//! every batch before it are confirmed: the contiguous prefix the checkpoint may advance over.
+//!
+//! On a lost connection or channel, a nack, or (with the default `on_reject = "retry"`) a
+//! returned unroutable message, the session ends: the sink reconnects with backoff and
+//! publishes again every message not yet confirmed, in order. Those messages are still held,
+//! because the batches they belong to are not acknowledged. Consumers may therefore see a
+//! message twice; `message_id` (the event's `meta.id`) is the same both times.
+
+mod routing;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::poll_fn;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{Event, ExchangeKind, PublisherConfirm};
+use tokio::sync::mpsc;
+
+pub use routing::{DEFAULT_TEMPLATE, MAX_ROUTING_KEY_BYTES, RoutingKey};
+
+use super::{Batch, SinkError};
+use crate::checkpoint::AckBoard;
+use crate::event::{EventId, LiveEvent};
+
+/// The sink's name in logs and errors.
+pub const NAME: &str = "amqp";
+pub const DEFAULT_EXCHANGE: &str = "pglive";
+/// Messages awaiting their confirms at once: enough to keep a broker's disk batching busy.
+pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
+/// Bytes of message bodies awaiting their confirms at once.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 16 << 20;
+/// The first reconnection delay; it doubles up to `max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What to do when the broker nacks a message, or returns it as unroutable (`mandatory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReject {
+    /// Stop advancing, log, and publish it again after a backoff, until it is taken.
+    Retry,
+    /// Log it and go on: the message is lost to this exchange, on purpose.
+    Skip,
+}
+
+/// A broker URL: the full text (with its password) for connecting, and a redacted form for
+/// messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl {
+    full: String,
+    shown: String,
+}
+
+impl AmqpUrl {
+    /// Parses `amqp://user:password@host:port/vhost?heartbeat=…`, with the password replaced
+    /// by `password` when given (read from `password_file`). Errors never quote the URL.
+    pub fn parse(text: &str, password: Option<&str>) -> Result<AmqpUrl, String> {
+        let mut url = url::Url::parse(text)
+            .map_err(|e| format!("not a valid amqp:// or amqps:// URL ({e})"))?;
+        if !matches!(url.scheme(), "amqp" | "amqps") {
+            return Err(format!(
+                "scheme {:?} is not supported; use amqp:// or amqps://",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("the URL has no host".into());
+        }
+        if let Some(pw) = password {
+            url.set_password(Some(pw))
+                .map_err(|()| "cannot set a password on this URL".to_owned())?;
+        }
+        // The broker library's own parser has the last word (query parameters, vhost).
+        AMQPUri::from_str(url.as_str()).map_err(|_| {
+            "the URL's query is not understood (known: heartbeat, frame_max, channel_max, connection_timeout, auth_mechanism)".to_owned()
+        })?;
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("********"));
+        }
+        Ok(AmqpUrl {
+            full: url.into(),
+            shown: shown.into(),
+        })
+    }
+
+    /// The URL as the broker library takes it. Its own parser reads an IP address as no host
+    /// at all (falling back to `localhost`), so the host is set from the URL here.
+    fn uri(&self) -> AMQPUri {
+        let url = url::Url::parse(&self.full).expect("validated when configured");
+        let mut uri = AMQPUri::from_str(&self.full).expect("validated when configured");
+        if let Some(host) = url.host_str() {
+            uri.authority.host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+        }
+        uri
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.shown)
+    }
+}
+
+/// A resolved `[[sinks]] type = "amqp"` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpSinkConfig {
+    pub url: AmqpUrl,
+    pub exchange: String,
+    /// Declare the exchange (durable, topic) at each connection; otherwise it must exist.
+    pub declare: bool,
+    pub routing_key: RoutingKey,
+    /// Ask the broker to return messages no queue takes, rather than drop them.
+    pub mandatory: bool,
+    pub on_reject: OnReject,
+    pub max_inflight: usize,
+    pub max_inflight_bytes: usize,
+    pub connect_timeout: Duration,
+    pub max_backoff: Duration,
+    /// PEM certificates to trust for `amqps://`, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum Failure {
+    /// Retrying cannot help (credentials, permissions, a missing exchange): stop the daemon.
+    Fatal(String),
+    /// The connection, channel or broker failed; reconnect and publish again.
+    Retry(String),
+}
+
+/// Publishes every batch from `queue` and acknowledges each on `board` as sink `index` once
+/// the broker has confirmed all its messages. Returns when the queue is closed and everything
+/// in it is confirmed, or with an error retrying cannot fix.
+pub async fn drive(
+    config: AmqpSinkConfig,
+    index: usize,
+    mut queue: mpsc::Receiver<Arc<Batch>>,
+    board: Arc<AckBoard>,
+) -> Result<(), SinkError> {
+    let mut window = Window::default();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let confirmed_before = window.confirmed_total;
+        let attempt = async {
+            let session = Session::open(&config).await?;
+            tracing::info!(broker = %config.url, exchange = %config.exchange, "publishing to AMQP");
+            session
+                .run(&config, &mut window, &mut queue, &board, index)
+                .await
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(Failure::Fatal(message)) => {
+                return Err(SinkError {
+                    sink: NAME,
+                    message,
+                });
+            }
+            Err(Failure::Retry(message)) => {
+                if window.confirmed_total > confirmed_before {
+                    backoff = FIRST_BACKOFF;
+                }
+                tracing::warn!(sink = NAME, broker = %config.url, error = %message, retry_in = ?backoff,
+                    unconfirmed = window.unconfirmed(), "AMQP publishing interrupted; will publish unconfirmed messages again");
+                window.rewind();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.max_backoff);
+            }
+        }
+    }
+}
+
+/// Connects, checks the exchange and closes: what `pglive check` asks of the broker.
+/// Returns whether the exchange exists already.
+pub async fn probe(config: &AmqpSinkConfig) -> Result<bool, String> {
+    let conn = connect(config).await.map_err(failure_message)?;
+    let channel = conn.create_channel().await.map_err(|e| describe(&e))?;
+    let exists = match channel
+        .exchange_declare(
+            config.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => true,
+        Err(e) if amqp_code(&e) == Some(404) => false,
+        Err(e) => return Err(describe(&e)),
+    };
+    let _ = conn.close(200, "check done".into()).await;
+    Ok(exists)
+}
+
+fn failure_message(f: Failure) -> String {
+    match f {
+        Failure::Fatal(m) | Failure::Retry(m) => m,
+    }
+}
+
+async fn connect(config: &AmqpSinkConfig) -> Result<Connection, Failure> {
+    let tls = match &config.ca_file {
+        None => OwnedTLSConfig::default(),
+        Some(path) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(std::fs::read_to_string(path).map_err(|e| {
+                Failure::Fatal(format!("cannot read ca_file {}: {e}", path.display()))
+            })?),
+        },
+    };
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("pglive {}", env!("CARGO_PKG_VERSION")).into());
+    let connecting = Connection::connect_uri_with_config(
+        config.url.uri(),
+        properties,
+        tls,
+        lapin::runtime::default_runtime().map_err(|e| Failure::Fatal(describe(&e)))?,
+    );
+    match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Err(_) => Err(Failure::Retry(format!(
+            "no connection within {:?}",
+            config.connect_timeout
+        ))),
+        Ok(Err(e)) => Err(classify(&e, "connect")),
+        Ok(Ok(conn)) => Ok(conn),
+    }
+}
+
+/// One connection and its publishing channel.
+struct Session {
+    conn: Connection,
+    channel: Channel,
+    /// Logs the broker's resource alarms. While one is raised, publishing waits in
+    /// `basic_publish`, so this runs beside the publishing loop.
+    _watch: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>) {
+    while let Some(event) = poll_fn(|cx| events.as_mut().poll_next(cx)).await {
+        match event {
+            Event::ConnectionBlocked(reason) => tracing::warn!(
+                sink = NAME,
+                %reason,
+                "the broker blocked publishing (resource alarm); waiting for it to clear"
+            ),
+            Event::ConnectionUnblocked => {
+                tracing::info!(sink = NAME, "the broker unblocked publishing")
+            }
+            // Errors also fail the pending confirms, which end the session.
+            _ => {}
+        }
+    }
+}
+
+impl Session {
+    async fn open(config: &AmqpSinkConfig) -> Result<Session, Failure> {
+        let conn = connect(config).await?;
+        let watch = AbortOnDrop(tokio::spawn(log_alarms(Box::pin(conn.events_listener()))));
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| classify(&e, "open a channel"))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| classify(&e, "enable publisher confirms"))?;
+        channel
+            .exchange_declare(
+                config.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: !config.declare,
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| match amqp_code(&e) {
+                Some(404) => Failure::Fatal(format!(
+                    "exchange {:?} does not exist (declare = false); create it, or set declare = true",
+                    config.exchange
+                )),
+                Some(406) => Failure::Fatal(format!(
+                    "exchange {:?} exists with other settings than a durable topic exchange ({}); use another exchange name, or set declare = false to publish to it as it is",
+                    config.exchange,
+                    describe(&e)
+                )),
+                _ => classify(&e, "declare the exchange"),
+            })?;
+        Ok(Session {
+            conn,
+            channel,
+            _watch: watch,
+        })
+    }
+
+    async fn run(
+        self,
+        config: &AmqpSinkConfig,
+        window: &mut Window,
+        queue: &mut mpsc::Receiver<Arc<Batch>>,
+        board: &AckBoard,
+        index: usize,
+    ) -> Result<(), Failure> {
+        let mut inflight: VecDeque<(Sent, PublisherConfirm)> = VecDeque::new();
+        let mut key = String::new();
+        let mut open = true;
+        loop {
+            while let Some((batch, i)) = window.next_to_publish(config) {
+                let event = &batch.events[i];
+                config.routing_key.render(
+                    &mut key,
+                    &event.channel,
+                    &event.schema,
+                    &event.table,
+                    event.kind,
+                );
+                let confirm = self
+                    .channel
+                    .basic_publish(
+                        config.exchange.as_str().into(),
+                        key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: config.mandatory,
+                            immediate: false,
+                        },
+                        &event.json,
+                        properties(event),
+                    )
+                    .await
+                    .map_err(|e| classify(&e, "publish"))?;
+                let sent = Sent {
+                    id: event.id,
+                    bytes: event.json.len(),
+                };
+                inflight.push_back((sent, confirm));
+            }
+            if !open && window.batches.is_empty() {
+                let _ = self.conn.close(200, "pglive stopping".into()).await;
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                result = async { (&mut inflight.front_mut().expect("not empty").1).await },
+                    if !inflight.is_empty() =>
+                {
+                    let (sent, _) = inflight.pop_front().expect("not empty");
+                    let rejected = match result.map_err(|e| classify(&e, "await a confirm"))? {
+                        Confirmation::Ack(None) => None,
+                        Confirmation::Ack(Some(returned)) => Some(format!(
+                            "was returned unroutable by the broker ({} {}): no queue is bound to exchange {:?} for routing key {:?}",
+                            returned.reply_code, returned.reply_text, config.exchange, returned.delivery.routing_key
+                        )),
+                        Confirmation::Nack(_) => Some("was rejected by the broker (nack)".to_owned()),
+                        Confirmation::NotRequested => {
+                            return Err(Failure::Fatal("the broker did not confirm a message although confirms are on".into()));
+                        }
+                    };
+                    if let Some(why) = rejected {
+                        let id = sent.id;
+                        match config.on_reject {
+                            OnReject::Retry => {
+                                return Err(Failure::Retry(format!(
+                                    "message {id} {why}; nothing after it is acknowledged until it is taken (or set on_reject = \"skip\")"
+                                )));
+                            }
+                            OnReject::Skip => {
+                                tracing::error!(sink = NAME, message_id = %id, "message {why}; skipped (on_reject = \"skip\")");
+                            }
+                        }
+                    }
+                    window.confirm(sent.bytes, board, index);
+                }
+                batch = queue.recv(), if open && window.wants_batch(config) => match batch {
+                    Some(batch) => window.push(batch, board, index),
+                    None => open = false,
+                },
+            }
+        }
+    }
+}
+
+/// A published message awaiting its confirm.
+struct Sent {
+    id: EventId,
+    bytes: usize,
+}
+
+/// The batches not yet fully confirmed, oldest first, and where publishing stands in them.
+#[derive(Default)]
+struct Window {
+    batches: VecDeque<Arc<Batch>>,
+    /// Events of the first batch already confirmed.
+    confirmed: usize,
+    /// The next event to publish: (index into `batches`, index into its events).
+    next: (usize, usize),
+    inflight: usize,
+    inflight_bytes: usize,
+    /// Messages confirmed since the start, to tell a session that made progress.
+    confirmed_total: u64,
+}
+
+impl Window {
+    /// The next event to publish, if the in-flight limits allow one more.
+    fn next_to_publish(&mut self, config: &AmqpSinkConfig) -> Option<(Arc<Batch>, usize)> {
+        if self.inflight >= config.max_inflight || self.inflight_bytes >= config.max_inflight_bytes
+        {
+            return None;
+        }
+        loop {
+            let (b, e) = self.next;
+            let batch = self.batches.get(b)?;
+            if let Some(event) = batch.events.get(e) {
+                self.next.1 += 1;
+                self.inflight += 1;
+                self.inflight_bytes += event.json.len();
+                return Some((batch.clone(), e));
+            }
+            self.next = (b + 1, 0);
+        }
+    }
+
+    /// Whether to take another batch: everything taken so far is published and there is room.
+    fn wants_batch(&self, config: &AmqpSinkConfig) -> bool {
+        let (b, e) = self.next;
+        let all_published = match self.batches.get(b) {
+            None => true,
+            Some(batch) => b + 1 == self.batches.len() && e >= batch.events.len(),
+        };
+        all_published
+            && self.inflight < config.max_inflight
+            && self.inflight_bytes < config.max_inflight_bytes
+    }
+
+    fn push(&mut self, batch: Arc<Batch>, board: &AckBoard, index: usize) {
+        self.batches.push_back(batch);
+        // A batch without events is delivered as soon as those before it are.
+        self.settle(board, index);
+    }
+
+    /// The oldest in-flight message is confirmed.
+    fn confirm(&mut self, bytes: usize, board: &AckBoard, index: usize) {
+        self.inflight -= 1;
+        self.inflight_bytes -= bytes;
+        self.confirmed += 1;
+        self.confirmed_total += 1;
+        self.settle(board, index);
+    }
+
+    /// Acknowledges and drops the leading batches whose events are all confirmed.
+    fn settle(&mut self, board: &AckBoard, index: usize) {
+        while let Some(front) = self.batches.front() {
+            if self.confirmed < front.events.len() {
+                break;
+            }
+            board.ack(index, front.seq);
+            self.batches.pop_front();
+            self.confirmed = 0;
+            self.next = match self.next {
+                (0, _) => (0, 0),
+                (b, e) => (b - 1, e),
+            };
+        }
+    }
+
+    /// After a failed session: everything unconfirmed is to be published again.
+    fn rewind(&mut self) {
+        self.next = (0, self.confirmed);
+        self.inflight = 0;
+        self.inflight_bytes = 0;
+    }
+
+    fn unconfirmed(&self) -> usize {
+        self.batches.iter().map(|b| b.events.len()).sum::<usize>() - self.confirmed
+    }
+}
+
+/// The message properties of an event.
+pub fn properties(event: &LiveEvent) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "lsn".into(),
+        AMQPValue::LongString(LongString::from(event.id.commit_lsn.to_string())),
+    );
+    headers.insert(
+        "schema".into(),
+        AMQPValue::LongString(LongString::from(event.schema.as_ref())),
+    );
+    headers.insert(
+        "table".into(),
+        AMQPValue::LongString(LongString::from(event.table.as_ref())),
+    );
+    headers.insert("xid".into(), AMQPValue::LongUInt(event.xid));
+    BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(event.id.to_string()))
+        .with_type(ShortString::from(event.kind.as_str()))
+        .with_timestamp(u64::try_from(event.commit_unix_secs()).unwrap_or(0))
+        .with_app_id(ShortString::from("pglive"))
+        .with_headers(headers)
+}
+
+/// The AMQP reply code of an error the broker sent, if it was one.
+fn amqp_code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+fn describe(e: &lapin::Error) -> String {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => {
+            format!("{} {}", amqp.get_id(), amqp.get_message())
+        }
+        lapin::ErrorKind::IOError(io) => io.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Sorts a broker error into "fix the configuration" and "try again".
+fn classify(e: &lapin::Error, doing: &str) -> Failure {
+    let what = format!("cannot {doing}: {}", describe(e));
+    if let lapin::ErrorKind::IOError(io) = e.kind() {
+        let tls = io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(rustls::Error::InvalidCertificate(_)) = tls {
+            return Failure::Fatal(format!(
+                "{what} — the broker's certificate is not trusted: set ca_file to the CA that signed it, and make sure the URL's host is a name in the certificate"
+            ));
+        }
+    }
+    match amqp_code(e) {
+        // ACCESS_REFUSED (credentials, or permissions on the vhost or exchange), NOT_ALLOWED
+        // (the vhost), NOT_FOUND, PRECONDITION_FAILED, INVALID_PATH, and the protocol errors
+        // that mean a message can never be taken (too large, not allowed).
+        Some(403) => Failure::Fatal(format!(
+            "{what} — check the user name, password and the user's permissions on the vhost and exchange"
+        )),
+        Some(530) => Failure::Fatal(format!(
+            "{what} — check that the vhost in the URL exists and the user may use it"
+        )),
+        Some(311 | 402 | 404 | 406 | 501 | 502 | 503 | 540) => Failure::Fatal(what),
+        _ => Failure::Retry(what),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Routing keys: a template such as `"{channel}"` or `"cdc.{schema}.{table}.{type}"`, parsed
+//! once from the configuration and rendered per event.
+
+use crate::event::EventKind;
+
+/// Longest routing key AMQP allows (a short string).
+pub const MAX_ROUTING_KEY_BYTES: usize = 255;
+
+/// The default template: the channel with `/` turned into `.` (`resources/products` →
+/// `resources.products`), so that topic bindings such as `resources.*` work.
+pub const DEFAULT_TEMPLATE: &str = "{channel}";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    /// The channel, `/` replaced by `.`.
+    Channel,
+    /// The schema, `.` replaced by `_` (a dot would add a word to the key).
+    Schema,
+    /// The table, `.` replaced by `_`.
+    Table,
+    /// `created`, `updated` or `deleted`.
+    Type,
+}
+
+/// A parsed routing-key template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingKey {
+    parts: Vec<Part>,
+}
+
+impl RoutingKey {
+    /// Parses a template of literal text and the placeholders `{channel}`, `{schema}`,
+    /// `{table}` and `{type}`.
+    pub fn parse(template: &str) -> Result<RoutingKey, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find(['{', '}']) {
+            if rest.as_bytes()[open] == b'}' {
+                return Err(format!("{template:?}: unmatched `}}`"));
+            }
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].to_owned()));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("{template:?}: unmatched `{{`"))?;
+            parts.push(match &after[..close] {
+                "channel" => Part::Channel,
+                "schema" => Part::Schema,
+                "table" => Part::Table,
+                "type" => Part::Type,
+                other => {
+                    return Err(format!(
+                        "{template:?}: unknown placeholder {{{other}}}; use {{channel}}, {{schema}}, {{table}} or {{type}}"
+                    ));
+                }
+            });
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        Ok(RoutingKey { parts })
+    }
+
+    /// The routing key for an event of `kind` from `schema.table` on `channel`, into `out`.
+    pub fn render(
+        &self,
+        out: &mut String,
+        channel: &str,
+        schema: &str,
+        table: &str,
+        kind: EventKind,
+    ) {
+        out.clear();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Channel => {
+                    out.extend(channel.chars().map(|c| if c == '/' { '.' } else { c }))
+                }
+                Part::Schema => push_word(out, schema),
+                Part::Table => push_word(out, table),
+                Part::Type => out.push_str(kind.as_str()),
+            }
+        }
+    }
+
+    /// Checks that every key this template can produce for `channel` and `schema.table` fits.
+    pub fn check(&self, channel: &str, schema: &str, table: &str) -> Result<(), String> {
+        let mut key = String::new();
+        for kind in [EventKind::Created, EventKind::Updated, EventKind::Deleted] {
+            self.render(&mut key, channel, schema, table, kind);
+            if key.len() > MAX_ROUTING_KEY_BYTES {
+                return Err(format!(
+                    "the routing key for {schema}.{table} would be {} bytes; AMQP allows at most {MAX_ROUTING_KEY_BYTES}",
+                    key.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn push_word(out: &mut String, word: &str) {
+    out.extend(word.chars().map(|c| if c == '.' { '_' } else { c }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(template: &str, channel: &str, table: &str, kind: EventKind) -> String {
+        let mut out = String::new();
+        RoutingKey::parse(template)
+            .unwrap()
+            .render(&mut out, channel, "public", table, kind);
+        out
+    }
+
+    #[test]
+    fn the_default_maps_the_channel_to_dotted_words() {
+        assert_eq!(
+            render(
+                DEFAULT_TEMPLATE,
+                "resources/products",
+                "products",
+                EventKind::Created
+            ),
+            "resources.products"
+        );
+    }
+
+    #[test]
+    fn placeholders_and_text_combine() {
+        assert_eq!(
+            render(
+                "cdc.{schema}.{table}.{type}",
+                "x",
+                "order.items",
+                EventKind::Deleted
+            ),
+            "cdc.public.order_items.deleted"
+        );
+        assert_eq!(render("fixed", "x", "t", EventKind::Updated), "fixed");
+    }
+
+    #[test]
+    fn bad_templates_say_what_is_wrong() {
+        assert!(
+            RoutingKey::parse("{chanel}")
+                .unwrap_err()
+                .contains("unknown placeholder {chanel}")
+        );
+        assert!(
+            RoutingKey::parse("{channel")
+                .unwrap_err()
+                .contains("unmatched `{`")
+        );
+        assert!(
+            RoutingKey::parse("a}")
+                .unwrap_err()
+                .contains("unmatched `}`")
+        );
+    }
+
+    #[test]
+    fn keys_longer_than_amqp_allows_are_refused() {
+        let key = RoutingKey::parse("{channel}.{type}").unwrap();
+        assert!(key.check(&"c".repeat(240), "public", "t").is_ok());
+        let err = key.check(&"c".repeat(250), "public", "t").unwrap_err();
+        assert!(
+            err.contains("public.t") && err.contains("258 bytes"),
+            "{err}"
+        );
+    }
+}
