@@ -47,10 +47,11 @@ results=()
 next_id=1
 for round in $(seq 1 "$ROUNDS"); do
   "$tool" purge "$amqp" bench >/dev/null
-  ceil_s=$("$tool" publish "$amqp" pglive "$CHANGES" "$WINDOW" "$WINDOW_BYTES")
+  ceil_s=$(/usr/bin/time -o "$work/cpu" -f "%U %S" "$tool" publish "$amqp" pglive "$CHANGES" "$WINDOW" "$WINDOW_BYTES")
   msgs=$("$tool" purge "$amqp" bench)
   ceil_rate=$(python3 -c "print($CHANGES / $ceil_s)")
-  printf '%-6s %-10s %9s %10s %12s %8s %6s\n' "$round" ceiling "$ceil_s" "$msgs" "$(rate "$CHANGES" "$ceil_s")" - 1.00
+  printf '%-6s %-10s %9s %10s %12s %8s %6s\n' "$round" ceiling "$ceil_s" "$msgs" "$(rate "$CHANGES" "$ceil_s")" \
+    "$(python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')")" 1.00
   for mode in per-row coalesced; do
     coalesce=true; [ "$mode" = per-row ] && coalesce=false
     q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null

@@ -20,3 +20,9 @@ fi
 listening || rabbitmqctl -q start_app >/dev/null
 rabbitmqctl -q await_startup --timeout 60 >/dev/null
 listening || { echo "rabbitmq: nothing listens on 127.0.0.1:5672" >&2; exit 1; }
+# A test interrupted while holding a memory alarm (watermark 0) would leave it raised.
+watermark=$(rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().' 2>/dev/null || echo unknown)
+case "$watermark" in
+  0|0.0) echo "rabbitmq: clearing a memory alarm left by a test" >&2
+         rabbitmqctl -q set_vm_memory_high_watermark 0.4 >/dev/null ;;
+esac

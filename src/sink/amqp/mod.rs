@@ -140,7 +140,7 @@ pub struct AmqpSinkConfig {
     pub max_inflight_bytes: usize,
     pub connect_timeout: Duration,
     pub max_backoff: Duration,
-    /// PEM certificates to trust for `amqps://`, instead of the system's.
+    /// PEM certificates to trust for `amqps://`, besides the system's.
     pub ca_file: Option<PathBuf>,
 }
 
