@@ -5,23 +5,25 @@
 //!   amqp_bench publish URL EXCHANGE N WINDOW WINDOW_BYTES
 //!
 //! `publish` is the raw ceiling: N persistent messages, each exactly what pglive publishes for
-//! a one-row insert into `public.bench` (same body, routing key and properties), published on
-//! one channel with confirms and at most WINDOW messages (and WINDOW_BYTES of bodies) awaiting
-//! confirmation, as the AMQP sink does, but with no PostgreSQL and no pglive pipeline. Prints
-//! the seconds from the first publish to the last confirm.
+//! a one-row insert into `public.bench` (same body, routing key and properties, published the
+//! same way), on one channel with confirms and at most WINDOW messages (and WINDOW_BYTES of
+//! bodies) awaiting confirmation, as the AMQP sink does, but with no PostgreSQL and no pglive
+//! pipeline. Prints the seconds from the first publish to the last confirm.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueuePurgeOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use pglive::event::{EventId, EventKind, EventSource, Id, LiveEvent};
 use pglive::lsn::Lsn;
-use pglive::sink::amqp::properties;
+use pglive::sink::Batch;
+use pglive::sink::amqp::{InFlight, start_publish};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -100,50 +102,47 @@ async fn publish(url: &str, exchange: &str, n: u64, window: usize, bytes: usize)
         data_provider_name: None,
     };
     // Built before timing: the ceiling measures the broker and the client, not JSON.
-    let events: Vec<LiveEvent> = (1..=n)
-        .map(|i| {
-            let id = EventId {
-                commit_lsn: Lsn(0x5000_0000 + i * 200),
-                ordinal: 0,
-            };
-            let ids = [Id::Int(i as i64)];
-            LiveEvent::new(
-                &source,
-                EventKind::Created,
-                Some(&ids),
-                id,
-                1000 + i as u32,
-                0,
-            )
-        })
-        .collect();
+    let batch = Arc::new(Batch {
+        seq: 1,
+        events: (1..=n)
+            .map(|i| {
+                let id = EventId {
+                    commit_lsn: Lsn(0x5000_0000 + i * 200),
+                    ordinal: 0,
+                };
+                let ids = [Id::Int(i as i64)];
+                LiveEvent::new(
+                    &source,
+                    EventKind::Created,
+                    Some(&ids),
+                    id,
+                    1000 + i as u32,
+                    0,
+                )
+            })
+            .collect(),
+    });
     let (_conn, ch) = connect(url).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let options = BasicPublishOptions {
-        mandatory: true,
-        immediate: false,
-    };
     let started = Instant::now();
-    let mut inflight = VecDeque::new();
+    let mut inflight: VecDeque<(usize, InFlight)> = VecDeque::new();
     let mut inflight_bytes = 0;
-    for event in &events {
+    for (i, event) in batch.events.iter().enumerate() {
         while inflight.len() >= window || inflight_bytes >= bytes {
-            let (size, confirm): (usize, lapin::PublisherConfirm) =
-                inflight.pop_front().expect("window not empty");
+            let (size, confirm) = inflight.pop_front().expect("window not empty");
             check(confirm.await?)?;
             inflight_bytes -= size;
         }
-        let confirm = ch
-            .basic_publish(
-                exchange.into(),
-                "resources.bench".into(),
-                options,
-                &event.json,
-                properties(event),
-            )
-            .await?;
+        let publish = start_publish(
+            &ch,
+            exchange.into(),
+            "resources.bench".into(),
+            true,
+            batch.clone(),
+            i,
+        );
         inflight_bytes += event.json.len();
-        inflight.push_back((event.json.len(), confirm));
+        inflight.push_back((event.json.len(), publish));
     }
     for (_, confirm) in inflight {
         check(confirm.await?)?;

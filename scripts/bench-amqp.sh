@@ -65,7 +65,7 @@ for t in range(txns):
 PY
     next_id=$((next_id + txns * TXN))
     q -f "$work/load.sql"
-    end=$(q -c "SELECT pg_current_wal_lsn()")
+    end=$(q -c "SELECT pg_current_wal_insert_lsn()")
     cat >"$work/pglive.toml" <<CONF
 [postgres]
 url = "$url"

@@ -18,7 +18,7 @@ for rows in 1000 "$ROWS"; do
   for mode in coalesced per-row; do
     q -c "SELECT pg_create_logical_replication_slot('big_slot', 'pgoutput')" >/dev/null
     q -c "TRUNCATE big" -c "INSERT INTO big SELECT g, g % 97, 'item ' || g FROM generate_series(1, $rows) g" >/dev/null
-    end=$(q -c "SELECT pg_current_wal_lsn()")
+    end=$(q -c "SELECT pg_current_wal_insert_lsn()")
     coalesce=true; [ "$mode" = per-row ] && coalesce=false
     cat >"$work/pglive.toml" <<CONF
 [postgres]

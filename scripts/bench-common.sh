@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: builds pglive (release), starts a throwaway PostgreSQL
 # with logical WAL in a temporary directory removed on exit, and defines `q` (psql on it).
-# Sets: bin, work, url.
+# Sets: bin, work, url. The cluster runs with synchronous_commit = off, so a backlog's end is
+# pg_current_wal_insert_lsn() (the write position may lag behind the last commit).
 scripts/prereqs.sh bench
 cargo build --release --locked --quiet
 bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/pglive

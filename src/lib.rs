@@ -10,7 +10,8 @@
 //!   updates), the control connection for catalog work, and the loop that drives the rest.
 //! - [`decode`]: pgoutput bytes → typed messages (pure).
 //! - [`map`]: messages → [`event::LiveEvent`]s: channels, types, typed ids, coalescing (pure).
-//! - [`sink`]: the `Sink` trait, its generic driver, and the sinks.
+//! - [`sink`]: the `Sink` trait, its generic driver, and the sinks (stdout, file, and AMQP,
+//!   which pipelines publisher confirms across batches with a driver of its own).
 //! - [`checkpoint`]: per-sink acknowledgements → the contiguous flush LSN.
 //! - [`app`]: wires the stages; [`config`] loads and validates settings; [`check`] verifies
 //!   the server side.

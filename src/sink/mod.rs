@@ -1,6 +1,10 @@
 //! Sinks: where events go. Each sink implements the small [`Sink`] trait; one generic driver
 //! ([`drive`]) feeds it batches from its bounded queue in order and posts an acknowledgement
 //! for each batch it has delivered, which is what lets the checkpoint advance.
+//!
+//! The AMQP sink ([`amqp`]) keeps many messages awaiting confirmation across batches, which a
+//! one-batch-at-a-time `send` cannot express: it has its own driver, [`amqp::drive`], with the
+//! same contract (acknowledge each batch, in order, once delivered).
 
 pub mod amqp;
 pub mod file;

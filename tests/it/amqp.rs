@@ -153,6 +153,18 @@ fn messages_carry_the_event_its_routing_key_and_every_property() {
             "cdc.public.products.deleted"
         ]
     );
+
+    // SIGTERM: the sinks finish, the connections close, the slot is past the last commit.
+    let last = commit_lsn(&db, events.last().unwrap());
+    let mut d = d;
+    d.signal("TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        d.stderr()
+    );
+    assert!(db.confirmed_flush().unwrap() > last);
 }
 
 #[test]

@@ -16,11 +16,12 @@ mod routing;
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -29,7 +30,7 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use lapin::{Event, ExchangeKind, PublisherConfirm};
+use lapin::{Event, ExchangeKind};
 use tokio::sync::mpsc;
 
 pub use routing::{DEFAULT_TEMPLATE, MAX_ROUTING_KEY_BYTES, RoutingKey};
@@ -339,7 +340,7 @@ impl Session {
         board: &AckBoard,
         index: usize,
     ) -> Result<(), Failure> {
-        let mut inflight: VecDeque<(Sent, PublisherConfirm)> = VecDeque::new();
+        let mut inflight: VecDeque<(Sent, InFlight)> = VecDeque::new();
         let mut key = String::new();
         let mut open = true;
         loop {
@@ -352,25 +353,19 @@ impl Session {
                     &event.table,
                     event.kind,
                 );
-                let confirm = self
-                    .channel
-                    .basic_publish(
-                        config.exchange.as_str().into(),
-                        key.as_str().into(),
-                        BasicPublishOptions {
-                            mandatory: config.mandatory,
-                            immediate: false,
-                        },
-                        &event.json,
-                        properties(event),
-                    )
-                    .await
-                    .map_err(|e| classify(&e, "publish"))?;
                 let sent = Sent {
                     id: event.id,
                     bytes: event.json.len(),
                 };
-                inflight.push_back((sent, confirm));
+                let publish = start_publish(
+                    &self.channel,
+                    config.exchange.as_str().into(),
+                    key.as_str().into(),
+                    config.mandatory,
+                    batch,
+                    i,
+                );
+                inflight.push_back((sent, publish));
             }
             if !open && window.batches.is_empty() {
                 let _ = self.conn.close(200, "pglive stopping".into()).await;
@@ -378,11 +373,11 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                result = async { (&mut inflight.front_mut().expect("not empty").1).await },
+                result = async { inflight.front_mut().expect("not empty").1.as_mut().await },
                     if !inflight.is_empty() =>
                 {
                     let (sent, _) = inflight.pop_front().expect("not empty");
-                    let rejected = match result.map_err(|e| classify(&e, "await a confirm"))? {
+                    let rejected = match result.map_err(|e| classify(&e, "publish"))? {
                         Confirmation::Ack(None) => None,
                         Confirmation::Ack(Some(returned)) => Some(format!(
                             "was returned unroutable by the broker ({} {}): no queue is bound to exchange {:?} for routing key {:?}",
@@ -412,8 +407,49 @@ impl Session {
                     Some(batch) => window.push(batch, board, index),
                     None => open = false,
                 },
+                // Unreachable (with nothing in flight, there is room for a batch, or nothing
+                // left to publish and the loop returned above); a retry is the safe answer.
+                else => return Err(Failure::Retry("nothing to publish or wait for".into())),
             }
         }
+    }
+}
+
+/// A message being published: resolves with the broker's confirmation.
+pub type InFlight = Pin<Box<dyn Future<Output = lapin::Result<Confirmation>> + Send>>;
+
+/// Publishes event `i` of `batch`. The publication starts here, in call order, which fixes the
+/// message's place on the channel (its delivery tag) and queues its frames; the returned future
+/// then waits for the frames to be written and the broker's confirm. Not waiting for each write
+/// before the next publication lets the connection's I/O thread write many messages per wake-up.
+pub fn start_publish(
+    channel: &Channel,
+    exchange: ShortString,
+    routing_key: ShortString,
+    mandatory: bool,
+    batch: Arc<Batch>,
+    i: usize,
+) -> InFlight {
+    let channel = channel.clone();
+    let options = BasicPublishOptions {
+        mandatory,
+        immediate: false,
+    };
+    let mut publish: InFlight = Box::pin(async move {
+        let event = &batch.events[i];
+        let props = properties(event);
+        channel
+            .basic_publish(exchange, routing_key, options, &event.json, props)
+            .await?
+            .await
+    });
+    // The first poll runs the publication up to its first wait. Nothing needs waking for it:
+    // the future is polled again, with a real waker, when its turn to be awaited comes.
+    let mut cx = Context::from_waker(Waker::noop());
+    match publish.as_mut().poll(&mut cx) {
+        Poll::Pending => publish,
+        // Finished already (an error, say): keep the result, never poll a finished future.
+        Poll::Ready(result) => Box::pin(std::future::ready(result)),
     }
 }
 
