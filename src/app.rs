@@ -57,6 +57,9 @@ pub async fn run(
             SinkConfig::Amqp(amqp) => {
                 Box::pin(sink::amqp::drive((**amqp).clone(), index, rx, board))
             }
+            SinkConfig::WebSocket(ws) => {
+                Box::pin(sink::websocket::drive((**ws).clone(), index, rx, board))
+            }
         };
         drivers.spawn(async move {
             driver

@@ -134,6 +134,23 @@ async fn sink(index: usize, sink: &SinkConfig) -> Finding {
     match sink {
         SinkConfig::Stdout => Finding::ok(format!("sinks[{index}]: stdout")),
         SinkConfig::Amqp(amqp) => broker(index, amqp).await,
+        SinkConfig::WebSocket(ws) => match std::net::TcpListener::bind(ws.listen) {
+            Ok(_) => Finding::ok(format!(
+                "sinks[{index}]: the WebSocket relay can listen on {}",
+                ws.listen
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Finding::warn(
+                format!(
+                    "sinks[{index}]: {} is in use (by a running pglive?)",
+                    ws.listen
+                ),
+                format!("stop what listens there, or change sinks[{index}].listen"),
+            ),
+            Err(e) => Finding::fail(
+                format!("sinks[{index}]: cannot listen on {}: {e}", ws.listen),
+                format!("change sinks[{index}].listen"),
+            ),
+        },
         SinkConfig::File { path, .. } => {
             let shown = path.display();
             let fix = format!("make {shown} writable by this user, or change sinks[{index}].path");

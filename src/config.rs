@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::map::{MapOptions, TableRule};
 use crate::sink::amqp::{self, AmqpSinkConfig, AmqpUrl, OnReject, RoutingKey};
+use crate::sink::websocket::{self, Auth, WsSinkConfig};
 use crate::source::conninfo::ConnInfo;
 
 /// Default replication slot name.
@@ -74,6 +75,8 @@ pub enum SinkConfig {
     File { path: PathBuf, fsync: bool },
     /// Persistent messages to a RabbitMQ exchange, with publisher confirms.
     Amqp(Box<AmqpSinkConfig>),
+    /// A WebSocket relay served by pglive.
+    WebSocket(Box<WsSinkConfig>),
 }
 
 impl SinkConfig {
@@ -82,6 +85,7 @@ impl SinkConfig {
             SinkConfig::Stdout => "stdout",
             SinkConfig::File { .. } => "file",
             SinkConfig::Amqp(_) => amqp::NAME,
+            SinkConfig::WebSocket(_) => websocket::NAME,
         }
     }
 }
@@ -141,6 +145,21 @@ enum RawSink {
         connect_timeout: Option<RawDuration>,
         max_backoff: Option<RawDuration>,
         ca_file: Option<PathBuf>,
+    },
+    Websocket {
+        listen: String,
+        path: Option<String>,
+        jwt_secret: Option<String>,
+        jwt_secret_file: Option<PathBuf>,
+        jwt_public_key_file: Option<PathBuf>,
+        anonymous: Option<bool>,
+        allowed_origins: Option<Vec<String>>,
+        history: Option<u64>,
+        history_age: Option<RawDuration>,
+        client_queue: Option<u64>,
+        max_connections: Option<u64>,
+        max_message_bytes: Option<u64>,
+        ping_interval: Option<RawDuration>,
     },
 }
 
@@ -654,6 +673,101 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                     ca_file,
                 }))
             }
+            RawSink::Websocket {
+                listen,
+                path,
+                jwt_secret,
+                jwt_secret_file,
+                jwt_public_key_file,
+                anonymous,
+                allowed_origins,
+                history,
+                history_age,
+                client_queue,
+                max_connections,
+                max_message_bytes,
+                ping_interval,
+            } => {
+                let key = |k: &str| format!("sinks[{i}].{k}");
+                let listen = match listen.parse::<std::net::SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        issues.push(
+                            key("listen"),
+                            format!("{listen:?} is not an address like \"127.0.0.1:8080\""),
+                        );
+                        None
+                    }
+                };
+                let path = path.unwrap_or_else(|| websocket::DEFAULT_PATH.into());
+                if !path.starts_with('/') || path.contains(['?', '#']) {
+                    issues.push(
+                        key("path"),
+                        format!("{path:?} must be a path starting with /"),
+                    );
+                }
+                let auth = ws_auth(
+                    anonymous.unwrap_or(false),
+                    jwt_secret.as_deref(),
+                    jwt_secret_file.as_deref(),
+                    jwt_public_key_file.as_deref(),
+                )
+                .map_err(|(k, e)| issues.push(key(k), e))
+                .ok();
+                let mut positive = |k: &str, v: Option<u64>, default: usize| match v {
+                    None => default,
+                    Some(0) => {
+                        issues.push(key(k), "must be at least 1");
+                        default
+                    }
+                    Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                };
+                let client_queue = positive(
+                    "client_queue",
+                    client_queue,
+                    websocket::DEFAULT_CLIENT_QUEUE,
+                );
+                let max_connections = positive(
+                    "max_connections",
+                    max_connections,
+                    websocket::DEFAULT_MAX_CONNECTIONS,
+                );
+                let max_message_bytes = positive(
+                    "max_message_bytes",
+                    max_message_bytes,
+                    websocket::DEFAULT_MAX_MESSAGE_BYTES,
+                );
+                let history = history.map_or(websocket::DEFAULT_HISTORY, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                });
+                let history_age = duration(
+                    &mut issues,
+                    &key("history_age"),
+                    &history_age,
+                    websocket::DEFAULT_HISTORY_AGE,
+                );
+                let ping_interval = duration(
+                    &mut issues,
+                    &key("ping_interval"),
+                    &ping_interval,
+                    websocket::DEFAULT_PING_INTERVAL,
+                );
+                let (Some(listen), Some(auth)) = (listen, auth) else {
+                    continue;
+                };
+                SinkConfig::WebSocket(Box::new(WsSinkConfig {
+                    listen,
+                    path,
+                    auth,
+                    allowed_origins: allowed_origins.unwrap_or_default(),
+                    history,
+                    history_age,
+                    client_queue,
+                    max_connections,
+                    max_message_bytes,
+                    ping_interval,
+                }))
+            }
         };
         let duplicate = sink_configs.iter().find_map(|other| match (&sink, other) {
             (SinkConfig::Stdout, SinkConfig::Stdout) => {
@@ -661,6 +775,9 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
             }
             (SinkConfig::File { path: a, .. }, SinkConfig::File { path: b, .. }) if a == b => Some(
                 format!("another file sink already writes to {}", a.display()),
+            ),
+            (SinkConfig::WebSocket(a), SinkConfig::WebSocket(b)) if a.listen == b.listen => Some(
+                format!("another websocket sink already listens on {}", a.listen),
             ),
             _ => None,
         });
@@ -692,6 +809,44 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         _ => Err(ConfigError {
             issues: issues.list,
         }),
+    }
+}
+
+/// The relay's authentication from its keys: anonymous (alone), or exactly one JWT key.
+/// An error names the key it concerns.
+fn ws_auth(
+    anonymous: bool,
+    secret: Option<&str>,
+    secret_file: Option<&Path>,
+    public_key_file: Option<&Path>,
+) -> Result<Auth, (&'static str, String)> {
+    let read = |key: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|e| (key, format!("cannot read {}: {e}", path.display())))
+    };
+    match (anonymous, secret, secret_file, public_key_file) {
+        (true, None, None, None) => Ok(Auth::Anonymous),
+        (true, ..) => Err((
+            "anonymous",
+            "anonymous = true takes no jwt_* key; remove one or the other".into(),
+        )),
+        (false, Some(s), None, None) => Auth::secret(s.as_bytes()).map_err(|e| ("jwt_secret", e)),
+        (false, None, Some(f), None) => {
+            let bytes = read("jwt_secret_file", f)?;
+            let text = String::from_utf8_lossy(&bytes);
+            Auth::secret(text.trim_end_matches(['\r', '\n']).as_bytes())
+                .map_err(|e| ("jwt_secret_file", e))
+        }
+        (false, None, None, Some(f)) => {
+            Auth::public_key(&read("jwt_public_key_file", f)?).map_err(|e| ("jwt_public_key_file", e))
+        }
+        (false, None, None, None) => Err((
+            "jwt_secret",
+            "set jwt_secret, jwt_secret_file or jwt_public_key_file (or anonymous = true, for development only)".into(),
+        )),
+        (false, ..) => Err((
+            "jwt_secret",
+            "set only one of jwt_secret, jwt_secret_file and jwt_public_key_file".into(),
+        )),
     }
 }
 

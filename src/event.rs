@@ -53,6 +53,21 @@ impl std::fmt::Display for EventId {
     }
 }
 
+impl std::str::FromStr for EventId {
+    type Err = String;
+
+    /// Parses `<commit LSN>:<ordinal>`, as `meta.id` shows it.
+    fn from_str(s: &str) -> Result<EventId, String> {
+        let (lsn, ordinal) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not an event id like 0/16B3748:0"))?;
+        Ok(EventId {
+            commit_lsn: lsn.parse().map_err(|_| format!("{s:?}: bad LSN"))?,
+            ordinal: ordinal.parse().map_err(|_| format!("{s:?}: bad ordinal"))?,
+        })
+    }
+}
+
 /// A LiveEvent as the pipeline sees it, with its JSON encoding already made.
 #[derive(Debug)]
 pub struct LiveEvent {

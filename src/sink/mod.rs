@@ -9,6 +9,7 @@
 pub mod amqp;
 pub mod file;
 pub mod stdout;
+pub mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -7,3 +7,4 @@ mod auth;
 mod cli;
 mod durability;
 mod events;
+mod websocket;

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod ws;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,0 +1,261 @@
+//! The WebSocket relay with real WebSocket clients: authentication, subscriptions, ordering,
+//! resuming with `since`, slow clients, shutdown.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::cluster::free_port;
+use crate::support::ws::{SECRET, WsClient, token};
+use crate::support::{Daemon, TestDb, setup};
+
+/// A config with stdout and a relay on a free port; returns it and the relay's URL.
+fn relay(db: &TestDb, extra: &str) -> (String, String) {
+    let port = free_port();
+    let config = format!(
+        "{}[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:{port}\"\njwt_secret = \"{SECRET}\"\n{extra}\n",
+        db.config(
+            &["name = \"posts\"", "name = \"secrets\""],
+            "[events]\ncoalesce = false"
+        )
+    );
+    (config, format!("ws://127.0.0.1:{port}/live"))
+}
+
+fn with_token(url: &str, channels: &[&str]) -> String {
+    format!("{url}?token={}", token(channels, 3600, SECRET))
+}
+
+fn connect(url: &str) -> WsClient {
+    WsClient::connect(url, &[]).unwrap_or_else(|status| panic!("refused with {status}"))
+}
+
+fn tables(db: &TestDb) {
+    db.sql("CREATE TABLE posts (id int PRIMARY KEY); CREATE TABLE secrets (id int PRIMARY KEY);");
+}
+
+fn inserts(db: &TestDb, table: &str, ids: std::ops::RangeInclusive<i64>) {
+    let sql: String = ids
+        .map(|i| format!("INSERT INTO {table} VALUES ({i});\n"))
+        .collect();
+    db.sql(&sql);
+}
+
+fn ids(frames: &[Value]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|f| f.get("op").is_none())
+        .flat_map(|f| f["payload"]["ids"].as_array().unwrap().clone())
+        .map(|v| v.as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_upgrade_needs_a_valid_unexpired_token() {
+    let db = TestDb::new("ws_auth");
+    tables(&db);
+    let (config, url) = relay(&db, "");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    assert_eq!(WsClient::connect(&url, &[]).err(), Some(401), "no token");
+    let forged = token(
+        &["resources/*"],
+        3600,
+        "another secret, also at least 32 bytes",
+    );
+    assert_eq!(
+        WsClient::connect(&format!("{url}?token={forged}"), &[]).err(),
+        Some(401),
+        "bad signature"
+    );
+    let expired = token(&["resources/*"], -3600, SECRET);
+    assert_eq!(
+        WsClient::connect(&format!("{url}?token={expired}"), &[]).err(),
+        Some(401),
+        "expired"
+    );
+    // A valid token in the query, or as a bearer header.
+    connect(&with_token(&url, &["resources/*"]));
+    let bearer = format!("Bearer {}", token(&["resources/*"], 3600, SECRET));
+    assert!(WsClient::connect(&url, &[("authorization", &bearer)]).is_ok());
+}
+
+#[test]
+fn subscribers_get_their_channels_events_in_order_and_nothing_they_may_not_read() {
+    let db = TestDb::new("ws_sub");
+    tables(&db);
+    let (config, url) = relay(&db, "");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let mut c = connect(&with_token(&url, &["resources/posts"]));
+    c.subscribe("resources/posts");
+    assert_eq!(
+        c.next(),
+        json!({"op": "subscribed", "channel": "resources/posts"})
+    );
+    c.subscribe("resources/secrets");
+    let refused = c.next();
+    assert_eq!(refused["op"], "error");
+    assert_eq!(refused["code"], "forbidden");
+    assert_eq!(refused["channel"], "resources/secrets");
+
+    inserts(&db, "secrets", 1..=3);
+    inserts(&db, "posts", 1..=50);
+    let frames = c.until_events(50);
+    assert_eq!(
+        ids(&frames),
+        (1..=50).collect::<Vec<_>>(),
+        "in commit order"
+    );
+    // Exactly the events stdout carries, byte for byte.
+    let stdout = d.wait_events("stdout", |e| e.len() >= 53);
+    let posts: Vec<&Value> = stdout
+        .iter()
+        .filter(|e| e["channel"] == "resources/posts")
+        .collect();
+    assert_eq!(frames.iter().collect::<Vec<_>>(), posts);
+
+    // Unsubscribed: nothing more arrives (a second client shows that events did flow).
+    c.send(json!({"op": "unsubscribe", "channel": "resources/posts"}));
+    let mut other = connect(&with_token(&url, &["resources/*"]));
+    other.subscribe("resources/posts");
+    assert_eq!(other.next()["op"], "subscribed");
+    inserts(&db, "posts", 51..=51);
+    assert_eq!(ids(&other.until_events(1)), [51]);
+    assert_eq!(c.next_within(Duration::from_millis(500)), None);
+
+    // Requests that make no sense get an error, and the connection stays usable.
+    c.send(json!({"op": "dance"}));
+    assert_eq!(c.next()["code"], "bad_request");
+}
+
+#[test]
+fn resuming_with_since_replays_what_was_missed_or_asks_for_a_resync() {
+    let db = TestDb::new("ws_resume");
+    tables(&db);
+    let (config, url) = relay(&db, "history = 20");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let url = with_token(&url, &["resources/*"]);
+    let mut c = connect(&url);
+    c.subscribe("resources/posts");
+    c.next();
+    inserts(&db, "posts", 1..=5);
+    let frames = c.until_events(5);
+    let last_seen = frames.last().unwrap()["meta"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(c);
+
+    // Missed 6..=10, still held: replayed after `subscribed`, then live events follow.
+    inserts(&db, "posts", 6..=10);
+    d.wait_events("stdout to pass row 10", |e| e.len() >= 10);
+    let mut c = connect(&url);
+    c.send(json!({"op": "subscribe", "channel": "resources/posts", "since": last_seen}));
+    assert_eq!(c.next()["op"], "subscribed");
+    inserts(&db, "posts", 11..=11);
+    assert_eq!(ids(&c.until_events(6)), (6..=11).collect::<Vec<_>>());
+    drop(c);
+
+    // Missed more than the history holds: resync, and the subscription goes on.
+    inserts(&db, "posts", 12..=60);
+    d.wait_events("stdout to pass row 60", |e| e.len() >= 60);
+    let mut c = connect(&url);
+    c.send(json!({"op": "subscribe", "channel": "resources/posts", "since": last_seen}));
+    assert_eq!(c.next()["op"], "subscribed");
+    assert_eq!(
+        c.next(),
+        json!({"op": "resync", "channel": "resources/posts"})
+    );
+    inserts(&db, "posts", 61..=61);
+    assert_eq!(ids(&c.until_events(1)), [61]);
+}
+
+#[test]
+fn a_client_that_stops_reading_delays_no_one_and_is_told_to_resync() {
+    let db = TestDb::new("ws_slow");
+    tables(&db);
+    let (config, url) = relay(&db, "client_queue = 2000");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let url = with_token(&url, &["resources/*"]);
+    let mut slow = WsClient::connect_small_buffer(&url);
+    slow.subscribe("resources/posts");
+    assert_eq!(slow.next()["op"], "subscribed");
+    let mut fast = connect(&url);
+    fast.subscribe("resources/posts");
+    assert_eq!(fast.next()["op"], "subscribed");
+    // The slow client reads nothing while 10,000 events go by, in bursts the fast client's
+    // queue holds.
+    let mut got = Vec::new();
+    for burst in 0..10 {
+        let from = burst * 1000 + 1;
+        db.sql(&format!(
+            "INSERT INTO posts SELECT generate_series({from}, {})",
+            from + 999
+        ));
+        got.extend(ids(&fast.until_events(1000)));
+    }
+    assert_eq!(got, (1..=10_000).collect::<Vec<_>>());
+    d.wait_events("stdout to get every event", |e| e.len() >= 10_000);
+    // When it reads again: what it got, then a resync in place of what it could not take.
+    let mut frames = Vec::new();
+    while let Some(f) = slow.next_within(Duration::from_secs(2)) {
+        frames.push(f);
+    }
+    assert!(
+        frames.contains(&json!({"op": "resync", "channel": "resources/posts"})),
+        "{} frames, no resync",
+        frames.len()
+    );
+    assert!(
+        ids(&frames).len() < 10_000,
+        "the slow client's queue was bounded"
+    );
+}
+
+#[test]
+fn sigterm_closes_every_connection_with_going_away() {
+    let db = TestDb::new("ws_term");
+    tables(&db);
+    let (config, url) = relay(&db, "");
+    setup(&config);
+    let mut d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let mut a = connect(&with_token(&url, &["resources/*"]));
+    a.subscribe("resources/posts");
+    a.next();
+    let mut b = connect(&with_token(&url, &["resources/*"]));
+    d.signal("TERM");
+    assert_eq!(a.close_code(), Some(1001));
+    assert_eq!(b.close_code(), Some(1001));
+    assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn anonymous_access_is_an_explicit_opt_in() {
+    let db = TestDb::new("ws_anon");
+    tables(&db);
+    let port = free_port();
+    let config = format!(
+        "{}[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:{port}\"\nanonymous = true\nallowed_origins = [\"http://app.example\"]\n",
+        db.config(&["name = \"posts\""], "")
+    );
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let url = format!("ws://127.0.0.1:{port}/live");
+    let mut c = connect(&url);
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed");
+    assert!(WsClient::connect(&url, &[("origin", "http://app.example")]).is_ok());
+    assert_eq!(
+        WsClient::connect(&url, &[("origin", "http://evil.example")]).err(),
+        Some(403)
+    );
+}
