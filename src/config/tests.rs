@@ -968,3 +968,92 @@ fn a_routing_key_too_long_for_a_mapped_table_names_the_table() {
     );
     assert!(issue.message.contains("public.products"), "{issue}");
 }
+
+// ---- the websocket sink ----
+
+fn ws(sink: &str) -> String {
+    minimal(&format!(
+        "\n[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:8080\"\n{sink}\n"
+    ))
+}
+
+fn ws_config(sink: &str) -> WsSinkConfig {
+    match ok(&ws(sink)).sinks.pop() {
+        Some(SinkConfig::WebSocket(c)) => *c,
+        other => panic!("expected a websocket sink, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_websocket_sink_takes_the_documented_defaults() {
+    let c = ws_config("jwt_secret = \"0123456789abcdef0123456789abcdef\"");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.path, "/live");
+    assert!(matches!(c.auth, Auth::Jwt { .. }));
+    assert!(c.allowed_origins.is_empty());
+    assert_eq!(c.history, websocket::DEFAULT_HISTORY);
+    assert_eq!(c.history_age, websocket::DEFAULT_HISTORY_AGE);
+    assert_eq!(c.client_queue, websocket::DEFAULT_CLIENT_QUEUE);
+    assert_eq!(c.max_connections, websocket::DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(c.max_message_bytes, websocket::DEFAULT_MAX_MESSAGE_BYTES);
+    assert_eq!(c.ping_interval, websocket::DEFAULT_PING_INTERVAL);
+    assert!(
+        !format!("{c:?}").contains("0123456789abcdef"),
+        "the secret is never shown"
+    );
+}
+
+#[test]
+fn the_websocket_secret_can_come_from_a_file_and_anonymous_stands_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let c = ws_config(&format!("jwt_secret_file = \"{}\"", file.display()));
+    assert!(matches!(c.auth, Auth::Jwt { .. }));
+    let c =
+        ws_config("anonymous = true\nallowed_origins = [\"http://localhost:5173\"]\nhistory = 0");
+    assert_eq!(c.auth, Auth::Anonymous);
+    assert_eq!(c.allowed_origins, ["http://localhost:5173"]);
+    assert_eq!(c.history, 0);
+}
+
+#[test]
+fn websocket_auth_must_be_chosen_once() {
+    let issue = only_issue(&ws(""), "sinks[1].jwt_secret");
+    assert!(issue.message.contains("anonymous = true"), "{issue}");
+    let issue = only_issue(
+        &ws("jwt_secret = \"0123456789abcdef0123456789abcdef\"\nanonymous = true"),
+        "sinks[1].anonymous",
+    );
+    assert!(issue.message.contains("no jwt_* key"), "{issue}");
+    let issue = only_issue(&ws("jwt_secret = \"short\""), "sinks[1].jwt_secret");
+    assert!(issue.message.contains("32 bytes"), "{issue}");
+    assert!(
+        !issue.message.contains("short"),
+        "the secret is never shown: {issue}"
+    );
+    let issue = only_issue(
+        &ws("jwt_public_key_file = \"/nonexistent/key.pem\""),
+        "sinks[1].jwt_public_key_file",
+    );
+    assert!(issue.message.contains("cannot read"), "{issue}");
+}
+
+#[test]
+fn bad_websocket_values_are_reported_by_key() {
+    let found = issues(&minimal(
+        "\n[[sinks]]\ntype = \"websocket\"\nlisten = \"localhost\"\npath = \"live\"\nanonymous = true\nclient_queue = 0\nping_interval = \"0s\"\n\
+         [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9\"\nanonymous = true\n\
+         [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9\"\nanonymous = true\n",
+    ));
+    assert_eq!(
+        keys(&found),
+        [
+            "sinks[1].listen",
+            "sinks[1].path",
+            "sinks[1].client_queue",
+            "sinks[1].ping_interval",
+            "sinks[3].type"
+        ]
+    );
+}

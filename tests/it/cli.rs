@@ -221,6 +221,30 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "ids_as_strings",
         "data_provider_name",
         "type",
+        // file
+        "path",
+        "fsync",
+        // amqp
+        "exchange",
+        "declare",
+        "routing_key",
+        "mandatory",
+        "on_reject",
+        "max_inflight",
+        "max_inflight_bytes",
+        "ca_file",
+        // websocket
+        "listen",
+        "jwt_secret",
+        "jwt_secret_file",
+        "jwt_public_key_file",
+        "anonymous",
+        "allowed_origins",
+        "history",
+        "history_age",
+        "client_queue",
+        "max_connections",
+        "ping_interval",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
