@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pglive's tests and quick start need and the machine lacks: the PostgreSQL
-# server and client (initdb, psql, pg_recvlogical), RabbitMQ, openssl (test certificates),
-# python3, and the rustfmt/clippy components; `prereqs.sh bench` adds GNU time for the benchmarks.
+# server and client (initdb, psql, pg_recvlogical), RabbitMQ, Node.js and npm (the Refine
+# provider), openssl (test certificates), python3, and the rustfmt/clippy components; `prereqs.sh bench` adds GNU time for the benchmarks.
 # Safe to run repeatedly.
 set -euo pipefail
 
@@ -18,6 +18,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ "${1:-}" = bench ]; then
   [ -x /usr/bin/time ] || need+=(time)   # peak memory in scripts/bench-bigtxn.sh
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then formatting, lints, unit tests and the
 # integration tests (which start their own PostgreSQL with wal_level=logical, and use the local
-# RabbitMQ, started here if it is not running).
+# RabbitMQ, started here if it is not running), then the Refine live provider's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +10,5 @@ scripts/rabbitmq.sh
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+# The Refine live provider (TypeScript): its unit tests.
+(cd clients/refine && npm ci --no-audit --no-fund --loglevel=error && npm test)

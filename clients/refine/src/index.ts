@@ -1,0 +1,206 @@
+// A Refine live provider for pglive's WebSocket relay.
+//
+//   import { liveProvider } from "@pglive/refine";
+//   <Refine liveProvider={liveProvider({ url: "ws://localhost:8080/live", token })}
+//           options={{ liveMode: "auto" }} … />
+//
+// One socket for every subscription, reference-counted per channel. Reconnects with backoff
+// and resumes each channel from the last event it saw (`since`); when pglive no longer holds
+// those events it answers `resync`, which is passed on as an event without ids so that Refine
+// refetches. No `publish`: changes come from the database.
+
+/** The event shape Refine's `LiveEvent` has (structurally compatible with @refinedev/core). */
+export type LiveEvent = {
+  channel: string;
+  type: "deleted" | "updated" | "created" | "*" | string;
+  payload: { ids?: (string | number)[]; [x: string]: any };
+  date: Date;
+  meta?: { [x: string]: any; dataProviderName?: string };
+};
+
+type SubscribeOptions = {
+  channel: string;
+  types: string[];
+  callback: (event: LiveEvent) => void;
+  params?: { ids?: (string | number)[]; [x: string]: any };
+  meta?: { [x: string]: any };
+};
+
+/** A subscription handle, as `subscribe` returns it. */
+export type Subscription = {
+  channel: string;
+  types: string[];
+  ids: string[];
+  callback: (event: LiveEvent) => void;
+};
+
+/** The minimal WebSocket this provider needs (the browser's, or a test double). */
+export interface SocketLike {
+  readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: { data: any }) => void) | null;
+  onclose: ((ev: any) => void) | null;
+  onerror: ((ev: any) => void) | null;
+}
+
+export type PgliveOptions = {
+  /** The relay, e.g. `ws://localhost:8080/live`. */
+  url: string;
+  /** A JWT whose `channels` claim covers the resources, or a function returning one (called at
+   * each connection, so an expiring token can be renewed). Omit for an anonymous relay. */
+  token?: string | (() => string | Promise<string>);
+  /** Reconnection delay: starts at `initialMs` and doubles up to `maxMs` (with jitter). */
+  backoff?: { initialMs?: number; maxMs?: number };
+  /** Errors the relay reports (`forbidden`, …). Default: console.warn. */
+  onError?: (error: { channel?: string; code: string; message: string }) => void;
+  /** Another WebSocket implementation (tests, Node). Default: the global one. */
+  WebSocket?: new (url: string) => SocketLike;
+};
+
+export type PgliveLiveProvider = {
+  subscribe: (options: SubscribeOptions) => Subscription;
+  unsubscribe: (subscription: Subscription) => void;
+  /** Closes the socket for good. */
+  close: () => void;
+};
+
+const OPEN = 1;
+
+type Channel = { subs: Set<Subscription>; lastId?: string };
+
+export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
+  const initial = options.backoff?.initialMs ?? 500;
+  const max = options.backoff?.maxMs ?? 10_000;
+  const Socket = options.WebSocket ?? (globalThis as any).WebSocket;
+  const onError =
+    options.onError ?? ((e) => console.warn(`pglive: ${e.code} ${e.channel ?? ""}: ${e.message}`));
+  const channels = new Map<string, Channel>();
+  let socket: SocketLike | undefined;
+  let delay = initial;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let closed = false;
+  // A connection is being set up (the token may be awaited): do not start another.
+  let connecting = false;
+
+  const send = (message: object) => {
+    if (socket?.readyState === OPEN) socket.send(JSON.stringify(message));
+  };
+
+  const subscribeFrame = (name: string, channel: Channel) =>
+    channel.lastId === undefined
+      ? { op: "subscribe", channel: name }
+      : { op: "subscribe", channel: name, since: channel.lastId };
+
+  const connect = async () => {
+    timer = undefined;
+    if (closed || socket || connecting || channels.size === 0) return;
+    connecting = true;
+    let url = options.url;
+    try {
+      if (options.token !== undefined) {
+        const token = typeof options.token === "function" ? await options.token() : options.token;
+        url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
+      }
+    } catch (e) {
+      onError({ code: "token", message: String(e) });
+      connecting = false;
+      return retry();
+    }
+    connecting = false;
+    if (closed || socket) return;
+    const ws: SocketLike = new Socket(url);
+    socket = ws;
+    ws.onopen = () => {
+      delay = initial;
+      for (const [name, channel] of channels) send(subscribeFrame(name, channel));
+    };
+    ws.onmessage = (ev) => receive(String(ev.data));
+    ws.onerror = () => {};
+    ws.onclose = () => {
+      if (socket !== ws) return;
+      socket = undefined;
+      retry();
+    };
+  };
+
+  const retry = () => {
+    if (closed || channels.size === 0 || timer) return;
+    // Jitter spreads the reconnections of many clients after a restart.
+    const wait = delay / 2 + Math.random() * (delay / 2);
+    delay = Math.min(delay * 2, max);
+    timer = setTimeout(connect, wait);
+  };
+
+  const deliver = (channel: Channel, event: LiveEvent) => {
+    for (const sub of channel.subs) {
+      if (!sub.types.includes("*") && !sub.types.includes(event.type)) continue;
+      // An empty list does not filter; created events and events without ids always pass.
+      const ids = event.payload?.ids;
+      if (sub.ids.length > 0 && event.type !== "created" && ids !== undefined) {
+        if (!ids.some((id) => sub.ids.includes(String(id)))) continue;
+      }
+      sub.callback(event);
+    }
+  };
+
+  const receive = (text: string) => {
+    let frame: any;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const channel = channels.get(frame.channel);
+    if (frame.op !== undefined) {
+      if (frame.op === "error") onError(frame);
+      if (frame.op === "resync" && channel) {
+        // Events were missed: an event without ids makes Refine refetch the resource.
+        deliver(channel, {
+          channel: frame.channel,
+          type: "*",
+          payload: {},
+          date: new Date(),
+          meta: { resync: true },
+        });
+      }
+      return;
+    }
+    if (!channel) return;
+    if (frame.meta?.id !== undefined) channel.lastId = frame.meta.id;
+    deliver(channel, { ...frame, date: new Date(frame.date) });
+  };
+
+  return {
+    subscribe: ({ channel: name, types, callback, params }) => {
+      const sub: Subscription = {
+        channel: name,
+        types: types ?? ["*"],
+        ids: (params?.ids ?? []).map(String),
+        callback,
+      };
+      let channel = channels.get(name);
+      if (!channel) {
+        channel = { subs: new Set() };
+        channels.set(name, channel);
+        if (socket) send(subscribeFrame(name, channel));
+        else if (!timer && !connecting) void connect();
+      }
+      channel.subs.add(sub);
+      return sub;
+    },
+    unsubscribe: (sub) => {
+      const channel = channels.get(sub.channel);
+      if (!channel || !channel.subs.delete(sub) || channel.subs.size > 0) return;
+      channels.delete(sub.channel);
+      send({ op: "unsubscribe", channel: sub.channel });
+    },
+    close: () => {
+      closed = true;
+      if (timer) clearTimeout(timer);
+      socket?.close(1000);
+      socket = undefined;
+    },
+  };
+}

@@ -1,0 +1,189 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { liveProvider, type LiveEvent, type SocketLike } from "../src/index.js";
+
+/** A socket double: records what the provider sends; the test plays the relay. */
+class FakeSocket implements SocketLike {
+  static all: FakeSocket[] = [];
+  readyState = 0;
+  sent: any[] = [];
+  onopen: ((ev: any) => void) | null = null;
+  onmessage: ((ev: { data: any }) => void) | null = null;
+  onclose: ((ev: any) => void) | null = null;
+  onerror: ((ev: any) => void) | null = null;
+  constructor(public url: string) {
+    FakeSocket.all.push(this);
+  }
+  send(data: string) {
+    this.sent.push(JSON.parse(data));
+  }
+  close() {
+    this.readyState = 3;
+  }
+  open() {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+  frame(f: object) {
+    this.onmessage?.({ data: JSON.stringify(f) });
+  }
+  drop() {
+    this.readyState = 3;
+    this.onclose?.({});
+  }
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+const until = async (cond: () => boolean) => {
+  const deadline = Date.now() + 5000;
+  while (!cond()) {
+    assert.ok(Date.now() < deadline, "condition not met in time");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+function event(type: string, ids: (number | string)[] | undefined, id = "0/1:0") {
+  return {
+    channel: "resources/posts",
+    type,
+    payload: ids === undefined ? {} : { ids },
+    date: "2026-11-29T10:00:00.123456Z",
+    meta: { id, lsn: id.split(":")[0], xid: 1, schema: "public", table: "posts" },
+  };
+}
+
+function setup(token?: string | (() => string)) {
+  FakeSocket.all = [];
+  const provider = liveProvider({
+    url: "ws://relay/live",
+    token,
+    WebSocket: FakeSocket,
+    backoff: { initialMs: 1, maxMs: 4 },
+    onError: () => {},
+  });
+  return provider;
+}
+
+test("one socket, one subscribe per channel, unsubscribe when the last subscriber leaves", async () => {
+  const p = setup("t.o.k");
+  const a = p.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  const b = p.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  await tick();
+  assert.equal(FakeSocket.all.length, 1);
+  const ws = FakeSocket.all[0];
+  assert.equal(ws.url, "ws://relay/live?token=t.o.k");
+  ws.open();
+  p.subscribe({ channel: "resources/tags", types: ["*"], callback: () => {} });
+  assert.deepEqual(ws.sent, [
+    { op: "subscribe", channel: "resources/posts" },
+    { op: "subscribe", channel: "resources/tags" },
+  ]);
+  p.unsubscribe(a);
+  assert.equal(ws.sent.length, 2, "another subscriber is left");
+  p.unsubscribe(b);
+  assert.deepEqual(ws.sent[2], { op: "unsubscribe", channel: "resources/posts" });
+  p.close();
+});
+
+test("ids are compared as strings, an empty list does not filter, created always passes", async () => {
+  const p = setup();
+  const got: Record<string, LiveEvent[]> = { one: [], all: [], empty: [] };
+  p.subscribe({ channel: "resources/posts", types: ["*"], params: { ids: ["7"] }, callback: (e) => got.one.push(e) });
+  p.subscribe({ channel: "resources/posts", types: ["*"], callback: (e) => got.all.push(e) });
+  p.subscribe({ channel: "resources/posts", types: ["*"], params: { ids: [] }, callback: (e) => got.empty.push(e) });
+  await tick();
+  const ws = FakeSocket.all[0];
+  ws.open();
+  ws.frame({ op: "subscribed", channel: "resources/posts" });
+  ws.frame(event("updated", [7], "0/1:0"));
+  ws.frame(event("updated", [8], "0/2:0"));
+  ws.frame(event("created", [9], "0/3:0"));
+  ws.frame(event("deleted", undefined, "0/4:0"));
+  assert.deepEqual(got.one.map((e) => e.meta?.id), ["0/1:0", "0/3:0", "0/4:0"]);
+  assert.equal(got.all.length, 4);
+  assert.equal(got.empty.length, 4);
+  assert.ok(got.all[0].date instanceof Date);
+  assert.equal(got.all[0].date.toISOString(), "2026-11-29T10:00:00.123Z");
+  p.close();
+});
+
+test("types filter unless the subscriber takes every type", async () => {
+  const p = setup();
+  const got: string[] = [];
+  p.subscribe({ channel: "resources/posts", types: ["deleted"], callback: (e) => got.push(e.type) });
+  await tick();
+  const ws = FakeSocket.all[0];
+  ws.open();
+  ws.frame(event("updated", [1]));
+  ws.frame(event("deleted", [1]));
+  assert.deepEqual(got, ["deleted"]);
+  p.close();
+});
+
+test("after a dropped connection it reconnects and resumes each channel from its last event", async () => {
+  let n = 0;
+  const p = setup(() => `token${++n}`);
+  const got: LiveEvent[] = [];
+  p.subscribe({ channel: "resources/posts", types: ["*"], callback: (e) => got.push(e) });
+  p.subscribe({ channel: "resources/tags", types: ["*"], callback: () => {} });
+  await until(() => FakeSocket.all.length === 1);
+  const first = FakeSocket.all[0];
+  first.open();
+  first.frame(event("created", [1], "0/AA:0"));
+  first.drop();
+  await until(() => FakeSocket.all.length === 2);
+  const second = FakeSocket.all[1];
+  assert.equal(second.url, "ws://relay/live?token=token2", "a fresh token for each connection");
+  second.open();
+  assert.deepEqual(second.sent, [
+    { op: "subscribe", channel: "resources/posts", since: "0/AA:0" },
+    { op: "subscribe", channel: "resources/tags" },
+  ]);
+  // The relay no longer holds what was missed: the subscriber gets an event without ids.
+  second.frame({ op: "resync", channel: "resources/posts" });
+  assert.equal(got.length, 2);
+  assert.deepEqual(got[1].payload, {});
+  assert.equal(got[1].channel, "resources/posts");
+  p.close();
+});
+
+test("no publish: changes come from the database", () => {
+  const p = setup();
+  assert.equal((p as any).publish, undefined);
+  p.close();
+});
+
+test("relay errors reach onError", async () => {
+  FakeSocket.all = [];
+  const errors: any[] = [];
+  const p = liveProvider({ url: "ws://relay/live", WebSocket: FakeSocket, onError: (e) => errors.push(e) });
+  p.subscribe({ channel: "resources/secrets", types: ["*"], callback: () => assert.fail("no events") });
+  await tick();
+  FakeSocket.all[0].open();
+  FakeSocket.all[0].frame({ op: "error", channel: "resources/secrets", code: "forbidden", message: "no" });
+  assert.equal(errors[0].code, "forbidden");
+  p.close();
+});
+
+test("a token that cannot be had is retried", async () => {
+  FakeSocket.all = [];
+  let calls = 0;
+  const errors: any[] = [];
+  const p = liveProvider({
+    url: "ws://relay/live",
+    WebSocket: FakeSocket,
+    backoff: { initialMs: 1, maxMs: 2 },
+    onError: (e) => errors.push(e),
+    token: () => {
+      calls += 1;
+      if (calls === 1) throw new Error("auth server down");
+      return "late";
+    },
+  });
+  p.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  await until(() => FakeSocket.all.length === 1);
+  assert.equal(FakeSocket.all[0].url, "ws://relay/live?token=late");
+  assert.equal(errors[0].code, "token");
+  p.close();
+});
