@@ -19,6 +19,7 @@ command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)    # the browser test (never a downloaded browser)
 if [ "${1:-}" = bench ]; then
   [ -x /usr/bin/time ] || need+=(time)   # peak memory in scripts/bench-bigtxn.sh
 fi
