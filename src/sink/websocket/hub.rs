@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use crate::event::EventId;
 
@@ -16,10 +16,9 @@ use crate::event::EventId;
 pub struct Client {
     pub id: u64,
     queue: mpsc::Sender<Utf8Bytes>,
-    /// Its queue overflowed: what it was sent since is incomplete.
+    /// Its queue overflowed: what it was sent since is incomplete. The client's task sees it
+    /// at its next frame (a full queue has one waiting).
     overflowed: AtomicBool,
-    /// Wakes the client's task on overflow.
-    pub wake: Notify,
 }
 
 impl Client {
@@ -29,15 +28,14 @@ impl Client {
             id,
             queue,
             overflowed: AtomicBool::new(false),
-            wake: Notify::new(),
         };
         (Arc::new(client), rx)
     }
 
     /// Queues a frame; on a full queue, marks the client to resynchronise.
     fn offer(&self, frame: Utf8Bytes) {
-        if self.queue.try_send(frame).is_err() && !self.overflowed.swap(true, Ordering::AcqRel) {
-            self.wake.notify_one();
+        if self.queue.try_send(frame).is_err() {
+            self.overflowed.store(true, Ordering::Release);
         }
     }
 

@@ -224,21 +224,21 @@ async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
     let mut last_heard = tokio::time::Instant::now();
     // A write that takes this long means the client stopped reading.
     let write_timeout = config.ping_interval * 2;
+    // Created once: polling a registered future is cheaper than registering one per frame.
+    let stop = shared.stop.cancelled();
+    tokio::pin!(stop);
     let closing = loop {
         let outgoing = tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => break Some((CLOSE_GOING_AWAY, "pglive is stopping")),
-            _ = client.wake.notified() => {
-                if !client.take_overflow() {
-                    continue;
-                }
-                // Too slow: drop what is queued and tell it to refetch every channel.
-                while frames.try_recv().is_ok() {}
-                let mut resyncs: Vec<Message> = channels.iter().map(|c| Message::Text(control("resync", c))).collect();
-                resyncs.sort_by(|a, b| a.to_text().unwrap_or("").cmp(b.to_text().unwrap_or("")));
-                resyncs
-            }
+            _ = &mut stop => break Some((CLOSE_GOING_AWAY, "pglive is stopping")),
             frame = frames.recv() => match frame {
+                Some(_) if client.take_overflow() => {
+                    // Too slow: drop what is queued and tell it to refetch every channel.
+                    while frames.try_recv().is_ok() {}
+                    let mut names: Vec<&String> = channels.iter().collect();
+                    names.sort();
+                    names.into_iter().map(|c| Message::Text(control("resync", c))).collect()
+                }
                 Some(f) => {
                     // Whatever else is queued goes out in the same write.
                     let mut out = vec![Message::Text(f)];
