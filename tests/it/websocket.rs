@@ -259,3 +259,129 @@ fn anonymous_access_is_an_explicit_opt_in() {
         Some(403)
     );
 }
+
+#[test]
+fn limits_refuse_extra_connections_and_oversized_messages() {
+    let db = TestDb::new("ws_limits");
+    tables(&db);
+    let (config, url) = relay(&db, "max_connections = 2\nmax_message_bytes = 256");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let url = with_token(&url, &["resources/*"]);
+    let mut a = connect(&url);
+    let mut b = connect(&url);
+    assert_eq!(
+        WsClient::connect(&url, &[]).err(),
+        Some(503),
+        "a third connection"
+    );
+    // A message over the limit ends that connection, and only that one.
+    a.send(json!({"op": "subscribe", "channel": "x".repeat(1000)}));
+    assert_ne!(a.close_code(), Some(1000));
+    b.subscribe("resources/posts");
+    assert_eq!(b.next()["op"], "subscribed");
+    // Its place is free again (once the server has noticed it closed).
+    let mut c = None;
+    crate::support::wait_until("a free connection slot", || {
+        c = WsClient::connect(&url, &[]).ok();
+        c.is_some()
+    });
+    let mut c = c.unwrap();
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed");
+}
+
+#[test]
+fn a_client_that_answers_no_ping_is_closed() {
+    let db = TestDb::new("ws_ping");
+    tables(&db);
+    let (config, url) = relay(&db, "ping_interval = \"1s\"");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let url = with_token(&url, &["resources/*"]);
+    let mut quiet = connect(&url);
+    let mut alive = connect(&url);
+    alive.subscribe("resources/posts");
+    // `alive` reads (and so answers pings) for well over two intervals; `quiet` reads nothing.
+    let until = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        alive.next_within(Duration::from_millis(200));
+    }
+    assert_eq!(quiet.close_code(), Some(1008));
+    inserts(&db, "posts", 1..=1);
+    assert_eq!(
+        ids(&alive.until_events(1)),
+        [1],
+        "a client that answers stays"
+    );
+}
+
+#[test]
+fn rs256_and_es256_tokens_verify_against_a_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for (alg, genkey) in [
+        (
+            jsonwebtoken::Algorithm::RS256,
+            "-algorithm RSA -pkeyopt rsa_keygen_bits:2048",
+        ),
+        (
+            jsonwebtoken::Algorithm::ES256,
+            "-algorithm EC -pkeyopt ec_paramgen_curve:P-256",
+        ),
+    ] {
+        let private = dir.path().join(format!("{alg:?}.key"));
+        let public = dir.path().join(format!("{alg:?}.pub"));
+        let made = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl genpkey {genkey} -out {0} 2>/dev/null && openssl pkey -in {0} -pubout -out {1}",
+                private.display(),
+                public.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(made.success(), "openssl made a {alg:?} key pair");
+        let pem = std::fs::read(&private).unwrap();
+        let key = match alg {
+            jsonwebtoken::Algorithm::RS256 => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+            _ => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        }
+        .unwrap();
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &json!({"channels": ["resources/*"], "exp": exp}),
+            &key,
+        )
+        .unwrap();
+
+        let db = TestDb::new(&format!("ws_{alg:?}").to_lowercase());
+        tables(&db);
+        let port = free_port();
+        let config = format!(
+            "{}[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:{port}\"\njwt_public_key_file = \"{}\"\n",
+            db.config(&["name = \"posts\""], ""),
+            public.display()
+        );
+        setup(&config);
+        let d = Daemon::run(&config);
+        d.wait_log("WebSocket relay listening");
+        let url = format!("ws://127.0.0.1:{port}/live");
+        let mut c = connect(&format!("{url}?token={token}"));
+        c.subscribe("resources/posts");
+        assert_eq!(c.next()["op"], "subscribed", "{alg:?}");
+        // An HS256 token is not accepted by a public-key relay.
+        let hs = crate::support::ws::token(&["resources/*"], 3600, SECRET);
+        assert_eq!(
+            WsClient::connect(&format!("{url}?token={hs}"), &[]).err(),
+            Some(401),
+            "{alg:?}"
+        );
+    }
+}
