@@ -484,14 +484,12 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         }
     };
 
-    let max_ids = match events.max_ids_per_event {
-        None => DEFAULT_MAX_IDS_PER_EVENT,
-        Some(0) => {
-            issues.push("events.max_ids_per_event", "must be at least 1");
-            DEFAULT_MAX_IDS_PER_EVENT
-        }
-        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-    };
+    let max_ids = at_least_one(
+        &mut issues,
+        "events.max_ids_per_event",
+        events.max_ids_per_event,
+        DEFAULT_MAX_IDS_PER_EVENT,
+    );
 
     let mut rules: Vec<TableRule> = Vec::new();
     if tables.is_empty() && !top.contains_key("tables") {
@@ -612,13 +610,8 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                         None
                     }
                 };
-                let mut positive = |k: &str, v: Option<u64>, default: usize| match v {
-                    None => default,
-                    Some(0) => {
-                        issues.push(key(k), "must be at least 1");
-                        default
-                    }
-                    Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                let mut positive = |k: &str, v: Option<u64>, default: usize| {
+                    at_least_one(&mut issues, &key(k), v, default)
                 };
                 let max_inflight =
                     positive("max_inflight", max_inflight, amqp::DEFAULT_MAX_INFLIGHT);
@@ -714,13 +707,8 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                 )
                 .map_err(|(k, e)| issues.push(key(k), e))
                 .ok();
-                let mut positive = |k: &str, v: Option<u64>, default: usize| match v {
-                    None => default,
-                    Some(0) => {
-                        issues.push(key(k), "must be at least 1");
-                        default
-                    }
-                    Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+                let mut positive = |k: &str, v: Option<u64>, default: usize| {
+                    at_least_one(&mut issues, &key(k), v, default)
                 };
                 let client_queue = positive(
                     "client_queue",
@@ -847,6 +835,18 @@ fn ws_auth(
             "jwt_secret",
             "set only one of jwt_secret, jwt_secret_file and jwt_public_key_file".into(),
         )),
+    }
+}
+
+/// A count setting: `default` when absent; at least 1.
+fn at_least_one(issues: &mut Issues, key: &str, value: Option<u64>, default: usize) -> usize {
+    match value {
+        None => default,
+        Some(0) => {
+            issues.push(key, "must be at least 1");
+            default
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     }
 }
 

@@ -19,6 +19,22 @@ fn insert_rows(db: &TestDb, table: &str, from: i64, n: i64) {
     db.sql(&sql);
 }
 
+/// A database of one's own with a table `t` (integer key).
+fn table_t(name: &str) -> TestDb<'static> {
+    let db = TestDb::new(name);
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    db
+}
+
+/// Table `t`, one event per row, to stdout and to an amqp sink into `mq`.
+fn per_row_config(db: &TestDb, mq: &Vhost) -> String {
+    format!(
+        "{}{}",
+        db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
+        mq.sink("")
+    )
+}
+
 fn distinct_ids(messages: &[Message]) -> BTreeSet<i64> {
     message_ids(messages)
         .iter()
@@ -169,8 +185,7 @@ fn messages_carry_the_event_its_routing_key_and_every_property() {
 
 #[test]
 fn a_nacked_message_holds_the_slot_until_the_broker_takes_it() {
-    let db = TestDb::new("amqp_nack");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_nack");
     let mq = Vhost::new("nack");
     // A queue that refuses (nacks) what does not fit: the slow sink of this test.
     let mut args = FieldTable::default();
@@ -180,11 +195,7 @@ fn a_nacked_message_holds_the_slot_until_the_broker_takes_it() {
         AMQPValue::LongString(LongString::from("reject-publish")),
     );
     mq.queue_with("pglive", "small", "#", args);
-    let config = format!(
-        "{}{}",
-        db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
-        mq.sink("")
-    );
+    let config = per_row_config(&db, &mq);
     setup(&config);
     let d = Daemon::run(&config);
     insert_rows(&db, "t", 1, 20);
@@ -221,14 +232,9 @@ fn a_nacked_message_holds_the_slot_until_the_broker_takes_it() {
 
 #[test]
 fn unroutable_messages_are_retried_until_a_queue_is_bound_or_skipped_when_asked() {
-    let db = TestDb::new("amqp_unroutable");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_unroutable");
     let mq = Vhost::new("unroutable");
-    let config = format!(
-        "{}{}",
-        db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
-        mq.sink("")
-    );
+    let config = per_row_config(&db, &mq);
     setup(&config);
     let d = Daemon::run(&config);
     insert_rows(&db, "t", 1, 3);
@@ -263,16 +269,10 @@ fn unroutable_messages_are_retried_until_a_queue_is_bound_or_skipped_when_asked(
 
 #[test]
 fn a_killed_daemon_loses_nothing_on_restart() {
-    let db = TestDb::new("amqp_kill");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_kill");
     let mq = Vhost::new("kill");
     mq.queue("pglive", "q", "#");
-    let config = format!(
-        "{}{}",
-        db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
-        mq.sink("")
-    )
-    .replace("[[sinks]]\ntype = \"stdout\"\n", "");
+    let config = per_row_config(&db, &mq).replace("[[sinks]]\ntype = \"stdout\"\n", "");
     setup(&config);
     // 4,000 rows waiting, and 4,000 more written while the daemon runs and is killed.
     insert_rows(&db, "t", 1, 4000);
@@ -308,15 +308,10 @@ fn a_killed_daemon_loses_nothing_on_restart() {
 
 #[test]
 fn broker_restarted_mid_stream_loses_nothing() {
-    let db = TestDb::new("amqp_restart");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_restart");
     let mq = Vhost::exclusive("restart");
     mq.queue("pglive", "q", "#");
-    let config = format!(
-        "{}{}",
-        db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
-        mq.sink("")
-    );
+    let config = per_row_config(&db, &mq);
     setup(&config);
     let d = Daemon::run(&config);
     insert_rows(&db, "t", 1, 2000);
@@ -333,15 +328,10 @@ fn broker_restarted_mid_stream_loses_nothing() {
 
 #[test]
 fn a_memory_alarm_holds_every_sink_and_the_slot_until_it_clears() {
-    let db = TestDb::new("amqp_alarm");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_alarm");
     let mq = Vhost::exclusive("alarm");
     mq.queue("pglive", "q", "#");
-    let config = format!(
-        "{}{}",
-        db.config(&["name = \"t\""], "[events]\ncoalesce = false"),
-        mq.sink("")
-    );
+    let config = per_row_config(&db, &mq);
     setup(&config);
     let d = Daemon::run(&config);
     d.wait_log("publishing to AMQP");
@@ -375,8 +365,7 @@ fn a_memory_alarm_holds_every_sink_and_the_slot_until_it_clears() {
 
 #[test]
 fn wrong_credentials_or_vhost_stop_with_a_clear_error() {
-    let db = TestDb::new("amqp_auth");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_auth");
     let mq = Vhost::new("auth");
     let good = format!("{}{}", db.config(&["name = \"t\""], ""), mq.sink(""));
     setup(&good);
@@ -424,8 +413,7 @@ fn wrong_credentials_or_vhost_stop_with_a_clear_error() {
 
 #[test]
 fn an_unreachable_broker_is_retried_and_a_cut_connection_resumed() {
-    let db = TestDb::new("amqp_unreachable");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_unreachable");
     let mq = Vhost::new("unreachable");
     mq.queue("pglive", "q", "#");
     let port = Relay::free_port();
@@ -460,8 +448,7 @@ fn an_unreachable_broker_is_retried_and_a_cut_connection_resumed() {
 
 #[test]
 fn amqps_verifies_the_broker_against_ca_file() {
-    let db = TestDb::new("amqp_tls");
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let db = table_t("amqp_tls");
     let mq = Vhost::new("tls");
     mq.queue("pglive", "q", "#");
     let certs = &db.cluster.dir;
