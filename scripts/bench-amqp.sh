@@ -44,7 +44,6 @@ secs() { python3 -c "print(f'{$(now) - $1:.3f}')"; }
 
 printf '%-6s %-10s %9s %10s %12s %8s %6s\n' round mode seconds messages changes/s cpu_s ratio
 results=()
-next_id=1
 for round in $(seq 1 "$ROUNDS"); do
   "$tool" purge "$amqp" bench >/dev/null
   ceil_s=$(/usr/bin/time -o "$work/cpu" -f "%U %S" "$tool" publish "$amqp" pglive "$CHANGES" "$WINDOW" "$WINDOW_BYTES")
@@ -55,17 +54,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for mode in per-row coalesced; do
     coalesce=true; [ "$mode" = per-row ] && coalesce=false
     q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
-    txns=$((CHANGES / TXN))
-    python3 - "$next_id" "$txns" "$TXN" >"$work/load.sql" <<'PY'
-import sys
-start, txns, per = map(int, sys.argv[1:])
-for t in range(txns):
-    lo = start + t * per
-    print(f"INSERT INTO bench SELECT g, g % 97, 'item ' || g FROM generate_series({lo}, {lo + per - 1}) g;")
-PY
-    next_id=$((next_id + txns * TXN))
-    q -f "$work/load.sql"
-    end=$(q -c "SELECT pg_current_wal_insert_lsn()")
+    write_backlog
     cat >"$work/pglive.toml" <<CONF
 [postgres]
 url = "$url"

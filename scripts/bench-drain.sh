@@ -27,23 +27,12 @@ rate() { python3 -c "print(f'{$1/$2:,.0f}')"; }
 
 printf '%-6s %-10s %8s %12s %9s %13s %8s %8s %6s\n' round mode recv_s recv_chg/s pglive_s pglive_chg/s cpu_s events ratio
 ratios=()
-next_id=1
 for round in $(seq 1 "$ROUNDS"); do
   for mode in coalesced per-row; do
     coalesce=true; [ "$mode" = per-row ] && coalesce=false
     q -c "SELECT pg_create_logical_replication_slot('b_recv', 'pgoutput')" >/dev/null
     q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
-    txns=$((CHANGES / TXN))
-    python3 - "$next_id" "$txns" "$TXN" >"$work/load.sql" <<'PY'
-import sys
-start, txns, per = map(int, sys.argv[1:])
-for t in range(txns):
-    lo = start + t * per
-    print(f"INSERT INTO bench SELECT g, g % 97, 'item ' || g FROM generate_series({lo}, {lo + per - 1}) g;")
-PY
-    next_id=$((next_id + txns * TXN))
-    q -f "$work/load.sql"
-    end=$(q -c "SELECT pg_current_wal_insert_lsn()")
+    write_backlog
     cat >"$work/pglive.toml" <<CONF
 [postgres]
 url = "$url"
