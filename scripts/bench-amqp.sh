@@ -31,7 +31,7 @@ vhost=pglive_bench
 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
 rabbitmqctl -q add_vhost "$vhost" >/dev/null
 rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
-trap 'rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true; scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
+at_exit 'rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1'
 amqp="amqp://guest:guest@127.0.0.1:5672/$vhost"
 "$tool" setup "$amqp" pglive bench
 
@@ -55,22 +55,11 @@ for round in $(seq 1 "$ROUNDS"); do
     coalesce=true; [ "$mode" = per-row ] && coalesce=false
     q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
     write_backlog
-    cat >"$work/pglive.toml" <<CONF
-[postgres]
-url = "$url"
-slot = "b_live"
-publication = "bench_pub"
-auto_setup = false
-[events]
-coalesce = $coalesce
-[[tables]]
-name = "bench"
-[[sinks]]
-type = "amqp"
-url = "$amqp"
+    bench_config "$coalesce" "[[sinks]]
+type = \"amqp\"
+url = \"$amqp\"
 max_inflight = $WINDOW
-max_inflight_bytes = $WINDOW_BYTES
-CONF
+max_inflight_bytes = $WINDOW_BYTES"
     t0=$(now)
     /usr/bin/time -o "$work/cpu" -f "%U %S" "$bin" run -c "$work/pglive.toml" --stop-at "$end" 2>"$work/pglive.log" >/dev/null
     live_s=$(secs "$t0")

@@ -1,17 +1,9 @@
-# Sourced by the benchmark scripts: builds pglive (release), starts a throwaway PostgreSQL
-# with logical WAL in a temporary directory removed on exit, and defines `q` (psql on it).
-# Sets: bin, work, url. The cluster runs with synchronous_commit = off, so a backlog's end is
-# pg_current_wal_insert_lsn() (the write position may lag behind the last commit).
+# Sourced by the benchmark scripts: installs GNU time, builds pglive (release) and starts a
+# throwaway PostgreSQL (see throwaway-env.sh: bin, work, url, q, at_exit). The cluster runs with
+# synchronous_commit = off, so a backlog's end is pg_current_wal_insert_lsn() (the write position
+# may lag behind the last commit).
 scripts/prereqs.sh bench
-cargo build --release --locked --quiet
-bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/pglive
-
-work=$(mktemp -d /tmp/pglive-bench.XXXXXX)
-chmod 755 "$work"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url=$(scripts/pg-cluster.sh start "$work/pg" "$port")
-trap 'scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
-q() { psql -X -q -A -t "$url" "$@"; }
+. scripts/throwaway-env.sh
 
 # A backlog of CHANGES rows in transactions of TXN rows into table `bench` (id, qty, name),
 # ids from $next_id on (advanced); sets `end`, the WAL position after it.
@@ -28,4 +20,21 @@ PY
   next_id=$((next_id + txns * TXN))
   q -f "$work/load.sql"
   end=$(q -c "SELECT pg_current_wal_insert_lsn()")
+}
+
+# $work/pglive.toml for slot b_live, publication bench_pub and table bench, `coalesce = $1`,
+# with the [[sinks]] entry given as $2.
+bench_config() {
+  cat >"$work/pglive.toml" <<CONF
+[postgres]
+url = "$url"
+slot = "b_live"
+publication = "bench_pub"
+auto_setup = false
+[events]
+coalesce = $1
+[[tables]]
+name = "bench"
+$2
+CONF
 }

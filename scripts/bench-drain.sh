@@ -33,19 +33,8 @@ for round in $(seq 1 "$ROUNDS"); do
     q -c "SELECT pg_create_logical_replication_slot('b_recv', 'pgoutput')" >/dev/null
     q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
     write_backlog
-    cat >"$work/pglive.toml" <<CONF
-[postgres]
-url = "$url"
-slot = "b_live"
-publication = "bench_pub"
-auto_setup = false
-[events]
-coalesce = $coalesce
-[[tables]]
-name = "bench"
-[[sinks]]
-type = "stdout"
-CONF
+    bench_config "$coalesce" '[[sinks]]
+type = "stdout"'
     run_recv() {
       local t0; t0=$(now)
       pg_recvlogical -d "$url" --slot b_recv --start --no-loop -o proto_version=1 -o publication_names=bench_pub \

@@ -20,7 +20,7 @@ ulimit -n "$(ulimit -Hn)"
 
 q -c "CREATE TABLE fanout (id bigserial PRIMARY KEY, n bigint)"
 pid=""
-trap '[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; scripts/pg-cluster.sh stop "$work/pg"; rm -rf "$work"' EXIT
+at_exit '[ -z "$pid" ] || kill -KILL "$pid" 2>/dev/null'
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 printf '%-8s %-6s %8s %10s %8s %8s %11s %8s %7s %8s %13s\n' \

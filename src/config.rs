@@ -424,12 +424,9 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         Some(url) => match ConnInfo::parse(url) {
             Ok(mut c) => {
                 if let Some(file) = &postgres.password_file {
-                    match std::fs::read_to_string(file) {
-                        Ok(pw) => c.password = Some(pw.trim_end_matches(['\r', '\n']).to_owned()),
-                        Err(e) => issues.push(
-                            "postgres.password_file",
-                            format!("cannot read {}: {e}", file.display()),
-                        ),
+                    match read_secret_file(file) {
+                        Ok(pw) => c.password = Some(pw),
+                        Err(e) => issues.push("postgres.password_file", e),
                     }
                 }
                 Some(c)
@@ -570,19 +567,11 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                 ca_file,
             } => {
                 let key = |k: &str| format!("sinks[{i}].{k}");
-                let password =
-                    password_file
-                        .as_ref()
-                        .and_then(|file| match std::fs::read_to_string(file) {
-                            Ok(pw) => Some(pw.trim_end_matches(['\r', '\n']).to_owned()),
-                            Err(e) => {
-                                issues.push(
-                                    key("password_file"),
-                                    format!("cannot read {}: {e}", file.display()),
-                                );
-                                None
-                            }
-                        });
+                let password = password_file.as_deref().and_then(|file| {
+                    read_secret_file(file)
+                        .map_err(|e| issues.push(key("password_file"), e))
+                        .ok()
+                });
                 let url = match AmqpUrl::parse(&url, password.as_deref()) {
                     Ok(u) => Some(u),
                     Err(e) => {
@@ -808,9 +797,6 @@ fn ws_auth(
     secret_file: Option<&Path>,
     public_key_file: Option<&Path>,
 ) -> Result<Auth, (&'static str, String)> {
-    let read = |key: &'static str, path: &Path| {
-        std::fs::read(path).map_err(|e| (key, format!("cannot read {}: {e}", path.display())))
-    };
     match (anonymous, secret, secret_file, public_key_file) {
         (true, None, None, None) => Ok(Auth::Anonymous),
         (true, ..) => Err((
@@ -818,15 +804,13 @@ fn ws_auth(
             "anonymous = true takes no jwt_* key; remove one or the other".into(),
         )),
         (false, Some(s), None, None) => Auth::secret(s.as_bytes()).map_err(|e| ("jwt_secret", e)),
-        (false, None, Some(f), None) => {
-            let bytes = read("jwt_secret_file", f)?;
-            let text = String::from_utf8_lossy(&bytes);
-            Auth::secret(text.trim_end_matches(['\r', '\n']).as_bytes())
-                .map_err(|e| ("jwt_secret_file", e))
-        }
-        (false, None, None, Some(f)) => {
-            Auth::public_key(&read("jwt_public_key_file", f)?).map_err(|e| ("jwt_public_key_file", e))
-        }
+        (false, None, Some(f), None) => read_secret_file(f)
+            .and_then(|secret| Auth::secret(secret.as_bytes()))
+            .map_err(|e| ("jwt_secret_file", e)),
+        (false, None, None, Some(f)) => std::fs::read(f)
+            .map_err(|e| format!("cannot read {}: {e}", f.display()))
+            .and_then(|pem| Auth::public_key(&pem))
+            .map_err(|e| ("jwt_public_key_file", e)),
         (false, None, None, None) => Err((
             "jwt_secret",
             "set jwt_secret, jwt_secret_file or jwt_public_key_file (or anonymous = true, for development only)".into(),
@@ -836,6 +820,14 @@ fn ws_auth(
             "set only one of jwt_secret, jwt_secret_file and jwt_public_key_file".into(),
         )),
     }
+}
+
+/// A secret kept in a file (a mounted Kubernetes secret, a systemd credential): its text without
+/// the trailing newline. The error names the file, never its content.
+fn read_secret_file(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 /// A count setting: `default` when absent; at least 1.

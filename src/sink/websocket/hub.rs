@@ -57,17 +57,6 @@ struct Channel {
     subscribers: HashMap<u64, Arc<Client>>,
 }
 
-/// What a subscription with `since` gets.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Resume {
-    /// No `since`: live events only.
-    Live,
-    /// The events after `since`, queued after `subscribed`.
-    Replayed(usize),
-    /// `since` is no longer held: the client must refetch.
-    Resync,
-}
-
 pub struct Hub {
     channels: Mutex<HashMap<String, Channel>>,
     history: usize,
@@ -125,28 +114,22 @@ impl Hub {
         since: Option<EventId>,
         ack: Utf8Bytes,
         resync: Utf8Bytes,
-    ) -> Resume {
+    ) {
         let mut channels = self.lock();
         let ch = channels.entry(channel.to_owned()).or_default();
         ch.subscribers.insert(client.id, client.clone());
         client.offer(ack);
         let Some(since) = since else {
-            return Resume::Live;
+            return;
         };
         self.expire(ch, Instant::now());
         match ch.history.iter().position(|h| h.id == since) {
             Some(at) => {
-                let mut n = 0;
                 for held in ch.history.iter().skip(at + 1) {
                     client.offer(held.frame.clone());
-                    n += 1;
                 }
-                Resume::Replayed(n)
             }
-            None => {
-                client.offer(resync);
-                Resume::Resync
-            }
+            None => client.offer(resync),
         }
     }
 

@@ -58,6 +58,11 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that answered no ping within two intervals, or took no data for as
 /// long (RFC 6455 "policy violation").
 pub const CLOSE_UNRESPONSIVE: u16 = 1008;
+/// Close code for a client message over `max_message_bytes` (RFC 6455 "message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// What the WebSocket layer itself accepts, above `max_message_bytes` so that a message over
+/// the limit gets a close frame with a reason rather than a dropped connection.
+const TRANSPORT_MAX_MESSAGE: usize = 64 * 1024;
 
 /// A resolved `[[sinks]] type = "websocket"` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,8 +185,8 @@ async fn upgrade(
     let guard = Connected(shared.clone());
     ws.read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
+        .max_message_size(TRANSPORT_MAX_MESSAGE.max(config.max_message_bytes))
+        .max_frame_size(TRANSPORT_MAX_MESSAGE.max(config.max_message_bytes))
         .on_upgrade(move |socket| async move {
             serve_client(socket, grants, &guard.0).await;
             drop(guard);
@@ -256,6 +261,9 @@ async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
                 last_heard = tokio::time::Instant::now();
                 match incoming {
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break None,
+                    Some(Ok(Message::Text(text))) if text.len() > config.max_message_bytes => {
+                        break Some((CLOSE_TOO_BIG, "message too big"));
+                    }
                     Some(Ok(Message::Text(text))) => match handle(&text, &grants, &client, &mut channels, shared) {
                         Some(reply) => vec![reply],
                         None => continue,
