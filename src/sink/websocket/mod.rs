@@ -291,6 +291,7 @@ async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
     };
     shared.hub.leave(id, &channels);
     if let Some((code, reason)) = closing {
+        tracing::debug!(client = id, code, reason, "closing a WebSocket client");
         let frame = CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
