@@ -4,7 +4,9 @@
 //! source at once) and every sink has drained its queue; the error names the failing sink.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -13,15 +15,13 @@ use crate::checkpoint::AckBoard;
 use crate::config::{Config, SinkConfig};
 use crate::lsn::Lsn;
 use crate::map::Mapper;
-use crate::sink::{self, SinkError, file::FileSink, stdout::StdoutSink};
+use crate::ops::{self, Status};
+use crate::sink::{self, Lane, SinkError, file::FileSink, stdout::StdoutSink};
 use crate::source::stream::{Outlets, Source, Stopped};
 
 /// Batches each sink may have queued: with batches of at most 1 MiB, this bounds the memory a
 /// slow sink can hold while the source waits (PostgreSQL keeps the rest of the WAL).
 pub const SINK_QUEUE_BATCHES: usize = 16;
-
-/// After the source stops, how long sinks may take to deliver what is queued.
-pub const SINK_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -31,36 +31,88 @@ pub enum RunError {
     Sink { index: usize, error: SinkError },
     #[error("a sink stopped unexpectedly: {0}")]
     SinkPanicked(String),
+    #[error("{0}")]
+    Ops(String),
 }
 
 type Driver = std::pin::Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
 
+/// Each sink's metric label (`type`, or `type-index` when several share a type) and, for sinks
+/// that must connect or listen first, why they are not ready yet.
+fn sink_labels(sinks: &[SinkConfig]) -> Vec<(String, Option<String>)> {
+    sinks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let shared = sinks.iter().filter(|o| o.name() == s.name()).count() > 1;
+            let label = if shared {
+                format!("{}-{i}", s.name())
+            } else {
+                s.name().to_owned()
+            };
+            let starting = match s {
+                SinkConfig::Amqp(_) => Some("connecting to the broker".to_owned()),
+                SinkConfig::WebSocket(_) => Some("not listening yet".to_owned()),
+                SinkConfig::Stdout | SinkConfig::File { .. } => None,
+            };
+            (label, starting)
+        })
+        .collect()
+}
+
 /// Runs the daemon until `shutdown` is cancelled, the flush position reaches `stop_at`, or a
-/// failure that retrying cannot fix.
+/// failure that retrying cannot fix. With `metrics` (and `ops.listen`), serves the ops
+/// endpoints meanwhile. After `shutdown`, finishes within `ops.shutdown_timeout`.
 pub async fn run(
     config: Config,
     stop_at: Option<Lsn>,
     shutdown: CancellationToken,
+    metrics: Option<PrometheusHandle>,
 ) -> Result<Stopped, RunError> {
     let stop = shutdown.child_token();
+    let status = Arc::new(Status::new(
+        &config.postgres.slot,
+        sink_labels(&config.sinks),
+    ));
+    let ops_stop = CancellationToken::new();
+    // Ends the ops tasks however this function returns.
+    let _ops_guard = ops_stop.clone().drop_guard();
+    if let (Some(listen), Some(handle)) = (config.ops.listen, metrics) {
+        ops::serve(listen, status.clone(), handle, ops_stop.clone())
+            .await
+            .map_err(RunError::Ops)?;
+    }
+    tokio::spawn(ops::notify::watchdog(ops_stop.clone()));
+    tokio::spawn(ops::monitor::run(
+        config.postgres.clone(),
+        config.ops.clone(),
+        status.clone(),
+        ops_stop.clone(),
+    ));
+    {
+        let (status, shutdown, ops_stop) = (status.clone(), shutdown.clone(), ops_stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => status.stopping(),
+                _ = ops_stop.cancelled() => {}
+            }
+        });
+    }
+    let budget = config.ops.shutdown_timeout;
     let board = Arc::new(AckBoard::new(config.sinks.len()));
     let mut drivers = JoinSet::new();
     let mut queues = Vec::new();
     for (index, sink_config) in config.sinks.iter().enumerate() {
         let (tx, rx) = mpsc::channel(SINK_QUEUE_BATCHES);
-        let board = board.clone();
+        let lane = Lane::new(index, board.clone(), status.clone());
         let driver: Driver = match sink_config {
-            SinkConfig::Stdout => Box::pin(sink::drive(StdoutSink::new(), index, rx, board)),
+            SinkConfig::Stdout => Box::pin(sink::drive(StdoutSink::new(), lane, rx)),
             SinkConfig::File { path, fsync } => {
                 let sink = FileSink::new(path.clone(), *fsync);
-                Box::pin(sink::drive(sink, index, rx, board))
+                Box::pin(sink::drive(sink, lane, rx))
             }
-            SinkConfig::Amqp(amqp) => {
-                Box::pin(sink::amqp::drive((**amqp).clone(), index, rx, board))
-            }
-            SinkConfig::WebSocket(ws) => {
-                Box::pin(sink::websocket::drive((**ws).clone(), index, rx, board))
-            }
+            SinkConfig::Amqp(amqp) => Box::pin(sink::amqp::drive((**amqp).clone(), lane, rx)),
+            SinkConfig::WebSocket(ws) => Box::pin(sink::websocket::drive((**ws).clone(), lane, rx)),
         };
         drivers.spawn(async move {
             driver
@@ -74,7 +126,12 @@ pub async fn run(
         config.postgres,
         config.tables,
         mapper,
-        Outlets { queues, board },
+        Outlets {
+            queues,
+            board,
+            status: status.clone(),
+            drain_timeout: budget.mul_f64(0.6),
+        },
         stop_at,
         stop.clone(),
     );
@@ -99,7 +156,10 @@ pub async fn run(
             }
         }
     };
-    let deadline = tokio::time::Instant::now() + SINK_DRAIN_TIMEOUT;
+    // The source waited for the sinks already (0.6 of the budget, plus ending the stream):
+    // what is left of 0.9 goes to sinks that still hold events or connections.
+    let drain = budget.mul_f64(0.2).max(Duration::from_millis(500));
+    let deadline = tokio::time::Instant::now() + drain;
     loop {
         match tokio::time::timeout_at(deadline, drivers.join_next()).await {
             Ok(None) => break,
@@ -115,7 +175,7 @@ pub async fn run(
             Err(_) => {
                 // What they still hold was not confirmed; PostgreSQL will send it again.
                 tracing::warn!(
-                    "sinks did not drain within {SINK_DRAIN_TIMEOUT:?}; stopping them (undelivered events will be replayed)"
+                    "sinks did not drain within {drain:?}; stopping them (undelivered events will be replayed)"
                 );
                 drivers.abort_all();
                 break;

@@ -78,6 +78,19 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     for (i, s) in config.sinks.iter().enumerate() {
         out.push(sink(i, s).await);
     }
+    if let Some(listen) = config.ops.listen {
+        out.push(match std::net::TcpListener::bind(listen) {
+            Ok(_) => Finding::ok(format!("ops endpoints can listen on {listen}")),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Finding::warn(
+                format!("ops.listen {listen} is in use (by a running pglive?)"),
+                "stop what listens there, or change ops.listen",
+            ),
+            Err(e) => Finding::fail(
+                format!("ops.listen: cannot listen on {listen}: {e}"),
+                "change ops.listen",
+            ),
+        });
+    }
     let client = match catalog::connect(&pg.conn, pg.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
@@ -280,24 +293,41 @@ async fn checks(
         .collect::<Vec<_>>()
         .join(", ");
     let publication = quote_ident(&pg.publication);
+    // With auto_setup, `run` creates what is missing: a warning, so that `check` before `run`
+    // (systemd's ExecStartPre) lets the first start go ahead.
+    let missing = |what: String, fix: String| {
+        if pg.auto_setup {
+            Finding::warn(
+                format!("{what}: `pglive run` will create it (postgres.auto_setup)"),
+                fix,
+            )
+        } else {
+            Finding::fail(what, fix)
+        }
+    };
     match catalog::publication_tables(client, &pg.publication).await? {
-        None => out.push(Finding::fail(
+        None => out.push(missing(
             format!("publication {} does not exist", pg.publication),
             format!("pglive setup --config <file>   (or: CREATE PUBLICATION {publication} FOR TABLE {table_list};)"),
         )),
         Some(present) => {
-            let missing: Vec<String> = config
+            let absent: Vec<String> = config
                 .tables
                 .iter()
                 .filter(|t| !present.iter().any(|(s, n)| *s == t.schema && *n == t.name))
                 .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
                 .collect();
-            out.push(if missing.is_empty() {
+            out.push(if absent.is_empty() {
                 Finding::ok(format!("publication {} covers every mapped table", pg.publication))
+            } else if pg.auto_setup {
+                Finding::warn(
+                    format!("publication {} does not include {}: `pglive run` will add them (postgres.auto_setup)", pg.publication, absent.join(", ")),
+                    format!("ALTER PUBLICATION {publication} ADD TABLE {};", absent.join(", ")),
+                )
             } else {
                 Finding::fail(
-                    format!("publication {} does not include {}", pg.publication, missing.join(", ")),
-                    format!("ALTER PUBLICATION {publication} ADD TABLE {};", missing.join(", ")),
+                    format!("publication {} does not include {}", pg.publication, absent.join(", ")),
+                    format!("ALTER PUBLICATION {publication} ADD TABLE {};", absent.join(", ")),
                 )
             });
             let row = client
@@ -319,7 +349,7 @@ async fn checks(
 
     let slot_lit = quote_literal(&pg.slot);
     match catalog::slot(client, &pg.slot).await? {
-        None => out.push(Finding::fail(
+        None => out.push(missing(
             format!("replication slot {} does not exist", pg.slot),
             format!("pglive setup --config <file>   (or: SELECT pg_create_logical_replication_slot({slot_lit}, 'pgoutput');)"),
         )),
@@ -351,9 +381,9 @@ async fn checks(
                     format!("drop and recreate it: SELECT pg_drop_replication_slot({slot_lit}); then pglive setup"),
                 ));
             } else if let Some(pid) = slot.active_pid {
-                out.push(Finding::fail(
-                    format!("replication slot {} is in use by process {pid}", pg.slot),
-                    format!("stop the other consumer (it may be another pglive), or: SELECT pg_terminate_backend({pid});"),
+                out.push(Finding::warn(
+                    format!("replication slot {} is in use by process {pid}: `pglive run` will stand by until it is released", pg.slot),
+                    format!("nothing, if that is another pglive (this one is its standby); otherwise stop that consumer: SELECT pg_terminate_backend({pid});"),
                 ));
             } else {
                 out.push(Finding::ok(format!(
@@ -362,7 +392,29 @@ async fn checks(
                     slot.confirmed_flush.map(|l| l.to_string()).unwrap_or_default()
                 )));
             }
+            match slot.wal_status.as_deref() {
+                Some("extended") => out.push(Finding::warn(
+                    format!("replication slot {} holds more WAL than max_wal_size (wal_status extended): its consumer is behind", pg.slot),
+                    "let pglive catch up (see pglive_replication_lag_bytes); make sure the disk has room for the WAL it holds",
+                )),
+                Some("unreserved") => out.push(Finding::warn(
+                    format!("replication slot {} is about to lose WAL it needs (wal_status unreserved): changes will be lost at the next checkpoint", pg.slot),
+                    "start pglive now so that it catches up, or raise max_slot_wal_keep_size",
+                )),
+                _ => {}
+            }
         }
     }
+
+    // Without a cap, a slot nobody reads keeps WAL until the disk is full.
+    let keep = setting("max_slot_wal_keep_size").await?;
+    out.push(if keep == "-1" {
+        Finding::warn(
+            "max_slot_wal_keep_size is unlimited: if pglive stops for long, the slot keeps WAL until the disk fills and PostgreSQL stops",
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '50GB';  -- sized to the disk; then SELECT pg_reload_conf();  (past it the slot is invalidated instead, and clients must refetch)",
+        )
+    } else {
+        Finding::ok(format!("max_slot_wal_keep_size is {keep}"))
+    });
     Ok(())
 }

@@ -51,24 +51,35 @@ impl AckBoard {
 /// The source's side: positions waiting for their batch to be acknowledged everywhere.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
-    waiting: VecDeque<(Seq, Lsn)>,
+    /// (batch, position, commit time of the oldest transaction ending there, if any).
+    waiting: VecDeque<(Seq, Lsn, Option<i64>)>,
     flushed: Lsn,
 }
 
 impl Checkpoint {
-    /// `lsn` may be confirmed once every sink has acknowledged batch `seq`.
-    pub fn record(&mut self, seq: Seq, lsn: Lsn) {
+    /// `lsn` may be confirmed once every sink has acknowledged batch `seq`. `commit_time`:
+    /// when `lsn` ends a transaction, its commit time (for the lag metric).
+    pub fn record(&mut self, seq: Seq, lsn: Lsn, commit_time: Option<i64>) {
         match self.waiting.back_mut() {
-            // Same batch: the later position supersedes the earlier one.
-            Some((s, l)) if *s == seq => *l = (*l).max(lsn),
-            _ => self.waiting.push_back((seq, lsn)),
+            // Same batch: the later position supersedes the earlier one; the older commit
+            // time stays.
+            Some((s, l, t)) if *s == seq => {
+                *l = (*l).max(lsn);
+                *t = t.or(commit_time);
+            }
+            _ => self.waiting.push_back((seq, lsn, commit_time)),
         }
+    }
+
+    /// The commit time of the oldest transaction not yet confirmable.
+    pub fn oldest_commit(&self) -> Option<i64> {
+        self.waiting.iter().find_map(|(_, _, t)| *t)
     }
 
     /// Moves the flush position over every position whose batch is acknowledged by all sinks
     /// (`min_acked`), and returns it. Never moves backwards.
     pub fn advance(&mut self, min_acked: Seq) -> Lsn {
-        while let Some(&(seq, lsn)) = self.waiting.front() {
+        while let Some(&(seq, lsn, _)) = self.waiting.front() {
             if seq > min_acked {
                 break;
             }
@@ -96,9 +107,9 @@ mod tests {
     fn follows_the_slowest_sink_contiguously() {
         let board = AckBoard::new(2);
         let mut cp = Checkpoint::default();
-        cp.record(1, Lsn(100));
-        cp.record(2, Lsn(200));
-        cp.record(3, Lsn(300));
+        cp.record(1, Lsn(100), None);
+        cp.record(2, Lsn(200), None);
+        cp.record(3, Lsn(300), None);
         board.ack(0, 3);
         assert_eq!(
             cp.advance(board.min_acked()),
@@ -115,20 +126,34 @@ mod tests {
     #[test]
     fn positions_of_acknowledged_batches_are_confirmable_at_once() {
         let mut cp = Checkpoint::default();
-        cp.record(0, Lsn(50));
+        cp.record(0, Lsn(50), None);
         assert_eq!(cp.advance(0), Lsn(50));
-        cp.record(4, Lsn(70));
-        cp.record(4, Lsn(90));
+        cp.record(4, Lsn(70), None);
+        cp.record(4, Lsn(90), None);
         assert_eq!(cp.waiting(), 1);
         assert_eq!(cp.advance(3), Lsn(50));
         assert_eq!(cp.advance(4), Lsn(90));
     }
 
     #[test]
+    fn the_oldest_waiting_commit_time_is_kept_until_confirmed() {
+        let mut cp = Checkpoint::default();
+        cp.record(1, Lsn(100), None);
+        cp.record(2, Lsn(200), Some(20));
+        cp.record(2, Lsn(250), Some(25));
+        cp.record(3, Lsn(300), Some(30));
+        assert_eq!(cp.oldest_commit(), Some(20));
+        cp.advance(2);
+        assert_eq!(cp.oldest_commit(), Some(30));
+        cp.advance(3);
+        assert_eq!(cp.oldest_commit(), None);
+    }
+
+    #[test]
     fn never_moves_backwards() {
         let mut cp = Checkpoint::default();
-        cp.record(1, Lsn(500));
-        cp.record(2, Lsn(400));
+        cp.record(1, Lsn(500), None);
+        cp.record(2, Lsn(400), None);
         assert_eq!(cp.advance(2), Lsn(500));
         assert_eq!(cp.flushed(), Lsn(500));
     }

@@ -4,6 +4,7 @@
 //! Secrets (the URL's password, `password_file`) are never printed.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,12 +36,20 @@ pub const DEFAULT_MAX_IDS_PER_EVENT: usize = 1000;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
 /// Upper bound for the durations above: longer ones are mistakes, and would overflow timers.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// How long a graceful stop may take: drain the sinks, confirm, close connections.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Warn (log and metric) when the slot holds more WAL than this behind the server…
+pub const DEFAULT_LAG_WARNING_BYTES: u64 = 1 << 30;
+/// …or when a committed change has waited this long for every sink.
+pub const DEFAULT_LAG_WARNING_AGE: Duration = Duration::from_secs(300);
 /// Text settings taken from the environment as written (never parsed as numbers or booleans).
 const RAW_ENV_KEYS: &[&str] = &[
     "postgres.url",
     "postgres.password_file",
     "postgres.slot",
     "postgres.publication",
+    "ops.listen",
+    "ops.log_level",
 ];
 /// Environment variables with this prefix (and a `__` section separator) override the file.
 pub const ENV_PREFIX: &str = "PGLIVE_";
@@ -52,6 +61,57 @@ pub struct Config {
     pub events: MapOptions,
     pub tables: Vec<TableRule>,
     pub sinks: Vec<SinkConfig>,
+    pub ops: OpsConfig,
+}
+
+/// `[ops]`: running pglive as a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpsConfig {
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; none when absent.
+    pub listen: Option<SocketAddr>,
+    /// A graceful stop (SIGTERM/SIGINT) ends within this long.
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    /// A tracing filter (`info`, `pglive=debug`); `RUST_LOG` overrides it.
+    pub log_level: Option<String>,
+    /// Replication lag that logs a warning and sets `pglive_lag_warning`.
+    pub lag_warning_bytes: u64,
+    pub lag_warning_age: Duration,
+}
+
+impl Default for OpsConfig {
+    fn default() -> OpsConfig {
+        OpsConfig {
+            listen: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            log_format: LogFormat::Text,
+            log_level: None,
+            lag_warning_bytes: DEFAULT_LAG_WARNING_BYTES,
+            lag_warning_age: DEFAULT_LAG_WARNING_AGE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "{other:?} is not a log format: use \"text\" or \"json\""
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +125,9 @@ pub struct PostgresConfig {
     pub connect_timeout: Duration,
     pub max_backoff: Duration,
     pub max_message_bytes: usize,
+    /// Write a `pg_logical_emit_message` this often, so that a server whose only writes are
+    /// invisible to the slot's database still lets the slot advance; none when absent.
+    pub heartbeat_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +167,18 @@ struct RawPostgres {
     connect_timeout: Option<RawDuration>,
     max_backoff: Option<RawDuration>,
     max_message_bytes: Option<u64>,
+    heartbeat_interval: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    listen: Option<String>,
+    shutdown_timeout: Option<RawDuration>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    lag_warning_bytes: Option<u64>,
+    lag_warning_age: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]
@@ -398,10 +473,10 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         }
     };
     for key in top.keys() {
-        if !["postgres", "events", "tables", "sinks"].contains(&key.as_str()) {
+        if !["postgres", "events", "tables", "sinks", "ops"].contains(&key.as_str()) {
             issues.push(
                 key.clone(),
-                "unknown section; expected one of: postgres, events, tables, sinks",
+                "unknown section; expected one of: postgres, events, tables, sinks, ops",
             );
         }
     }
@@ -409,6 +484,7 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
     // Keys set aside as invalid were reported; do not report them again as missing.
     let (postgres, postgres_removed): (RawPostgres, _) = section(&top, &mut issues, "postgres");
     let (events, _): (RawEvents, _) = section(&top, &mut issues, "events");
+    let (raw_ops, _): (RawOps, _) = section(&top, &mut issues, "ops");
     let tables: Vec<(usize, RawTable)> = array(&top, &mut issues, "tables");
     let sinks: Vec<(usize, RawSink)> = array(&top, &mut issues, "sinks");
 
@@ -480,6 +556,16 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
             DEFAULT_MAX_MESSAGE_BYTES
         }
     };
+
+    let heartbeat_interval = postgres.heartbeat_interval.as_ref().map(|_| {
+        duration(
+            &mut issues,
+            "postgres.heartbeat_interval",
+            &postgres.heartbeat_interval,
+            DEFAULT_STATUS_INTERVAL,
+        )
+    });
+    let ops = ops_config(&mut issues, raw_ops);
 
     let max_ids = at_least_one(
         &mut issues,
@@ -761,6 +847,14 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         if let Some(what) = duplicate {
             issues.push(format!("sinks[{i}].type"), what);
         }
+        if let (SinkConfig::WebSocket(ws), Some(ops)) = (&sink, ops.listen)
+            && ws.listen == ops
+        {
+            issues.push(
+                format!("sinks[{i}].listen"),
+                format!("{ops} is also ops.listen; use another port for one of them"),
+            );
+        }
         sink_configs.push(sink);
     }
 
@@ -775,6 +869,7 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                 connect_timeout,
                 max_backoff,
                 max_message_bytes,
+                heartbeat_interval,
             },
             events: MapOptions {
                 coalesce: events.coalesce.unwrap_or(true),
@@ -782,6 +877,7 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
             },
             tables: rules,
             sinks: sink_configs,
+            ops,
         }),
         _ => Err(ConfigError {
             issues: issues.list,
@@ -819,6 +915,62 @@ fn ws_auth(
             "jwt_secret",
             "set only one of jwt_secret, jwt_secret_file and jwt_public_key_file".into(),
         )),
+    }
+}
+
+fn ops_config(issues: &mut Issues, raw: RawOps) -> OpsConfig {
+    let defaults = OpsConfig::default();
+    let listen = raw.listen.as_deref().and_then(|l| match l.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            issues.push(
+                "ops.listen",
+                format!("{l:?} is not an address like \"127.0.0.1:9187\" or \"[::]:9187\""),
+            );
+            None
+        }
+    });
+    let log_format = match raw.log_format.as_deref().map(str::parse) {
+        None => defaults.log_format,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            issues.push("ops.log_format", e);
+            defaults.log_format
+        }
+    };
+    if let Some(level) = &raw.log_level
+        && let Err(e) = tracing_subscriber::EnvFilter::try_new(level)
+    {
+        issues.push(
+            "ops.log_level",
+            format!("{level:?} is not a log filter like \"info\" or \"pglive=debug,warn\": {e}"),
+        );
+    }
+    let lag_warning_bytes = match raw.lag_warning_bytes {
+        None => defaults.lag_warning_bytes,
+        Some(0) => {
+            issues.push("ops.lag_warning_bytes", "must be greater than zero");
+            defaults.lag_warning_bytes
+        }
+        Some(n) => n,
+    };
+    OpsConfig {
+        listen,
+        shutdown_timeout: duration(
+            issues,
+            "ops.shutdown_timeout",
+            &raw.shutdown_timeout,
+            defaults.shutdown_timeout,
+        ),
+        log_format,
+        log_level: raw.log_level,
+        lag_warning_bytes,
+        lag_warning_age: duration(
+            issues,
+            "ops.lag_warning_age",
+            &raw.lag_warning_age,
+            defaults.lag_warning_age,
+        ),
     }
 }
 

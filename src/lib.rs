@@ -13,6 +13,8 @@
 //! - [`sink`]: the `Sink` trait, its generic driver, and the sinks (stdout, file, and AMQP,
 //!   which pipelines publisher confirms across batches with a driver of its own).
 //! - [`checkpoint`]: per-sink acknowledgements → the contiguous flush LSN.
+//! - [`ops`]: the shared status, the `/healthz` `/readyz` `/metrics` listener, systemd
+//!   notifications and the slot monitor.
 //! - [`app`]: wires the stages; [`config`] loads and validates settings; [`check`] verifies
 //!   the server side.
 
@@ -24,5 +26,6 @@ pub mod decode;
 pub mod event;
 pub mod lsn;
 pub mod map;
+pub mod ops;
 pub mod sink;
 pub mod source;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use pglive::check::Level;
-use pglive::config::{self, Config};
+use pglive::config::{self, Config, LogFormat};
 use pglive::lsn::Lsn;
 use pglive::source::catalog;
 use pglive::source::stream::Stopped;
@@ -22,6 +22,9 @@ use pglive::source::stream::Stopped;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (default) or `json`; overrides ops.log_format.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -55,17 +58,21 @@ enum Command {
     Teardown {
         #[command(flatten)]
         config: ConfigArg,
+        /// Also when another process streams from the slot: end that session first.
+        #[arg(long)]
+        force: bool,
     },
 }
 
-/// `RUST_LOG`, or `info`. The AMQP client's own messages repeat what the sink reports (and
-/// dump whole returned messages), so they are off unless `RUST_LOG` names `lapin`.
-fn log_filter() -> tracing_subscriber::EnvFilter {
-    let spec = std::env::var("RUST_LOG").unwrap_or_default();
-    let spec = if spec.trim().is_empty() {
-        "info"
+/// `RUST_LOG`, else `ops.log_level`, else `info`. The AMQP client's own messages repeat what
+/// the sink reports (and dump whole returned messages), so they are off unless the filter
+/// names `lapin`.
+fn log_filter(configured: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let env = std::env::var("RUST_LOG").unwrap_or_default();
+    let spec = if !env.trim().is_empty() {
+        env.as_str()
     } else {
-        spec.as_str()
+        configured.unwrap_or("info")
     };
     let spec = if spec.contains("lapin") {
         spec.to_owned()
@@ -76,19 +83,30 @@ fn log_filter() -> tracing_subscriber::EnvFilter {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"))
 }
 
+/// Logs go to standard error (standard output may carry events), as text or JSON lines.
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(log_filter(level));
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(log_filter())
-        .init();
-
     let path = match &cli.command {
         Command::Run { config, .. }
         | Command::Check { config }
         | Command::Setup { config }
-        | Command::Teardown { config } => config.config.clone(),
+        | Command::Teardown { config, .. } => config.config.clone(),
     };
     let config = match config::load(Some(&path)) {
         Ok(c) => c,
@@ -97,6 +115,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let format = match cli.log_format.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => config.ops.log_format,
+    };
+    init_logging(format, config.ops.log_level.as_deref());
     // One thread: the pipeline is a single stream, and the walsender it reads from is one
     // process too. Measured on a backlog drain, a multi-threaded runtime spent about 20% more
     // CPU (waking tasks across threads) for no gain in throughput. Blocking writes (stdout,
@@ -117,7 +141,7 @@ fn main() -> ExitCode {
             Command::Run { stop_at, .. } => run(config, stop_at).await,
             Command::Check { .. } => check(&config).await,
             Command::Setup { .. } => setup(&config).await,
-            Command::Teardown { .. } => teardown(&config).await,
+            Command::Teardown { force, .. } => teardown(&config, force).await,
         }
     });
     // Do not wait for a write stuck on a blocked stdout: what it held was not confirmed.
@@ -139,16 +163,22 @@ fn main() -> ExitCode {
 
 async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-    match pglive::app::run(config, stop_at, shutdown).await? {
+    tokio::spawn(watch_signals(shutdown.clone(), config.ops.shutdown_timeout));
+    let metrics = match config.ops.listen {
+        Some(_) => Some(pglive::ops::install_metrics().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    match pglive::app::run(config, stop_at, shutdown, metrics).await? {
         Stopped::Shutdown => tracing::info!("stopped"),
         Stopped::ReachedStopLsn(lsn) => tracing::info!(flush = %lsn, "reached the stop position"),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The first SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
+/// The first SIGTERM or SIGINT starts a graceful shutdown, which the pipeline keeps within
+/// `limit`; past it, or at a second signal, the process exits at once (what was not
+/// confirmed is replayed at the next start).
+async fn watch_signals(shutdown: CancellationToken, limit: std::time::Duration) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -162,7 +192,14 @@ async fn watch_signals(shutdown: CancellationToken) {
         "shutting down: delivering what was read and confirming it (signal again to exit at once)"
     );
     shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = tokio::time::sleep(limit) => {
+            tracing::error!(?limit, "not stopped within ops.shutdown_timeout; exiting (unconfirmed changes will be replayed)");
+            std::process::exit(1);
+        }
+    }
     tracing::warn!("second signal: exiting without waiting");
     std::process::exit(130);
 }
@@ -202,10 +239,10 @@ async fn setup(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn teardown(config: &Config) -> anyhow::Result<ExitCode> {
+async fn teardown(config: &Config, force: bool) -> anyhow::Result<ExitCode> {
     let pg = &config.postgres;
     let client = catalog::connect(&pg.conn, pg.connect_timeout).await?;
-    let done = catalog::teardown(&client, &pg.publication, &pg.slot).await?;
+    let done = catalog::teardown(&client, &pg.publication, &pg.slot, force).await?;
     if done.is_empty() {
         println!(
             "neither publication {} nor slot {} exists",

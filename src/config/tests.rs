@@ -1057,3 +1057,77 @@ fn bad_websocket_values_are_reported_by_key() {
         ]
     );
 }
+
+// ---- [ops] ----
+
+#[test]
+fn ops_defaults_and_values() {
+    let c = ok(&minimal(""));
+    assert_eq!(c.ops, OpsConfig::default());
+    assert_eq!(c.ops.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(c.postgres.heartbeat_interval, None);
+    let c = ok(&minimal(
+        r#"
+[ops]
+listen = "0.0.0.0:9187"
+shutdown_timeout = "5s"
+log_format = "json"
+log_level = "warn,pglive=debug"
+lag_warning_bytes = 1000
+lag_warning_age = "1m"
+"#,
+    )
+    .replace("[postgres]", "[postgres]\nheartbeat_interval = \"15s\""));
+    assert_eq!(c.ops.listen, Some("0.0.0.0:9187".parse().unwrap()));
+    assert_eq!(c.ops.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.ops.log_format, LogFormat::Json);
+    assert_eq!(c.ops.log_level.as_deref(), Some("warn,pglive=debug"));
+    assert_eq!(c.ops.lag_warning_bytes, 1000);
+    assert_eq!(c.ops.lag_warning_age, Duration::from_secs(60));
+    assert_eq!(c.postgres.heartbeat_interval, Some(Duration::from_secs(15)));
+}
+
+#[test]
+fn bad_ops_values_are_each_reported_by_key() {
+    let list = issues(&minimal(
+        r#"
+[ops]
+listen = "localhost"
+shutdown_timeout = "0s"
+log_format = "xml"
+log_level = "pglive=loud"
+lag_warning_bytes = 0
+lag_warning_age = "soon"
+"#,
+    ));
+    assert_eq!(
+        keys(&list),
+        [
+            "ops.listen",
+            "ops.log_format",
+            "ops.log_level",
+            "ops.lag_warning_bytes",
+            "ops.shutdown_timeout",
+            "ops.lag_warning_age"
+        ],
+        "{list:#?}"
+    );
+    let issue = only_issue(&minimal("[ops]\nport = 1\n"), "ops.port");
+    assert!(issue.message.contains("expected one of: listen"), "{issue}");
+    let issue = only_issue(
+        &minimal("").replace("[postgres]", "[postgres]\nheartbeat_interval = \"0s\""),
+        "postgres.heartbeat_interval",
+    );
+    assert!(issue.message.contains("greater than zero"), "{issue}");
+}
+
+#[test]
+fn the_ops_listener_and_a_relay_cannot_share_a_port() {
+    let issue = only_issue(
+        &minimal(
+            "[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9187\"\nanonymous = true\n[ops]\nlisten = \"127.0.0.1:9187\"\n",
+        ),
+        "sinks[1].listen",
+    );
+    assert!(issue.message.contains("ops.listen"), "{issue}");
+}

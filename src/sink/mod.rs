@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::checkpoint::{AckBoard, Seq};
 use crate::event::LiveEvent;
+use crate::ops::{SinkStatus, Status};
 
 /// Events handed to the sinks together, numbered in source order.
 #[derive(Debug)]
@@ -35,6 +36,51 @@ impl Batch {
             out.extend_from_slice(&event.json);
             out.push(b'\n');
         }
+    }
+}
+
+/// A sink driver's connection to the rest of the pipeline: where it acknowledges batches (for
+/// the checkpoint and the metrics) and reports its health.
+#[derive(Clone)]
+pub struct Lane {
+    pub index: usize,
+    board: Arc<AckBoard>,
+    status: Arc<Status>,
+}
+
+impl Lane {
+    pub fn new(index: usize, board: Arc<AckBoard>, status: Arc<Status>) -> Lane {
+        Lane {
+            index,
+            board,
+            status,
+        }
+    }
+
+    /// A lane for one sink on a board of its own (tests and tools).
+    pub fn single() -> Lane {
+        let status = Status::new("test", vec![("test".into(), None)]);
+        Lane::new(0, Arc::new(AckBoard::new(1)), Arc::new(status))
+    }
+
+    /// The sink has delivered `batch`, and every batch before it.
+    pub fn ack(&self, batch: &Batch) {
+        self.status.sink(self.index).acked(batch);
+        self.board.ack(self.index, batch.seq);
+    }
+
+    pub fn status(&self) -> &SinkStatus {
+        self.status.sink(self.index)
+    }
+
+    /// The shared status (the relay counts its clients there).
+    pub fn shared(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// The highest batch every sink on the board has delivered.
+    pub fn min_acked(&self) -> Seq {
+        self.board.min_acked()
     }
 }
 
@@ -60,17 +106,20 @@ pub trait Sink: Send + 'static {
     fn close(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
-/// Feeds `sink` every batch from `queue` and acknowledges each on `board` as sink `index`.
-/// Returns when the queue is closed and drained, or at the first error.
+/// Feeds `sink` every batch from `queue` and acknowledges each on `lane`. Returns when the
+/// queue is closed and drained, or at the first error.
 pub async fn drive<S: Sink>(
     mut sink: S,
-    index: usize,
+    lane: Lane,
     mut queue: mpsc::Receiver<Arc<Batch>>,
-    board: Arc<AckBoard>,
 ) -> Result<(), SinkError> {
     while let Some(batch) = queue.recv().await {
-        sink.send(&batch).await?;
-        board.ack(index, batch.seq);
+        if let Err(e) = sink.send(&batch).await {
+            lane.status().error();
+            lane.status().unhealthy(e.message.clone());
+            return Err(e);
+        }
+        lane.ack(&batch);
     }
     sink.close().await
 }
@@ -82,8 +131,7 @@ pub(crate) mod contract {
 
     use tokio::sync::mpsc;
 
-    use super::{Batch, Sink, drive};
-    use crate::checkpoint::AckBoard;
+    use super::{Batch, Lane, Sink, drive};
     use crate::event::{EventId, EventKind, EventSource, Id, LiveEvent};
     use crate::lsn::Lsn;
 
@@ -111,9 +159,9 @@ pub(crate) mod contract {
     /// Drives `sink` through three batches and checks that every batch is acknowledged, in
     /// order, and that `output()` then holds every event, once, in order, byte for byte.
     pub(crate) async fn check<S: Sink>(sink: S, output: impl Fn() -> Vec<Vec<u8>>) {
-        let board = Arc::new(AckBoard::new(1));
+        let lane = Lane::single();
         let (tx, rx) = mpsc::channel(4);
-        let driver = tokio::spawn(drive(sink, 0, rx, board.clone()));
+        let driver = tokio::spawn(drive(sink, lane.clone(), rx));
         let mut expected = Vec::new();
         for seq in 1..=3u64 {
             let events: Vec<LiveEvent> = (0..seq * 2).map(|i| event(seq * 100 + i)).collect();
@@ -122,7 +170,7 @@ pub(crate) mod contract {
         }
         drop(tx);
         driver.await.unwrap().unwrap();
-        assert_eq!(board.min_acked(), 3, "every batch acknowledged");
+        assert_eq!(lane.min_acked(), 3, "every batch acknowledged");
         assert_eq!(output(), expected);
     }
 }

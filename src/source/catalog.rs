@@ -269,22 +269,49 @@ pub async fn ensure_setup(
     Ok(done)
 }
 
-/// Drops the slot and the publication, whichever exist. Returns a line per change made.
+/// Drops the slot and the publication, whichever exist. Returns a line per change made. A slot
+/// another process streams from is refused, unless `force`: then that session is terminated
+/// first (a pglive there stands by until the slot exists again).
 pub async fn teardown(
     client: &Client,
     publication: &str,
     slot_name: &str,
+    force: bool,
 ) -> Result<Vec<String>, SourceError> {
     let mut done = Vec::new();
     if let Some(info) = slot(client, slot_name).await? {
         if let Some(pid) = info.active_pid {
-            return Err(SourceError::Fatal(format!(
-                "replication slot {slot_name} is in use by process {pid}; stop that consumer first"
-            )));
+            if !force {
+                return Err(SourceError::Fatal(format!(
+                    "replication slot {slot_name} is in use by process {pid} (a running pglive?); \
+                     stop that consumer first, or pass --force to end its session"
+                )));
+            }
+            client
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await?;
+            done.push(format!(
+                "ended the session of process {pid}, which held slot {slot_name}"
+            ));
         }
-        client
-            .execute("SELECT pg_drop_replication_slot($1)", &[&slot_name])
-            .await?;
+        // A terminated session releases the slot a moment later.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot_name])
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if force
+                        && e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         done.push(format!("dropped replication slot {slot_name}"));
     }
     if publication_tables(client, publication).await?.is_some() {

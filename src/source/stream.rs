@@ -34,11 +34,17 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// How long to wait for the server to end the stream after CopyDone.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// While another process holds the slot, try again this often: a standby takes over within
+/// about this long once the slot is free.
+const SLOT_RETRY: Duration = Duration::from_secs(2);
 
 /// The sinks' side of the pipeline, as the source sees it.
 pub struct Outlets {
     pub queues: Vec<(&'static str, mpsc::Sender<Arc<Batch>>)>,
     pub board: Arc<AckBoard>,
+    pub status: Arc<crate::ops::Status>,
+    /// On shutdown, how long to wait for the sinks to acknowledge what was read.
+    pub drain_timeout: Duration,
 }
 
 /// How the source ended without error.
@@ -68,6 +74,8 @@ pub struct Source {
     /// Totals since start, for the log.
     transactions: u64,
     events: u64,
+    /// Commit time of the transaction being read (from its BEGIN).
+    txn_commit_time: i64,
 }
 
 /// A batch sealed but not yet in every sink's queue.
@@ -98,6 +106,7 @@ impl Source {
             streamed: false,
             transactions: 0,
             events: 0,
+            txn_commit_time: 0,
         }
     }
 
@@ -108,32 +117,49 @@ impl Source {
         loop {
             let started = Instant::now();
             let err = match self.session(&mut waiting_for_slot).await {
-                Ok(stopped) => return Ok(stopped),
+                Ok(stopped) => {
+                    self.outlets.status.not_streaming("stopped");
+                    return Ok(stopped);
+                }
                 Err(e) => e,
             };
             if self.shutdown.is_cancelled() {
+                self.outlets.status.not_streaming("stopped");
                 return Ok(Stopped::Shutdown);
             }
             if !err.is_retryable() {
+                self.outlets.status.not_streaming(format!("failed: {err}"));
                 return Err(err);
             }
             if started.elapsed() >= HEALTHY_SESSION {
                 backoff = FIRST_BACKOFF;
             }
-            if err.is_slot_in_use() {
+            let retry_in = if err.is_slot_in_use() {
                 if !waiting_for_slot {
-                    tracing::warn!(slot = %self.config.slot, error = %err,
-                        "replication slot is in use by another process; waiting for it to be released");
+                    tracing::warn!(slot = %self.config.slot, error = %err, retry_every = ?SLOT_RETRY,
+                        "replication slot is in use by another process (another pglive?); standing by until it is released");
                 }
+                self.outlets.status.not_streaming(format!(
+                    "standing by: replication slot {} is in use by another process ({err})",
+                    self.config.slot
+                ));
                 waiting_for_slot = true;
+                SLOT_RETRY.min(backoff.max(FIRST_BACKOFF))
             } else {
                 waiting_for_slot = false;
                 tracing::warn!(error = %err, retry_in = ?backoff,
                     "replication interrupted; reconnecting and resuming from the slot");
-            }
+                self.outlets
+                    .status
+                    .not_streaming(format!("reconnecting: {err}"));
+                backoff
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = self.shutdown.cancelled() => return Ok(Stopped::Shutdown),
+                _ = tokio::time::sleep(retry_in) => {}
+                _ = self.shutdown.cancelled() => {
+                    self.outlets.status.not_streaming("stopped");
+                    return Ok(Stopped::Shutdown);
+                }
             }
             backoff = (backoff * 2).min(self.config.max_backoff);
         }
@@ -186,6 +212,7 @@ impl Source {
         }
         tracing::info!(slot = %cfg.slot, publication = %cfg.publication, server = %cfg.conn,
             version = conn.server_version(), "streaming");
+        self.outlets.status.streaming();
         self.mapper.reset();
 
         let mut batch: Vec<LiveEvent> = Vec::with_capacity(MAX_BATCH_EVENTS);
@@ -205,7 +232,8 @@ impl Source {
         match result {
             Ok(stopped) => {
                 // Hand over what was read, wait for the sinks, confirm, end the stream cleanly.
-                let deadline = Instant::now() + FINISH_TIMEOUT * 2;
+                self.outlets.status.not_streaming("stopping");
+                let deadline = Instant::now() + self.outlets.drain_timeout;
                 let delivered = self
                     .deliver_rest(&mut batch, &mut pending, Some(deadline))
                     .await;
@@ -227,14 +255,15 @@ impl Source {
                         self.send_status(&mut conn, false).await?;
                     }
                 }
-                let flush = self.checkpoint.advance(self.outlets.board.min_acked());
+                let flush = self.advance();
                 conn.send_status(Status {
                     write: self.received,
                     flush,
                     reply_requested: false,
                 })
                 .await?;
-                if let Err(e) = conn.finish(FINISH_TIMEOUT).await {
+                let finish = FINISH_TIMEOUT.min(self.outlets.drain_timeout / 6);
+                if let Err(e) = conn.finish(finish).await {
                     tracing::debug!(error = %e, "ending the replication stream");
                 }
                 tracing::info!(flush = %flush, transactions = self.transactions, events = self.events,
@@ -286,8 +315,11 @@ impl Source {
                 match ReplicationConnection::parse_replication(frame)? {
                     None => {}
                     Some(ReplicationMessage::XLogData {
-                        wal_start, data, ..
+                        wal_start,
+                        wal_end,
+                        data,
                     }) => {
+                        self.outlets.status.saw_server_end(wal_end);
                         let before = batch.len();
                         self.handle_xlog(&data, wal_start, control, batch).await?;
                         *batch_bytes += batch[before..].iter().map(|e| e.json.len()).sum::<usize>();
@@ -297,11 +329,12 @@ impl Source {
                         reply_requested,
                     }) => {
                         self.received = self.received.max(wal_end);
+                        self.outlets.status.saw_server_end(wal_end);
                         // Between transactions, everything up to the walsender's position has
                         // been received: confirmable once what came before it is delivered.
                         if !self.mapper.in_transaction() {
                             let seq = self.boundary_seq(batch);
-                            self.checkpoint.record(seq, wal_end);
+                            self.checkpoint.record(seq, wal_end, None);
                         }
                         if reply_requested {
                             reported = self.send_status(conn, false).await?;
@@ -321,7 +354,7 @@ impl Source {
                 *batch_bytes = 0;
             }
             if let Some(stop) = self.stop_at {
-                let flushed = self.checkpoint.advance(self.outlets.board.min_acked());
+                let flushed = self.advance();
                 if flushed >= stop {
                     return Ok(Stopped::ReachedStopLsn(flushed));
                 }
@@ -341,13 +374,14 @@ impl Source {
                 sent = reserve(&queues, pending.as_ref()), if pending.is_some() => {
                     let p = pending.as_mut().expect("guarded by the select condition");
                     sent?.send(p.batch.clone());
+                    self.outlets.status.sink(p.next_sink).queued(p.batch.events.len());
                     p.next_sink += 1;
                     if p.next_sink == queues.len() {
                         *pending = None;
                     }
                 }
                 _ = board.changed() => {
-                    let flush = self.checkpoint.advance(self.outlets.board.min_acked());
+                    let flush = self.advance();
                     if flush > reported && status_due.is_none() {
                         // Report promptly, but at most every MIN_STATUS_GAP.
                         status_due = Some((last_status + MIN_STATUS_GAP, false));
@@ -386,6 +420,9 @@ impl Source {
             lsn: wal_start,
             source,
         })?;
+        if let LogicalMessage::Begin(b) = &msg {
+            self.txn_commit_time = b.commit_time;
+        }
         if let LogicalMessage::Relation(rel) = &msg {
             let pk = if self.mapper.needs_primary_key(rel) {
                 let timeout = self.config.connect_timeout;
@@ -415,7 +452,8 @@ impl Source {
             self.transactions += 1;
             self.received = self.received.max(end_lsn);
             let seq = self.boundary_seq(out);
-            self.checkpoint.record(seq, end_lsn);
+            self.checkpoint
+                .record(seq, end_lsn, Some(self.txn_commit_time));
         }
         Ok(())
     }
@@ -475,7 +513,13 @@ impl Source {
                 None => reserve.await,
             };
             match permit {
-                Ok(permit) => permit.send(p.batch.clone()),
+                Ok(permit) => {
+                    permit.send(p.batch.clone());
+                    self.outlets
+                        .status
+                        .sink(p.next_sink)
+                        .queued(p.batch.events.len());
+                }
                 Err(_) => return false,
             }
             p.next_sink += 1;
@@ -483,12 +527,21 @@ impl Source {
         true
     }
 
+    /// Moves the checkpoint over what every sink has acknowledged; publishes the result.
+    fn advance(&mut self) -> Lsn {
+        let flush = self.checkpoint.advance(self.outlets.board.min_acked());
+        let status = &self.outlets.status;
+        status.set_flush(flush);
+        status.set_oldest_unconfirmed(self.checkpoint.oldest_commit());
+        flush
+    }
+
     async fn send_status(
         &mut self,
         conn: &mut ReplicationConnection,
         reply_requested: bool,
     ) -> Result<Lsn, SourceError> {
-        let flush = self.checkpoint.advance(self.outlets.board.min_acked());
+        let flush = self.advance();
         conn.send_status(Status {
             write: self.received.max(flush),
             flush,

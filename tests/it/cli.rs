@@ -124,15 +124,26 @@ fn check_explains_a_table_without_a_key() {
 fn setup_is_idempotent_check_passes_teardown_removes() {
     let db = TestDb::new("lifecycle");
     db.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE u (id int PRIMARY KEY);");
-    let config = db.config(&["name = \"t\""], "");
+    // Managed by hand (auto_setup = false): what is missing fails the check.
+    let config = db.config(&["name = \"t\""], "auto_setup = false");
     let (code, out, _) = pglive(&["check"], &config);
     assert_eq!(code, 1);
     assert!(
-        out.contains("publication pglive does not exist") && out.contains("pglive setup"),
+        out.contains("FAIL  publication pglive does not exist") && out.contains("pglive setup"),
         "{out}"
     );
     assert!(
-        out.contains(&format!("replication slot {} does not exist", db.slot)),
+        out.contains(&format!(
+            "FAIL  replication slot {} does not exist",
+            db.slot
+        )),
+        "{out}"
+    );
+    // With auto_setup (the default), `run` would create them: warnings, and check passes.
+    let (code, out, _) = pglive(&["check"], &db.config(&["name = \"t\""], ""));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warn  publication pglive does not exist: `pglive run` will create it"),
         "{out}"
     );
 
@@ -150,7 +161,7 @@ fn setup_is_idempotent_check_passes_teardown_removes() {
     assert!(out.contains("all checks passed"), "{out}");
 
     // A newly mapped table is reported, then added by setup.
-    let wider = db.config(&["name = \"t\"", "name = \"u\""], "");
+    let wider = db.config(&["name = \"t\"", "name = \"u\""], "auto_setup = false");
     let (code, out, _) = pglive(&["check"], &wider);
     assert_eq!(code, 1);
     assert!(
@@ -214,6 +225,12 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "connect_timeout",
         "max_backoff",
         "max_message_bytes",
+        "heartbeat_interval",
+        "shutdown_timeout",
+        "log_format",
+        "log_level",
+        "lag_warning_bytes",
+        "lag_warning_age",
         "coalesce",
         "max_ids_per_event",
         "name",

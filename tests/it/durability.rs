@@ -445,7 +445,11 @@ fn partitioned_tables_are_published_under_their_own_name() {
     let (code, out, _) = crate::support::pglive(&["setup"], &config);
     assert_eq!(code, 0, "{out}");
     let (code, out, _) = crate::support::pglive(&["check"], &config);
-    assert_eq!(code, 1, "the slot is in use by the running daemon: {out}");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("is in use by process"),
+        "the running daemon holds the slot: {out}"
+    );
     assert!(out.contains("ok    table public.m"), "{out}");
     assert!(out.contains("covers every mapped table"), "{out}");
 }

@@ -5,6 +5,8 @@ mod support;
 mod amqp;
 mod auth;
 mod cli;
+mod deploy;
 mod durability;
 mod events;
+mod ops;
 mod websocket;

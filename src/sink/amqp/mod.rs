@@ -35,8 +35,7 @@ use tokio::sync::mpsc;
 
 pub use routing::{DEFAULT_TEMPLATE, MAX_ROUTING_KEY_BYTES, RoutingKey};
 
-use super::{Batch, SinkError};
-use crate::checkpoint::AckBoard;
+use super::{Batch, Lane, SinkError};
 use crate::event::{EventId, LiveEvent};
 
 /// The sink's name in logs and errors.
@@ -154,35 +153,38 @@ enum Failure {
     Retry(String),
 }
 
-/// Publishes every batch from `queue` and acknowledges each on `board` as sink `index` once
+/// Publishes every batch from `queue` and acknowledges each on `lane` once
 /// the broker has confirmed all its messages. Returns when the queue is closed and everything
 /// in it is confirmed, or with an error retrying cannot fix.
 pub async fn drive(
     config: AmqpSinkConfig,
-    index: usize,
+    lane: Lane,
     mut queue: mpsc::Receiver<Arc<Batch>>,
-    board: Arc<AckBoard>,
 ) -> Result<(), SinkError> {
     let mut window = Window::default();
     let mut backoff = FIRST_BACKOFF;
     loop {
         let confirmed_before = window.confirmed_total;
         let attempt = async {
-            let session = Session::open(&config).await?;
+            let session = Session::open(&config, &lane).await?;
             tracing::info!(broker = %config.url, exchange = %config.exchange, "publishing to AMQP");
-            session
-                .run(&config, &mut window, &mut queue, &board, index)
-                .await
+            lane.status().healthy();
+            session.run(&config, &mut window, &mut queue, &lane).await
         };
         match attempt.await {
             Ok(()) => return Ok(()),
             Err(Failure::Fatal(message)) => {
+                lane.status().error();
+                lane.status().unhealthy(message.clone());
                 return Err(SinkError {
                     sink: NAME,
                     message,
                 });
             }
             Err(Failure::Retry(message)) => {
+                lane.status().error();
+                lane.status()
+                    .unhealthy(format!("{}: {message}", config.url));
                 if window.confirmed_total > confirmed_before {
                     backoff = FIRST_BACKOFF;
                 }
@@ -272,16 +274,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>) {
+async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>, lane: Lane) {
     while let Some(event) = poll_fn(|cx| events.as_mut().poll_next(cx)).await {
         match event {
-            Event::ConnectionBlocked(reason) => tracing::warn!(
-                sink = NAME,
-                %reason,
-                "the broker blocked publishing (resource alarm); waiting for it to clear"
-            ),
+            Event::ConnectionBlocked(reason) => {
+                tracing::warn!(
+                    sink = NAME,
+                    %reason,
+                    "the broker blocked publishing (resource alarm); waiting for it to clear"
+                );
+                lane.status()
+                    .unhealthy(format!("the broker blocked publishing: {reason}"));
+            }
             Event::ConnectionUnblocked => {
-                tracing::info!(sink = NAME, "the broker unblocked publishing")
+                tracing::info!(sink = NAME, "the broker unblocked publishing");
+                lane.status().healthy();
             }
             // Errors also fail the pending confirms, which end the session.
             _ => {}
@@ -290,9 +297,12 @@ async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>) {
 }
 
 impl Session {
-    async fn open(config: &AmqpSinkConfig) -> Result<Session, Failure> {
+    async fn open(config: &AmqpSinkConfig, lane: &Lane) -> Result<Session, Failure> {
         let conn = connect(config).await?;
-        let watch = AbortOnDrop(tokio::spawn(log_alarms(Box::pin(conn.events_listener()))));
+        let watch = AbortOnDrop(tokio::spawn(log_alarms(
+            Box::pin(conn.events_listener()),
+            lane.clone(),
+        )));
         let channel = conn
             .create_channel()
             .await
@@ -337,8 +347,7 @@ impl Session {
         config: &AmqpSinkConfig,
         window: &mut Window,
         queue: &mut mpsc::Receiver<Arc<Batch>>,
-        board: &AckBoard,
-        index: usize,
+        lane: &Lane,
     ) -> Result<(), Failure> {
         let mut inflight: VecDeque<(Sent, InFlight)> = VecDeque::new();
         let mut key = String::new();
@@ -401,10 +410,10 @@ impl Session {
                             }
                         }
                     }
-                    window.confirm(sent.bytes, board, index);
+                    window.confirm(sent.bytes, lane);
                 }
                 batch = queue.recv(), if open && window.wants_batch(config) => match batch {
-                    Some(batch) => window.push(batch, board, index),
+                    Some(batch) => window.push(batch, lane),
                     None => open = false,
                 },
                 // Unreachable (with nothing in flight, there is room for a batch, or nothing
@@ -505,28 +514,28 @@ impl Window {
             && self.inflight_bytes < config.max_inflight_bytes
     }
 
-    fn push(&mut self, batch: Arc<Batch>, board: &AckBoard, index: usize) {
+    fn push(&mut self, batch: Arc<Batch>, lane: &Lane) {
         self.batches.push_back(batch);
         // A batch without events is delivered as soon as those before it are.
-        self.settle(board, index);
+        self.settle(lane);
     }
 
     /// The oldest in-flight message is confirmed.
-    fn confirm(&mut self, bytes: usize, board: &AckBoard, index: usize) {
+    fn confirm(&mut self, bytes: usize, lane: &Lane) {
         self.inflight -= 1;
         self.inflight_bytes -= bytes;
         self.confirmed += 1;
         self.confirmed_total += 1;
-        self.settle(board, index);
+        self.settle(lane);
     }
 
     /// Acknowledges and drops the leading batches whose events are all confirmed.
-    fn settle(&mut self, board: &AckBoard, index: usize) {
+    fn settle(&mut self, lane: &Lane) {
         while let Some(front) = self.batches.front() {
             if self.confirmed < front.events.len() {
                 break;
             }
-            board.ack(index, front.seq);
+            lane.ack(front);
             self.batches.pop_front();
             self.confirmed = 0;
             self.next = match self.next {

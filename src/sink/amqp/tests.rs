@@ -51,20 +51,20 @@ fn publish(w: &mut Window, c: &AmqpSinkConfig) -> Vec<u64> {
         .collect()
 }
 
-fn confirm(w: &mut Window, n: usize, board: &AckBoard) {
+fn confirm(w: &mut Window, n: usize, board: &Lane) {
     for _ in 0..n {
         let bytes = w.batches[0].events[w.confirmed].json.len();
-        w.confirm(bytes, board, 0);
+        w.confirm(bytes, board);
     }
 }
 
 #[test]
 fn a_batch_is_acknowledged_only_when_all_its_messages_are_confirmed() {
     let c = config(100, 1 << 20);
-    let board = AckBoard::new(1);
+    let board = Lane::single();
     let mut w = Window::default();
-    w.push(batch(1, &[1, 2]), &board, 0);
-    w.push(batch(2, &[3]), &board, 0);
+    w.push(batch(1, &[1, 2]), &board);
+    w.push(batch(2, &[3]), &board);
     assert_eq!(publish(&mut w, &c), [1, 2, 3]);
     confirm(&mut w, 1, &board);
     assert_eq!(board.min_acked(), 0, "half of batch 1 is not batch 1");
@@ -78,15 +78,15 @@ fn a_batch_is_acknowledged_only_when_all_its_messages_are_confirmed() {
 #[test]
 fn an_empty_batch_waits_for_the_batches_before_it() {
     let c = config(100, 1 << 20);
-    let board = AckBoard::new(1);
+    let board = Lane::single();
     let mut w = Window::default();
-    w.push(batch(1, &[1]), &board, 0);
-    w.push(batch(2, &[]), &board, 0);
+    w.push(batch(1, &[1]), &board);
+    w.push(batch(2, &[]), &board);
     assert_eq!(board.min_acked(), 0);
     assert_eq!(publish(&mut w, &c), [1]);
     confirm(&mut w, 1, &board);
     assert_eq!(board.min_acked(), 2);
-    w.push(batch(3, &[]), &board, 0);
+    w.push(batch(3, &[]), &board);
     assert_eq!(
         board.min_acked(),
         3,
@@ -96,10 +96,10 @@ fn an_empty_batch_waits_for_the_batches_before_it() {
 
 #[test]
 fn the_window_bounds_messages_and_bytes_in_flight() {
-    let board = AckBoard::new(1);
+    let board = Lane::single();
     let c = config(2, 1 << 20);
     let mut w = Window::default();
-    w.push(batch(1, &[1, 2, 3]), &board, 0);
+    w.push(batch(1, &[1, 2, 3]), &board);
     assert_eq!(publish(&mut w, &c), [1, 2]);
     assert!(
         !w.wants_batch(&c),
@@ -114,7 +114,7 @@ fn the_window_bounds_messages_and_bytes_in_flight() {
     // One event's bytes fill a window of one byte: one message at a time.
     let c = config(100, 1);
     let mut w = Window::default();
-    w.push(batch(1, &[1, 2]), &board, 0);
+    w.push(batch(1, &[1, 2]), &board);
     assert_eq!(publish(&mut w, &c), [1]);
     confirm(&mut w, 1, &board);
     assert_eq!(publish(&mut w, &c), [2]);
@@ -123,10 +123,10 @@ fn the_window_bounds_messages_and_bytes_in_flight() {
 #[test]
 fn after_a_failure_everything_unconfirmed_is_published_again_in_order() {
     let c = config(100, 1 << 20);
-    let board = AckBoard::new(1);
+    let board = Lane::single();
     let mut w = Window::default();
-    w.push(batch(1, &[1, 2, 3]), &board, 0);
-    w.push(batch(2, &[4, 5]), &board, 0);
+    w.push(batch(1, &[1, 2, 3]), &board);
+    w.push(batch(2, &[4, 5]), &board);
     assert_eq!(publish(&mut w, &c), [1, 2, 3, 4, 5]);
     confirm(&mut w, 1, &board);
     assert_eq!(w.unconfirmed(), 4);

@@ -36,8 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use auth::{Auth, Grants};
 use hub::{Client, Hub};
 
-use super::{Batch, SinkError};
-use crate::checkpoint::AckBoard;
+use super::{Batch, Lane, SinkError};
 use crate::event::EventId;
 
 pub const NAME: &str = "websocket";
@@ -88,6 +87,8 @@ struct Shared {
     config: WsSinkConfig,
     hub: Hub,
     connections: AtomicUsize,
+    /// `pglive_websocket_clients`.
+    clients: metrics::Gauge,
     next_id: AtomicU64,
     stop: CancellationToken,
 }
@@ -96,9 +97,8 @@ struct Shared {
 /// Returns when the queue is closed, after closing every connection (close code 1001).
 pub async fn drive(
     config: WsSinkConfig,
-    index: usize,
+    lane: Lane,
     mut queue: mpsc::Receiver<Arc<Batch>>,
-    board: Arc<AckBoard>,
 ) -> Result<(), SinkError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -110,6 +110,7 @@ pub async fn drive(
         hub: Hub::new(config.history, config.history_age),
         config,
         connections: AtomicUsize::new(0),
+        clients: metrics::gauge!("pglive_websocket_clients", "sink" => lane.status().label.clone()),
         next_id: AtomicU64::new(1),
         stop: CancellationToken::new(),
     });
@@ -124,6 +125,7 @@ pub async fn drive(
         // this much (and its queue) rather than after megabytes.
         let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SOCKET_SEND_BUFFER);
     });
+    lane.status().healthy();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -137,7 +139,7 @@ pub async fn drive(
                 .hub
                 .publish(&event.channel, event.id, Utf8Bytes::from(text));
         }
-        board.ack(index, batch.seq);
+        lane.ack(&batch);
     }
     shared.stop.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -182,7 +184,7 @@ async fn upgrade(
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     }
-    let guard = Connected(shared.clone());
+    let guard = Connected::new(shared.clone());
     ws.read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
         .max_message_size(TRANSPORT_MAX_MESSAGE.max(config.max_message_bytes))
@@ -193,12 +195,20 @@ async fn upgrade(
         })
 }
 
-/// Counts a connection until dropped.
+/// Counts a connection (already added to `connections`) until dropped.
 struct Connected(Arc<Shared>);
+
+impl Connected {
+    fn new(shared: Arc<Shared>) -> Connected {
+        shared.clients.increment(1.0);
+        Connected(shared)
+    }
+}
 
 impl Drop for Connected {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.clients.decrement(1.0);
     }
 }
 

@@ -1,0 +1,139 @@
+//! The slot monitor: on a connection of its own, reads the server's WAL position and the slot's
+//! `wal_status`, `safe_wal_size` and confirmed position every `postgres.status_interval`;
+//! warns (log and `pglive_lag_warning`) when lag passes `ops.lag_warning_*` or the slot's WAL
+//! is no longer reserved; and, with `postgres.heartbeat_interval`, writes a heartbeat message
+//! into the WAL so that the slot advances on servers whose other writes it cannot see.
+
+use std::sync::Arc;
+
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::{SlotStats, Status};
+use crate::config::{OpsConfig, PostgresConfig};
+use crate::lsn::Lsn;
+use crate::source::catalog;
+
+const POSITIONS: &str = "
+SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+             ELSE pg_current_wal_lsn() END)::text,
+       s.confirmed_flush_lsn::text, s.wal_status, s.safe_wal_size
+  FROM (SELECT 1) one LEFT JOIN pg_replication_slots s ON s.slot_name = $1";
+
+/// The heartbeat: a non-transactional logical message (no transaction, no table).
+const HEARTBEAT: &str = "SELECT pg_logical_emit_message(false, 'pglive.heartbeat', '')";
+
+fn ticker(every: std::time::Duration) -> Interval {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
+}
+
+/// Runs until `stop`. Connection problems are logged at debug level and retried at the next
+/// tick: the replication source reports them where they matter.
+pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: CancellationToken) {
+    let mut client: Option<Client> = None;
+    let mut poll = ticker(pg.status_interval);
+    let mut heartbeat = pg.heartbeat_interval.map(ticker);
+    let mut heartbeat_failed = false;
+    let mut last_wal_status: Option<String> = None;
+    loop {
+        let beat = async {
+            match heartbeat.as_mut() {
+                Some(h) => h.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = poll.tick() => {}
+            _ = beat => {
+                // Only the instance that streams writes heartbeats (a standby would double them).
+                if !status.is_streaming() {
+                    continue;
+                }
+                let Some(c) = connected(&mut client, &pg).await else { continue };
+                match c.execute(HEARTBEAT, &[]).await {
+                    Ok(_) => heartbeat_failed = false,
+                    Err(e) => {
+                        if !heartbeat_failed {
+                            tracing::warn!(error = %e, "cannot write the heartbeat (pg_logical_emit_message); the role needs EXECUTE on it and a writable primary");
+                        }
+                        heartbeat_failed = true;
+                        client = None;
+                    }
+                }
+                continue;
+            }
+        }
+        let Some(c) = connected(&mut client, &pg).await else {
+            continue;
+        };
+        let row = match c.query_one(POSITIONS, &[&pg.slot]).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "slot monitor query failed");
+                client = None;
+                continue;
+            }
+        };
+        let lsn = |i: usize| {
+            row.get::<_, Option<String>>(i)
+                .and_then(|s| s.parse::<Lsn>().ok())
+        };
+        if let Some(end) = lsn(0) {
+            status.saw_server_end(end);
+        }
+        let stats = SlotStats {
+            wal_status: row.get(2),
+            safe_wal_size: row.get(3),
+        };
+        if stats.wal_status != last_wal_status {
+            match stats.wal_status.as_deref() {
+                Some("extended") => {
+                    tracing::warn!(slot = %pg.slot, "the slot holds more WAL than max_wal_size (wal_status extended): pglive is falling behind")
+                }
+                Some("unreserved") => {
+                    tracing::error!(slot = %pg.slot, safe_wal_size = ?stats.safe_wal_size, "the slot's WAL is about to be removed (wal_status unreserved): changes will be lost at the next checkpoint unless pglive catches up")
+                }
+                Some("lost") => {
+                    tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; recreate the slot and have clients refetch")
+                }
+                _ => {}
+            }
+            last_wal_status = stats.wal_status.clone();
+        }
+        status.set_slot(lsn(1), stats);
+        let (bytes, secs) = (status.lag_bytes(), status.lag_seconds());
+        let over = bytes > ops.lag_warning_bytes || secs > ops.lag_warning_age.as_secs_f64();
+        let was = status.set_lag_warning(over);
+        if over && !was {
+            tracing::warn!(lag_bytes = bytes, lag_seconds = secs, slot = %pg.slot,
+                "replication lag is above ops.lag_warning_bytes / ops.lag_warning_age: PostgreSQL keeps the WAL meanwhile");
+        } else if was && !over {
+            tracing::info!(
+                lag_bytes = bytes,
+                lag_seconds = secs,
+                "replication lag is back under the warning thresholds"
+            );
+        }
+    }
+}
+
+/// The monitor's connection, (re)opened when needed.
+async fn connected<'a>(client: &'a mut Option<Client>, pg: &PostgresConfig) -> Option<&'a Client> {
+    if client.as_ref().is_some_and(Client::is_closed) {
+        *client = None;
+    }
+    if client.is_none() {
+        match catalog::connect(&pg.conn, pg.connect_timeout).await {
+            Ok(c) => *client = Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "slot monitor cannot connect");
+                return None;
+            }
+        }
+    }
+    client.as_ref()
+}
