@@ -416,5 +416,13 @@ async fn checks(
     } else {
         Finding::ok(format!("max_slot_wal_keep_size is {keep}"))
     });
+    // A consumer whose host vanished keeps the slot until this timeout ends its session: only
+    // then can a standby take over.
+    if setting("wal_sender_timeout").await? == "0" {
+        out.push(Finding::warn(
+            "wal_sender_timeout is 0: if the machine running pglive dies, PostgreSQL keeps its session, and the slot, until TCP gives up (hours), so a standby cannot take over",
+            "ALTER SYSTEM SET wal_sender_timeout = '60s';  -- then SELECT pg_reload_conf();",
+        ));
+    }
     Ok(())
 }

@@ -97,11 +97,6 @@ fn describe() {
         "1 while lag is above ops.lag_warning_bytes or ops.lag_warning_age."
     );
     describe_gauge!(
-        "pglive_slot_safe_wal_size_bytes",
-        Unit::Bytes,
-        "WAL that may still be written before the slot is invalidated (absent when unlimited)."
-    );
-    describe_gauge!(
         "pglive_slot_wal_status",
         "The slot's wal_status: 1 for the current one."
     );
@@ -341,10 +336,14 @@ impl Status {
             .max(self.slot_flush.load(Ordering::Relaxed))
     }
 
-    pub fn lag_bytes(&self) -> u64 {
-        self.server_end
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.confirmed_flush())
+    /// None until both positions are known (before the slot exists, or before the first
+    /// reading): a lag against position 0 would be the whole WAL.
+    pub fn lag_bytes(&self) -> Option<u64> {
+        let (end, flush) = (
+            self.server_end.load(Ordering::Relaxed),
+            self.confirmed_flush(),
+        );
+        (end > 0 && flush > 0).then(|| end.saturating_sub(flush))
     }
 
     /// How long the oldest change not yet acknowledged by every sink has waited since its
@@ -366,7 +365,9 @@ impl Status {
         metrics::gauge!("pglive_confirmed_flush_lsn").set(self.confirmed_flush() as f64);
         metrics::gauge!("pglive_server_wal_lsn")
             .set(self.server_end.load(Ordering::Relaxed) as f64);
-        metrics::gauge!("pglive_replication_lag_bytes").set(self.lag_bytes() as f64);
+        if let Some(lag) = self.lag_bytes() {
+            metrics::gauge!("pglive_replication_lag_bytes").set(lag as f64);
+        }
         metrics::gauge!("pglive_replication_lag_seconds").set(self.lag_seconds());
         metrics::gauge!("pglive_lag_warning").set(if self.lag_warning.load(Ordering::Relaxed) {
             1.0
@@ -382,16 +383,24 @@ impl Status {
                 0.0
             });
         }
-        if let Some(size) = stats.safe_wal_size {
-            metrics::gauge!("pglive_slot_safe_wal_size_bytes").set(size as f64);
-        }
+
         for s in &self.sinks {
             s.inflight.set(s.inflight() as f64);
             s.healthy_gauge
                 .set(if s.problem().is_none() { 1.0 } else { 0.0 });
         }
         handle.run_upkeep();
-        handle.render()
+        let mut page = handle.render();
+        // Written here rather than kept in the recorder, so that it disappears when PostgreSQL
+        // stops reporting it (unlimited retention, or a lost slot).
+        if let Some(size) = stats.safe_wal_size {
+            page.push_str(&format!(
+                "# HELP pglive_slot_safe_wal_size_bytes WAL that may still be written before the slot is invalidated.\n\
+                 # TYPE pglive_slot_safe_wal_size_bytes gauge\n\
+                 pglive_slot_safe_wal_size_bytes {size}\n"
+            ));
+        }
+        page
     }
 }
 
@@ -486,12 +495,14 @@ mod tests {
     #[test]
     fn lag_counts_from_the_newest_confirmed_position() {
         let status = Status::new("s", vec![]);
+        assert_eq!(status.lag_bytes(), None, "no positions yet");
         status.saw_server_end(Lsn(1000));
+        assert_eq!(status.lag_bytes(), None, "no confirmed position yet");
         status.set_flush(Lsn(400));
-        assert_eq!(status.lag_bytes(), 600);
+        assert_eq!(status.lag_bytes(), Some(600));
         // A standby learns the slot's position from the server.
         status.set_slot(Some(Lsn(900)), SlotStats::default());
-        assert_eq!(status.lag_bytes(), 100);
+        assert_eq!(status.lag_bytes(), Some(100));
         assert_eq!(status.lag_seconds(), 0.0);
         let ten_s_ago = unix_micros_now() - PG_EPOCH_UNIX_MICROS - 10_000_000;
         status.set_oldest_unconfirmed(Some(ten_s_ago));

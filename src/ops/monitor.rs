@@ -54,7 +54,7 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
                     continue;
                 }
                 let Some(c) = connected(&mut client, &pg).await else { continue };
-                match c.execute(HEARTBEAT, &[]).await {
+                match within(&pg, c.execute(HEARTBEAT, &[])).await {
                     Ok(_) => heartbeat_failed = false,
                     Err(e) => {
                         if !heartbeat_failed {
@@ -70,7 +70,7 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
         let Some(c) = connected(&mut client, &pg).await else {
             continue;
         };
-        let row = match c.query_one(POSITIONS, &[&pg.slot]).await {
+        let row = match within(&pg, c.query_one(POSITIONS, &[&pg.slot])).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "slot monitor query failed");
@@ -106,10 +106,11 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
         }
         status.set_slot(lsn(1), stats);
         let (bytes, secs) = (status.lag_bytes(), status.lag_seconds());
-        let over = bytes > ops.lag_warning_bytes || secs > ops.lag_warning_age.as_secs_f64();
+        let over = bytes.is_some_and(|b| b > ops.lag_warning_bytes)
+            || secs > ops.lag_warning_age.as_secs_f64();
         let was = status.set_lag_warning(over);
         if over && !was {
-            tracing::warn!(lag_bytes = bytes, lag_seconds = secs, slot = %pg.slot,
+            tracing::warn!(lag_bytes = ?bytes, lag_seconds = secs, slot = %pg.slot,
                 "replication lag is above ops.lag_warning_bytes / ops.lag_warning_age: PostgreSQL keeps the WAL meanwhile");
         } else if was && !over {
             tracing::info!(
@@ -118,6 +119,18 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
                 "replication lag is back under the warning thresholds"
             );
         }
+    }
+}
+
+/// A query that takes longer than `connect_timeout` has a dead connection under it (a
+/// half-open TCP session would otherwise hang until the kernel gives up, hours later).
+async fn within<T>(
+    pg: &PostgresConfig,
+    query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(pg.connect_timeout, query).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", pg.connect_timeout)),
     }
 }
 

@@ -11,12 +11,18 @@ fn send(states: &[NotifyState]) {
     }
 }
 
+/// A status line is one line of the notification: newlines (a server error's detail and
+/// hint) become spaces.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
 pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
 }
 
 pub fn status(status: &str) {
-    send(&[NotifyState::Status(status)]);
+    send(&[NotifyState::Status(&one_line(status))]);
 }
 
 pub fn stopping() {
@@ -24,10 +30,11 @@ pub fn stopping() {
 }
 
 /// When the unit sets `WatchdogSec=`, pings at half that interval until `stop`. The pings come
-/// from the same single-threaded runtime as the pipeline, so a stuck pipeline stops them and
-/// systemd restarts the service.
+/// from the single thread that runs the whole pipeline, so they stop when that thread is
+/// blocked or spinning, and systemd restarts the service. (A pipeline merely waiting on
+/// PostgreSQL or a sink is not stuck: readiness and the lag metrics report that.)
 pub async fn watchdog(stop: CancellationToken) {
-    let Some(timeout) = sd_notify::watchdog_enabled() else {
+    let Some(timeout) = sd_notify::watchdog_enabled().filter(|t| !t.is_zero()) else {
         return;
     };
     let mut tick = tokio::time::interval(timeout / 2);

@@ -270,8 +270,10 @@ pub async fn ensure_setup(
 }
 
 /// Drops the slot and the publication, whichever exist. Returns a line per change made. A slot
-/// another process streams from is refused, unless `force`: then that session is terminated
-/// first (a pglive there stands by until the slot exists again).
+/// another process streams from is refused, unless `force`: then that session is ended (again,
+/// should the process reconnect at once) until the slot can be dropped. A pglive that loses
+/// its slot this way stops with an error; stop every instance first so that none is restarted
+/// and, with `auto_setup`, creates the slot anew.
 pub async fn teardown(
     client: &Client,
     publication: &str,
@@ -279,7 +281,9 @@ pub async fn teardown(
     force: bool,
 ) -> Result<Vec<String>, SourceError> {
     let mut done = Vec::new();
-    if let Some(info) = slot(client, slot_name).await? {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut ended = Vec::new();
+    while let Some(info) = slot(client, slot_name).await? {
         if let Some(pid) = info.active_pid {
             if !force {
                 return Err(SourceError::Fatal(format!(
@@ -290,29 +294,32 @@ pub async fn teardown(
             client
                 .execute("SELECT pg_terminate_backend($1)", &[&pid])
                 .await?;
-            done.push(format!(
-                "ended the session of process {pid}, which held slot {slot_name}"
-            ));
-        }
-        // A terminated session releases the slot a moment later.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot_name])
-                .await
-            {
-                Ok(_) => break,
-                Err(e)
-                    if force
-                        && e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e.into()),
+            if !ended.contains(&pid) {
+                ended.push(pid);
+                done.push(format!(
+                    "ended the session of process {pid}, which held slot {slot_name}"
+                ));
             }
         }
-        done.push(format!("dropped replication slot {slot_name}"));
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot_name])
+            .await
+        {
+            Ok(_) => {
+                done.push(format!("dropped replication slot {slot_name}"));
+                break;
+            }
+            // A terminated session releases the slot a moment later; the process behind it
+            // may also have reconnected.
+            Err(e)
+                if force
+                    && e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if publication_tables(client, publication).await?.is_some() {
         client

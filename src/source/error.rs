@@ -100,6 +100,9 @@ pub enum SourceError {
     },
     #[error("sink {0} stopped")]
     SinkGone(String),
+    /// Seen in the catalog before asking to stream: the slot is active for that process.
+    #[error("replication slot {slot} is active for PID {pid}")]
+    SlotHeld { slot: String, pid: i32 },
 }
 
 /// tokio-postgres shows only "db error" for server errors; name the server's message instead.
@@ -152,13 +155,15 @@ impl SourceError {
             SourceError::Io { .. }
             | SourceError::Closed
             | SourceError::Timeout { .. }
-            | SourceError::Protocol(_) => true,
+            | SourceError::Protocol(_)
+            | SourceError::SlotHeld { .. } => true,
         }
     }
 
     /// The replication slot is held by another process.
     pub fn is_slot_in_use(&self) -> bool {
         matches!(self, SourceError::Server(e) if e.code == SLOT_IN_USE)
+            || matches!(self, SourceError::SlotHeld { .. })
     }
 }
 

@@ -144,7 +144,11 @@ impl Source {
                     self.config.slot
                 ));
                 waiting_for_slot = true;
-                SLOT_RETRY.min(backoff.max(FIRST_BACKOFF))
+                // The slot exists: should it disappear (teardown), that is an error, not
+                // something to create again.
+                self.streamed = true;
+                backoff = FIRST_BACKOFF;
+                SLOT_RETRY
             } else {
                 waiting_for_slot = false;
                 tracing::warn!(error = %err, retry_in = ?backoff,
@@ -166,8 +170,47 @@ impl Source {
     }
 
     async fn session(&mut self, waiting_for_slot: &mut bool) -> Result<Stopped, SourceError> {
+        // Nothing is confirmed before streaming starts: a shutdown meanwhile (a connection
+        // attempt, slot creation waiting for open transactions) simply ends the session.
+        let shutdown = self.shutdown.clone();
+        let connected = tokio::select! {
+            c = self.connect(*waiting_for_slot) => c?,
+            _ = shutdown.cancelled() => return Ok(Stopped::Shutdown),
+        };
+        let (control, conn, status_interval, read_timeout) = connected;
+        let cfg = &self.config;
+        self.streamed = true;
+        if *waiting_for_slot {
+            tracing::info!(slot = %cfg.slot, "replication slot released; taking over");
+            *waiting_for_slot = false;
+        }
+        tracing::info!(slot = %cfg.slot, publication = %cfg.publication, server = %cfg.conn,
+            version = conn.server_version(), "streaming");
+        self.outlets.status.streaming();
+        self.mapper.reset();
+        self.stream_session(conn, &control, status_interval, read_timeout)
+            .await
+    }
+
+    /// Connects both sessions and starts replication. A standby (`standing_by`) first checks
+    /// that the slot is free over the control session, so that it does not open a
+    /// replication session every few seconds only to be refused.
+    async fn connect(
+        &self,
+        standing_by: bool,
+    ) -> Result<(Client, ReplicationConnection, Duration, Duration), SourceError> {
         let cfg = &self.config;
         let control = catalog::connect(&cfg.conn, cfg.connect_timeout).await?;
+        if standing_by
+            && let Some(pid) = catalog::slot(&control, &cfg.slot)
+                .await?
+                .and_then(|s| s.active_pid)
+        {
+            return Err(SourceError::SlotHeld {
+                slot: cfg.slot.clone(),
+                pid,
+            });
+        }
         if cfg.auto_setup {
             let create_slot = !self.streamed;
             for change in catalog::ensure_setup(
@@ -205,23 +248,24 @@ impl Source {
             what: "starting replication",
             after: cfg.connect_timeout,
         })??;
-        self.streamed = true;
-        if *waiting_for_slot {
-            tracing::info!(slot = %cfg.slot, "replication slot released; taking over");
-            *waiting_for_slot = false;
-        }
-        tracing::info!(slot = %cfg.slot, publication = %cfg.publication, server = %cfg.conn,
-            version = conn.server_version(), "streaming");
-        self.outlets.status.streaming();
-        self.mapper.reset();
+        Ok((control, conn, status_interval, read_timeout))
+    }
 
+    /// Streams one session until shutdown, the stop position or an error.
+    async fn stream_session(
+        &mut self,
+        mut conn: ReplicationConnection,
+        control: &Client,
+        status_interval: Duration,
+        read_timeout: Duration,
+    ) -> Result<Stopped, SourceError> {
         let mut batch: Vec<LiveEvent> = Vec::with_capacity(MAX_BATCH_EVENTS);
         let mut batch_bytes = 0usize;
         let mut pending: Option<Pending> = None;
         let result = self
             .stream(
                 &mut conn,
-                &control,
+                control,
                 &mut batch,
                 &mut batch_bytes,
                 &mut pending,
@@ -256,13 +300,18 @@ impl Source {
                     }
                 }
                 let flush = self.advance();
-                conn.send_status(Status {
+                let finish = FINISH_TIMEOUT.min(self.outlets.drain_timeout / 6);
+                let last_status = conn.send_status(Status {
                     write: self.received,
                     flush,
                     reply_requested: false,
-                })
-                .await?;
-                let finish = FINISH_TIMEOUT.min(self.outlets.drain_timeout / 6);
+                });
+                tokio::time::timeout(finish, last_status)
+                    .await
+                    .map_err(|_| SourceError::Timeout {
+                        what: "sending the final status update",
+                        after: finish,
+                    })??;
                 if let Err(e) = conn.finish(finish).await {
                     tracing::debug!(error = %e, "ending the replication stream");
                 }
@@ -271,6 +320,9 @@ impl Source {
                 Ok(stopped)
             }
             Err(e) => {
+                self.outlets
+                    .status
+                    .not_streaming(format!("reconnecting: {e}"));
                 // Everything read belongs to committed transactions: hand it to the sinks so the
                 // batch numbering stays contiguous for every sink, then reconnect.
                 let shutdown = self.shutdown.clone();

@@ -207,9 +207,13 @@ fn sigterm_with_a_stuck_sink_exits_zero_within_the_shutdown_timeout() {
     let db = TestDb::new("ops_stuck");
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let amqp_port = free_port();
+    let port = free_port();
     let config = format!(
         "{}[[sinks]]\ntype = \"amqp\"\nurl = \"amqp://guest:guest@127.0.0.1:{amqp_port}/%2f\"\n",
-        db.config(&["name = \"t\""], "[ops]\nshutdown_timeout = \"4s\"")
+        db.config(
+            &["name = \"t\""],
+            &ops_section(port, "shutdown_timeout = \"4s\"")
+        )
     );
     let mut d = Daemon::run(&config);
     d.wait_log("streaming");
@@ -218,6 +222,8 @@ fn sigterm_with_a_stuck_sink_exits_zero_within_the_shutdown_timeout() {
     let before = db.confirmed_flush().unwrap();
     let started = Instant::now();
     d.signal("TERM");
+    // Draining: no longer ready, and saying so.
+    assert_eq!(wait_http(port, "/readyz", 503), "not ready: stopping\n");
     let status = d.wait_exit(Duration::from_secs(30));
     let took = started.elapsed();
     assert!(status.success(), "exit status {status:?}\n{}", d.stderr());
@@ -246,8 +252,12 @@ fn systemd_hears_ready_when_streaming_watchdog_pings_and_stopping() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
+    // Another instance holds the slot first: no READY=1 while standing by.
+    let config = db.config(&["name = \"t\""], "");
+    let mut active = Daemon::run(&config);
+    active.wait_log("streaming");
     let mut d = Daemon::spawn_with_env(
-        &db.config(&["name = \"t\""], ""),
+        &config,
         &["run"],
         &[
             ("NOTIFY_SOCKET", path.to_str().unwrap()),
@@ -265,15 +275,24 @@ fn systemd_hears_ready_when_streaming_watchdog_pings_and_stopping() {
             }
         }
     };
+    let holder = db.sql(&format!(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}'",
+        db.slot
+    ));
+    receive_until(
+        &format!(
+            "STATUS=standing by: replication slot {0} is in use by another process (replication slot {0} is active for PID {holder})",
+            db.slot
+        ),
+        &mut seen,
+    );
+    assert!(!seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    active.kill();
     receive_until("READY=1", &mut seen);
     let ready = seen.iter().find(|m| m.contains("READY=1")).unwrap();
     assert!(
         ready.contains(&format!("STATUS=streaming from slot {}", db.slot)),
         "{ready}"
-    );
-    assert!(
-        d.stderr().contains("streaming"),
-        "READY=1 only once streaming"
     );
     receive_until("WATCHDOG=1", &mut seen);
     d.signal("TERM");
@@ -473,5 +492,36 @@ fn the_relay_reports_its_clients_and_readiness() {
             &scrape(port),
             r#"pglive_events_published_total{sink="websocket",type="created"}"#,
         ) == Some(1.0)
+    });
+}
+
+#[test]
+fn sigterm_while_the_slot_is_being_created_exits_zero_at_once() {
+    // A cluster of its own: the open transaction below would hold up every slot creation.
+    let cluster = crate::support::Cluster::dedicated();
+    let db = TestDb::in_cluster(&cluster, "ops_creating");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    std::thread::scope(|scope| {
+        // A transaction with an xid: creating a logical slot waits for it to end.
+        scope.spawn(|| {
+            let _ = cluster.try_psql(
+                &db.name,
+                "BEGIN; SELECT txid_current(); SELECT pg_sleep(60); COMMIT;",
+            );
+        });
+        wait_until("the open transaction", || {
+            db.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
+        });
+        let mut d = Daemon::run(&db.config(&["name = \"t\""], ""));
+        wait_until("pglive waiting to create its slot", || {
+            db.sql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_create_logical_replication_slot%' AND pid <> pg_backend_pid()") == "1"
+        });
+        let started = Instant::now();
+        d.signal("TERM");
+        let status = d.wait_exit(Duration::from_secs(60));
+        let took = started.elapsed();
+        db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()");
+        assert!(status.success(), "exit status {status:?}\n{}", d.stderr());
+        assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     });
 }

@@ -168,7 +168,6 @@ pub async fn drive(
         let attempt = async {
             let session = Session::open(&config, &lane).await?;
             tracing::info!(broker = %config.url, exchange = %config.exchange, "publishing to AMQP");
-            lane.status().healthy();
             session.run(&config, &mut window, &mut queue, &lane).await
         };
         match attempt.await {
@@ -299,6 +298,8 @@ async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>, lane:
 impl Session {
     async fn open(config: &AmqpSinkConfig, lane: &Lane) -> Result<Session, Failure> {
         let conn = connect(config).await?;
+        // Healthy from here, unless the alarm listener hears otherwise.
+        lane.status().healthy();
         let watch = AbortOnDrop(tokio::spawn(log_alarms(
             Box::pin(conn.events_listener()),
             lane.clone(),
