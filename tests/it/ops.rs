@@ -525,3 +525,33 @@ fn sigterm_while_the_slot_is_being_created_exits_zero_at_once() {
         assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     });
 }
+
+#[test]
+fn with_capped_retention_the_slot_reports_how_much_wal_it_may_still_hold() {
+    // A cluster of its own: the setting is server-wide.
+    let cluster = crate::support::Cluster::dedicated();
+    let db = TestDb::in_cluster(&cluster, "ops_safe_wal");
+    db.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '64MB'; SELECT pg_reload_conf();");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let port = free_port();
+    let config = db.config(&["name = \"t\""], &ops_section(port, ""));
+    let _d = Daemon::run(&config);
+    wait_http(port, "/readyz", 200);
+    let mut page = String::new();
+    wait_until("pglive_slot_safe_wal_size_bytes", || {
+        page = scrape(port);
+        metric(&page, "pglive_slot_safe_wal_size_bytes").is_some()
+    });
+    let safe = value(&page, "pglive_slot_safe_wal_size_bytes");
+    assert!(
+        safe > 0.0 && safe <= 2.0 * 64.0 * 1024.0 * 1024.0,
+        "safe_wal_size {safe}"
+    );
+    assert!(page.contains("# TYPE pglive_slot_safe_wal_size_bytes gauge"));
+    let (code, out, err) = pglive(&["check"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    max_slot_wal_keep_size is 64MB"),
+        "{out}"
+    );
+}
