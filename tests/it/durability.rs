@@ -62,10 +62,22 @@ fn sigkill_mid_stream_then_restart_delivers_every_committed_change() {
     crate::support::setup(&config);
 
     let mut first = Daemon::run(&config);
+    // The writer commits 10-row transactions, 500 rows per round, until the kill, and one
+    // more round while pglive is down: the kill always comes mid-stream.
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let cluster = db.cluster;
-        let name = db.name.clone();
-        std::thread::spawn(move || cluster.psql(&name, &rows_sql("t", 1, 2000, 10)))
+        let (cluster, name, killed) = (db.cluster, db.name.clone(), killed.clone());
+        std::thread::spawn(move || {
+            let mut next = 1;
+            loop {
+                let last_round = killed.load(std::sync::atomic::Ordering::SeqCst);
+                cluster.psql(&name, &rows_sql("t", next, 50, 10));
+                next += 500;
+                if last_round {
+                    return next - 1;
+                }
+            }
+        })
     };
     let seen = first.wait_events("the stream to be flowing", |e| e.len() >= 200);
     let hundredth = db.lsn(seen[99]["meta"]["lsn"].as_str().unwrap());
@@ -73,23 +85,24 @@ fn sigkill_mid_stream_then_restart_delivers_every_committed_change() {
         db.confirmed_flush().unwrap() >= hundredth
     });
     first.kill();
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
     let before = first.events();
+    let total = writer.join().unwrap();
     assert!(
-        before.len() < 20_000,
-        "the kill came mid-stream ({} events seen)",
+        (before.len() as i64) < total,
+        "the kill came mid-stream ({} of {total} events seen)",
         before.len()
     );
-    writer.join().unwrap();
 
     let second = Daemon::run(&config);
     let after = second.wait_events("every committed row", |e| {
         let mut all = ids_as_set(&before);
         all.extend(ids_as_set(e));
-        all.len() == 20_000
+        all.len() as i64 == total
     });
     let mut all = ids_as_set(&before);
     all.extend(ids_as_set(&after));
-    assert_eq!(all, (1..=20_000).collect::<BTreeSet<i64>>());
+    assert_eq!(all, (1..=total).collect::<BTreeSet<i64>>());
     assert!(
         !ids_as_set(&after).contains(&1),
         "the restart resumes from the confirmed position: confirmed rows are not replayed"
@@ -104,7 +117,7 @@ fn sigkill_mid_stream_then_restart_delivers_every_committed_change() {
             assert_eq!(prev, line, "replayed event {id} differs");
         }
     }
-    assert_eq!(by_id.len(), 20_000, "one distinct meta.id per row");
+    assert_eq!(by_id.len() as i64, total, "one distinct meta.id per row");
 }
 
 #[test]

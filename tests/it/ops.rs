@@ -35,6 +35,23 @@ fn wait_http(port: u16, path: &str, code: u16) -> String {
     body
 }
 
+/// Waits until `/readyz` answers 503 with a reason containing `needle`; returns the reason.
+#[track_caller]
+fn wait_unready(port: u16, needle: &str) -> String {
+    let mut body = String::new();
+    wait_until(
+        &format!("/readyz → 503 mentioning {needle:?}"),
+        || match http_get(port, "/readyz") {
+            Some((503, b)) if b.contains(needle) => {
+                body = b;
+                true
+            }
+            _ => false,
+        },
+    );
+    body
+}
+
 fn scrape(port: u16) -> String {
     let (code, page) = http_get(port, "/metrics").expect("the ops listener answers");
     assert_eq!(code, 200);
@@ -157,7 +174,7 @@ fn a_sink_that_cannot_deliver_makes_readyz_fail_with_its_reason_and_raises_the_l
     );
     let d = Daemon::run(&config);
     d.wait_log("streaming");
-    let body = wait_http(port, "/readyz", 503);
+    let body = wait_unready(port, &format!("127.0.0.1:{amqp_port}"));
     assert!(
         body.starts_with("not ready: sinks[1] (amqp): "),
         "reason: {body}"
@@ -223,7 +240,7 @@ fn sigterm_with_a_stuck_sink_exits_zero_within_the_shutdown_timeout() {
     let started = Instant::now();
     d.signal("TERM");
     // Draining: no longer ready, and saying so.
-    assert_eq!(wait_http(port, "/readyz", 503), "not ready: stopping\n");
+    assert_eq!(wait_unready(port, "stopping"), "not ready: stopping\n");
     let status = d.wait_exit(Duration::from_secs(30));
     let took = started.elapsed();
     assert!(status.success(), "exit status {status:?}\n{}", d.stderr());
@@ -315,7 +332,7 @@ fn a_standby_takes_over_within_10_s_of_the_active_instance_dying_and_nothing_is_
     wait_http(port_a, "/readyz", 200);
     let standby = Daemon::run(&config(port_b));
     standby.wait_log("standing by");
-    let reason = wait_http(port_b, "/readyz", 503);
+    let reason = wait_unready(port_b, "standing by");
     assert!(reason.contains("standing by"), "{reason}");
 
     // A writer commits one row at a time, all through the takeover.
