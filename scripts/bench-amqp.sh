@@ -50,7 +50,7 @@ for round in $(seq 1 "$ROUNDS"); do
   msgs=$("$tool" purge "$amqp" bench)
   ceil_rate=$(python3 -c "print($CHANGES / $ceil_s)")
   printf '%-6s %-10s %9s %10s %12s %8s %6s\n' "$round" ceiling "$ceil_s" "$msgs" "$(rate "$CHANGES" "$ceil_s")" \
-    "$(python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')")" 1.00
+    "$(cpu_secs)" 1.00
   for mode in per-row coalesced; do
     coalesce=true; [ "$mode" = per-row ] && coalesce=false
     q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
@@ -67,16 +67,8 @@ max_inflight_bytes = $WINDOW_BYTES"
     ratio=$(python3 -c "print(f'{$CHANGES / $live_s / $ceil_rate:.2f}')")
     results+=("$mode:$ratio")
     printf '%-6s %-10s %9s %10s %12s %8s %6s\n' "$round" "$mode" "$live_s" "$msgs" "$(rate "$CHANGES" "$live_s")" \
-      "$(python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')")" "$ratio"
+      "$(cpu_secs)" "$ratio"
     q -c "SELECT pg_drop_replication_slot('b_live')" >/dev/null
   done
 done
-python3 - "${results[@]}" <<'PY'
-import sys, statistics
-by = {}
-for item in sys.argv[1:]:
-    mode, r = item.split(":")
-    by.setdefault(mode, []).append(float(r))
-for mode, rs in by.items():
-    print(f"median ratio to the broker ceiling ({mode}): {statistics.median(rs):.2f}")
-PY
+print_medians "median ratio to the broker ceiling" "${results[@]}"

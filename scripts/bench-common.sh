@@ -22,6 +22,26 @@ PY
   end=$(q -c "SELECT pg_current_wal_insert_lsn()")
 }
 
+# CPU seconds (user + system) that `/usr/bin/time -o "$work/cpu" -f "%U %S"` recorded.
+cpu_secs() {
+  python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')"
+}
+
+# Prints "LABEL (mode): median" for each mode of the "mode:value" items given.
+print_medians() {
+  local label=$1
+  shift
+  python3 - "$label" "$@" <<'PY'
+import sys, statistics
+label, by = sys.argv[1], {}
+for item in sys.argv[2:]:
+    mode, r = item.split(":")
+    by.setdefault(mode, []).append(float(r))
+for mode, rs in by.items():
+    print(f"{label} ({mode}): {statistics.median(rs):.2f}")
+PY
+}
+
 # $work/pglive.toml for slot b_live, publication bench_pub and table bench, `coalesce = $1`,
 # with the [[sinks]] entry given as $2.
 bench_config() {

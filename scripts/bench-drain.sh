@@ -50,17 +50,9 @@ type = "stdout"'
     ratio=$(python3 -c "print(f'{$recv_s / $live_s:.2f}')")
     ratios+=("$mode:$ratio")
     printf '%-6s %-10s %8s %12s %9s %13s %8s %8s %6s\n' "$round" "$mode" "$recv_s" "$(rate "$CHANGES" "$recv_s")" \
-      "$live_s" "$(rate "$CHANGES" "$live_s")" "$(python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')")" \
+      "$live_s" "$(rate "$CHANGES" "$live_s")" "$(cpu_secs)" \
       "$(grep -o 'events=[0-9]*' "$work/pglive.log" | tail -n1 | cut -d= -f2)" "$ratio"
     q -c "SELECT pg_drop_replication_slot('b_recv'), pg_drop_replication_slot('b_live')" >/dev/null
   done
 done
-python3 - "${ratios[@]}" <<'PY'
-import sys, statistics
-by = {}
-for item in sys.argv[1:]:
-    mode, r = item.split(":")
-    by.setdefault(mode, []).append(float(r))
-for mode, rs in by.items():
-    print(f"median throughput ratio pglive/pg_recvlogical ({mode}): {statistics.median(rs):.2f}")
-PY
+print_medians "median throughput ratio pglive/pg_recvlogical" "${ratios[@]}"

@@ -1,5 +1,7 @@
 //! Wires the stages: config in; one bounded queue and one driver task per sink, the source
-//! feeding them, and the acknowledgement board between them. Returns when the source stops
+//! feeding them, the acknowledgement board between them, and the shared [`Status`] they report
+//! to, which the ops listener, the slot monitor and systemd's watchdog read. Returns when the
+//! source stops
 //! (shutdown, stop LSN, a fatal source error, or a sink that failed for good, which stops the
 //! source at once) and every sink has drained its queue; the error names the failing sink.
 

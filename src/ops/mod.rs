@@ -260,10 +260,6 @@ impl Status {
         &self.sinks[index]
     }
 
-    pub fn slot(&self) -> &str {
-        &self.slot
-    }
-
     /// Replication is streaming: ready (if the sinks are), and systemd hears READY=1 the
     /// first time.
     pub fn streaming(&self) {
@@ -276,11 +272,17 @@ impl Status {
         }
     }
 
-    /// Replication is not streaming, and why.
+    /// Replication is not streaming, and why. (systemd hears of a change only: a standby
+    /// says the same thing at every attempt.)
     pub fn not_streaming(&self, why: impl Into<String>) {
-        let why = why.into();
-        notify::status(&why);
-        *lock(&self.source) = Err(why);
+        let why = Err(why.into());
+        let mut source = lock(&self.source);
+        if *source != why {
+            if let Err(text) = &why {
+                notify::status(text);
+            }
+            *source = why;
+        }
     }
 
     /// Shutting down: never ready again.

@@ -1,6 +1,7 @@
 //! Sinks: where events go. Each sink implements the small [`Sink`] trait; one generic driver
-//! ([`drive`]) feeds it batches from its bounded queue in order and posts an acknowledgement
-//! for each batch it has delivered, which is what lets the checkpoint advance.
+//! ([`drive`]) feeds it batches from its bounded queue in order and acknowledges each batch it
+//! has delivered on its [`Lane`] — which lets the checkpoint advance and counts it in the
+//! metrics — and reports the sink's health there.
 //!
 //! The AMQP sink ([`amqp`]) keeps many messages awaiting confirmation across batches, which a
 //! one-batch-at-a-time `send` cannot express: it has its own driver, [`amqp::drive`], with the
@@ -71,11 +72,6 @@ impl Lane {
 
     pub fn status(&self) -> &SinkStatus {
         self.status.sink(self.index)
-    }
-
-    /// The shared status (the relay counts its clients there).
-    pub fn shared(&self) -> &Arc<Status> {
-        &self.status
     }
 
     /// The highest batch every sink on the board has delivered.

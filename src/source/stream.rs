@@ -1,7 +1,9 @@
 //! The replication loop: reads the CopyBoth stream, decodes and maps each message, hands
 //! batches of events to every sink's bounded queue (a full queue stops reading: PostgreSQL
 //! keeps the WAL), and reports the checkpoint's flush position in status updates — proactively,
-//! when asked, and while backpressured. Reconnects with backoff and resumes from the slot.
+//! when asked, and while backpressured. Reconnects with backoff and resumes from the slot; while
+//! another process holds the slot, stands by. Reports to the shared status: streaming or why
+//! not, the positions it sees and confirms, the events it queues for each sink.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,9 +70,9 @@ pub struct Source {
     received: Lsn,
     stop_at: Option<Lsn>,
     shutdown: CancellationToken,
-    /// Whether a session has streamed: from then on a missing slot is an error, not something
-    /// to create.
-    streamed: bool,
+    /// Whether the slot is known to exist (a session streamed from it, or another process
+    /// holds it): from then on a missing slot is an error, not something to create.
+    slot_known: bool,
     /// Totals since start, for the log.
     transactions: u64,
     events: u64,
@@ -103,7 +105,7 @@ impl Source {
             received: Lsn::ZERO,
             stop_at,
             shutdown,
-            streamed: false,
+            slot_known: false,
             transactions: 0,
             events: 0,
             txn_commit_time: 0,
@@ -146,7 +148,7 @@ impl Source {
                 waiting_for_slot = true;
                 // The slot exists: should it disappear (teardown), that is an error, not
                 // something to create again.
-                self.streamed = true;
+                self.slot_known = true;
                 backoff = FIRST_BACKOFF;
                 SLOT_RETRY
             } else {
@@ -179,7 +181,7 @@ impl Source {
         };
         let (control, conn, status_interval, read_timeout) = connected;
         let cfg = &self.config;
-        self.streamed = true;
+        self.slot_known = true;
         if *waiting_for_slot {
             tracing::info!(slot = %cfg.slot, "replication slot released; taking over");
             *waiting_for_slot = false;
@@ -212,7 +214,7 @@ impl Source {
             });
         }
         if cfg.auto_setup {
-            let create_slot = !self.streamed;
+            let create_slot = !self.slot_known;
             for change in catalog::ensure_setup(
                 &control,
                 &cfg.publication,
