@@ -39,6 +39,7 @@ name = "fanout"
 type = "websocket"
 listen = "127.0.0.1:$ws_port"
 anonymous = true
+allowed_origins = ["http://localhost"]
 max_connections = 20000
 CONF
   RUST_LOG=warn "$bin" run -c "$work/pglive.toml" 2>"$work/pglive.log" &

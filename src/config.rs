@@ -34,6 +34,8 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IDS_PER_EVENT: usize = 1000;
 /// Largest replication message accepted: 1 GiB, the largest value PostgreSQL can store.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Longest `jwt_leeway`: clock skew beyond this is a broken clock, not skew.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// Upper bound for the durations above: longer ones are mistakes, and would overflow timers.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// How long a graceful stop may take: drain the sinks, confirm, close connections.
@@ -227,14 +229,19 @@ enum RawSink {
         jwt_secret: Option<String>,
         jwt_secret_file: Option<PathBuf>,
         jwt_public_key_file: Option<PathBuf>,
+        jwt_audience: Option<String>,
+        jwt_issuer: Option<String>,
+        jwt_leeway: Option<RawDuration>,
         anonymous: Option<bool>,
         allowed_origins: Option<Vec<String>>,
         history: Option<u64>,
         history_age: Option<RawDuration>,
         client_queue: Option<u64>,
         max_connections: Option<u64>,
+        max_subscriptions: Option<u64>,
         max_message_bytes: Option<u64>,
         ping_interval: Option<RawDuration>,
+        header_timeout: Option<RawDuration>,
     },
 }
 
@@ -598,6 +605,11 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                     .unwrap_or_else(|| format!("resources/{name}"));
                 if channel.is_empty() {
                     issues.push(format!("{key}.channel"), "must not be empty");
+                } else if channel.len() > websocket::MAX_CHANNEL_BYTES {
+                    issues.push(
+                        format!("{key}.channel"),
+                        format!("must be at most {} bytes", websocket::MAX_CHANNEL_BYTES),
+                    );
                 }
                 if t.data_provider_name.as_deref() == Some("") {
                     issues.push(format!("{key}.data_provider_name"), "must not be empty");
@@ -747,14 +759,19 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                 jwt_secret,
                 jwt_secret_file,
                 jwt_public_key_file,
+                jwt_audience,
+                jwt_issuer,
+                jwt_leeway,
                 anonymous,
                 allowed_origins,
                 history,
                 history_age,
                 client_queue,
                 max_connections,
+                max_subscriptions,
                 max_message_bytes,
                 ping_interval,
+                header_timeout,
             } => {
                 let key = |k: &str| format!("sinks[{i}].{k}");
                 let listen = match listen.parse::<std::net::SocketAddr>() {
@@ -774,14 +791,45 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                         format!("{path:?} must be a path starting with /"),
                     );
                 }
+                let anonymous = anonymous.unwrap_or(false);
                 let auth = ws_auth(
-                    anonymous.unwrap_or(false),
+                    anonymous,
                     jwt_secret.as_deref(),
                     jwt_secret_file.as_deref(),
                     jwt_public_key_file.as_deref(),
                 )
                 .map_err(|(k, e)| issues.push(key(k), e))
                 .ok();
+                let allowed_origins = allowed_origins.unwrap_or_default();
+                if matches!(auth, Some(Auth::Anonymous)) && allowed_origins.is_empty() {
+                    issues.push(
+                        key("allowed_origins"),
+                        "anonymous = true requires allowed_origins: the origins of the web \
+                         applications whose pages may connect, e.g. [\"https://app.example.com\"] \
+                         (otherwise any web page could read every channel through its visitors' browsers)",
+                    );
+                }
+                for (k, value) in [("jwt_audience", &jwt_audience), ("jwt_issuer", &jwt_issuer)] {
+                    if value.as_deref() == Some("") {
+                        issues.push(key(k), "must not be empty");
+                    }
+                    if anonymous && value.is_some() {
+                        issues.push(key(k), "needs a JWT key; anonymous = true checks no token");
+                    }
+                }
+                let leeway = match jwt_leeway.as_ref().map(RawDuration::resolve) {
+                    None => websocket::auth::DEFAULT_LEEWAY,
+                    Some(Ok(d)) if d <= MAX_LEEWAY => d,
+                    Some(Ok(_)) => {
+                        issues.push(key("jwt_leeway"), "must be at most 5m");
+                        websocket::auth::DEFAULT_LEEWAY
+                    }
+                    Some(Err(e)) => {
+                        issues.push(key("jwt_leeway"), e);
+                        websocket::auth::DEFAULT_LEEWAY
+                    }
+                };
+                let auth = auth.map(|a| a.with_claims(jwt_audience, jwt_issuer, leeway));
                 let mut positive = |k: &str, v: Option<u64>, default: usize| {
                     at_least_one(&mut issues, &key(k), v, default)
                 };
@@ -800,6 +848,11 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                     max_message_bytes,
                     websocket::DEFAULT_MAX_MESSAGE_BYTES,
                 );
+                let max_subscriptions = positive(
+                    "max_subscriptions",
+                    max_subscriptions,
+                    websocket::DEFAULT_MAX_SUBSCRIPTIONS,
+                );
                 let history = history.map_or(websocket::DEFAULT_HISTORY, |n| {
                     usize::try_from(n).unwrap_or(usize::MAX)
                 });
@@ -815,6 +868,18 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                     &ping_interval,
                     websocket::DEFAULT_PING_INTERVAL,
                 );
+                let header_timeout = duration(
+                    &mut issues,
+                    &key("header_timeout"),
+                    &header_timeout,
+                    crate::http::DEFAULT_HEADER_TIMEOUT,
+                );
+                let mut channels: Vec<String> = Vec::new();
+                for rule in &rules {
+                    if !channels.contains(&rule.channel) {
+                        channels.push(rule.channel.clone());
+                    }
+                }
                 let (Some(listen), Some(auth)) = (listen, auth) else {
                     continue;
                 };
@@ -822,13 +887,16 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                     listen,
                     path,
                     auth,
-                    allowed_origins: allowed_origins.unwrap_or_default(),
+                    allowed_origins,
+                    channels,
                     history,
                     history_age,
                     client_queue,
                     max_connections,
+                    max_subscriptions,
                     max_message_bytes,
                     ping_interval,
+                    header_timeout,
                 }))
             }
         };

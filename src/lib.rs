@@ -15,6 +15,7 @@
 //! - [`checkpoint`]: per-sink acknowledgements → the contiguous flush LSN.
 //! - [`ops`]: the shared status, the `/healthz` `/readyz` `/metrics` listener, systemd
 //!   notifications and the slot monitor.
+//! - [`http`]: the accept loop both HTTP listeners share: connection cap, header timeout.
 //! - [`app`]: wires the stages; [`config`] loads and validates settings; [`check`] verifies
 //!   the server side.
 
@@ -24,6 +25,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod http;
 pub mod lsn;
 pub mod map;
 pub mod ops;

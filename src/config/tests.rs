@@ -997,6 +997,21 @@ fn a_websocket_sink_takes_the_documented_defaults() {
     assert_eq!(c.max_connections, websocket::DEFAULT_MAX_CONNECTIONS);
     assert_eq!(c.max_message_bytes, websocket::DEFAULT_MAX_MESSAGE_BYTES);
     assert_eq!(c.ping_interval, websocket::DEFAULT_PING_INTERVAL);
+    assert_eq!(c.max_subscriptions, websocket::DEFAULT_MAX_SUBSCRIPTIONS);
+    assert_eq!(c.header_timeout, crate::http::DEFAULT_HEADER_TIMEOUT);
+    assert_eq!(c.channels, ["resources/products"]);
+    match &c.auth {
+        Auth::Jwt {
+            audience,
+            issuer,
+            leeway,
+            ..
+        } => {
+            assert_eq!((audience, issuer), (&None, &None));
+            assert_eq!(*leeway, websocket::auth::DEFAULT_LEEWAY);
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(
         !format!("{c:?}").contains("0123456789abcdef"),
         "the secret is never shown"
@@ -1040,11 +1055,85 @@ fn websocket_auth_must_be_chosen_once() {
 }
 
 #[test]
+fn anonymous_access_needs_allowed_origins_and_claims_need_a_key() {
+    let issue = only_issue(&ws("anonymous = true"), "sinks[1].allowed_origins");
+    assert!(
+        issue
+            .message
+            .contains("anonymous = true requires allowed_origins"),
+        "{issue}"
+    );
+    let found = issues(&ws(
+        "anonymous = true\nallowed_origins = [\"http://a\"]\njwt_audience = \"x\"\njwt_issuer = \"\"",
+    ));
+    assert_eq!(
+        keys(&found),
+        [
+            "sinks[1].jwt_audience",
+            "sinks[1].jwt_issuer",
+            "sinks[1].jwt_issuer"
+        ]
+    );
+    let issue = only_issue(
+        &ws("jwt_secret = \"0123456789abcdef0123456789abcdef\"\njwt_leeway = \"10m\""),
+        "sinks[1].jwt_leeway",
+    );
+    assert!(issue.message.contains("at most 5m"), "{issue}");
+}
+
+#[test]
+fn audience_issuer_and_leeway_are_configurable() {
+    let c = ws_config(
+        "jwt_secret = \"0123456789abcdef0123456789abcdef\"\njwt_audience = \"pglive\"\n\
+         jwt_issuer = \"https://auth.example\"\njwt_leeway = \"0s\"\nmax_subscriptions = 3\nheader_timeout = \"2s\"",
+    );
+    match &c.auth {
+        Auth::Jwt {
+            audience,
+            issuer,
+            leeway,
+            ..
+        } => {
+            assert_eq!(audience.as_deref(), Some("pglive"));
+            assert_eq!(issuer.as_deref(), Some("https://auth.example"));
+            assert_eq!(*leeway, std::time::Duration::ZERO);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.max_subscriptions, 3);
+    assert_eq!(c.header_timeout, std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn a_channel_name_has_a_length_limit() {
+    let long = "c".repeat(websocket::MAX_CHANNEL_BYTES + 1);
+    let issue = only_issue(
+        &format!(
+            "[postgres]\nurl = \"postgres://u@h/d\"\n[[tables]]\nname = \"t\"\nchannel = \"{long}\"\n[[sinks]]\ntype = \"stdout\"\n"
+        ),
+        "tables[0].channel",
+    );
+    assert!(issue.message.contains("at most 255 bytes"), "{issue}");
+}
+
+#[test]
+fn the_relay_is_told_every_mapped_channel_once() {
+    let c = ok(
+        "[postgres]\nurl = \"postgres://u@h/d\"\n[[tables]]\nname = \"a\"\n[[tables]]\nname = \"b\"\nchannel = \"resources/a\"\n\
+         [[tables]]\nname = \"c\"\n[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:8080\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n",
+    );
+    match &c.sinks[0] {
+        SinkConfig::WebSocket(ws) => assert_eq!(ws.channels, ["resources/a", "resources/c"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn bad_websocket_values_are_reported_by_key() {
     let found = issues(&minimal(
-        "\n[[sinks]]\ntype = \"websocket\"\nlisten = \"localhost\"\npath = \"live\"\nanonymous = true\nclient_queue = 0\nping_interval = \"0s\"\n\
+        "\n[[sinks]]\ntype = \"websocket\"\nlisten = \"localhost\"\npath = \"live\"\nanonymous = true\nallowed_origins = [\"http://a\"]\nclient_queue = 0\nping_interval = \"0s\"\nheader_timeout = \"0s\"\nmax_subscriptions = 0\n\
          [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9\"\nanonymous = true\n\
-         [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9\"\nanonymous = true\n",
+         [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9\"\nanonymous = true\nallowed_origins = [\"http://a\"]\n",
     ));
     assert_eq!(
         keys(&found),
@@ -1052,7 +1141,10 @@ fn bad_websocket_values_are_reported_by_key() {
             "sinks[1].listen",
             "sinks[1].path",
             "sinks[1].client_queue",
+            "sinks[1].max_subscriptions",
             "sinks[1].ping_interval",
+            "sinks[1].header_timeout",
+            "sinks[2].allowed_origins",
             "sinks[3].type"
         ]
     );
@@ -1125,7 +1217,7 @@ lag_warning_age = "soon"
 fn the_ops_listener_and_a_relay_cannot_share_a_port() {
     let issue = only_issue(
         &minimal(
-            "[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9187\"\nanonymous = true\n[ops]\nlisten = \"127.0.0.1:9187\"\n",
+            "[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:9187\"\nanonymous = true\nallowed_origins = [\"http://a\"]\n[ops]\nlisten = \"127.0.0.1:9187\"\n",
         ),
         "sinks[1].listen",
     );

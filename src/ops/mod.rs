@@ -32,6 +32,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Histogram samples are folded into buckets this often (and at each scrape), so their memory
 /// stays bounded whether or not anyone scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Open connections to the ops listener at most: probes and a scraper or two need a handful,
+/// and anyone who can reach the port must not be able to hold thousands of sockets there.
+pub const MAX_CONNECTIONS: usize = 16;
 /// The slot's `wal_status` values, each a series of `pglive_slot_wal_status`.
 const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
@@ -433,14 +436,18 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
         .with_state((status, metrics));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "ops listener failed");
-        }
-    });
+    let limits = crate::http::Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: crate::http::DEFAULT_HEADER_TIMEOUT,
+    };
+    tokio::spawn(crate::http::serve(
+        listener,
+        app,
+        limits,
+        "ops",
+        stop,
+        |_| {},
+    ));
     Ok(())
 }
 

@@ -262,6 +262,11 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "client_queue",
         "max_connections",
         "ping_interval",
+        "jwt_audience",
+        "jwt_issuer",
+        "jwt_leeway",
+        "header_timeout",
+        "max_subscriptions",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

@@ -484,7 +484,7 @@ fn the_relay_reports_its_clients_and_readiness() {
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let (port, ws_port) = (free_port(), free_port());
     let config = format!(
-        "{}[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:{ws_port}\"\nanonymous = true\n",
+        "{}[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:{ws_port}\"\nanonymous = true\nallowed_origins = [\"http://app.example\"]\n",
         db.config(&["name = \"t\""], &ops_section(port, ""))
     );
     let _d = Daemon::run(&config);
@@ -571,4 +571,36 @@ fn with_capped_retention_the_slot_reports_how_much_wal_it_may_still_hold() {
         out.contains("ok    max_slot_wal_keep_size is 64MB"),
         "{out}"
     );
+}
+
+#[test]
+fn the_ops_listener_caps_connections_and_cuts_off_unfinished_requests() {
+    use crate::support::{unfinished_requests, until_closed};
+    let db = TestDb::new("ops_cap");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let port = free_port();
+    let config = db.config(&["name = \"t\""], &ops_section(port, ""));
+    let _d = Daemon::run(&config);
+    wait_http(port, "/healthz", 200);
+    let started = Instant::now();
+    let mut held = unfinished_requests(port, pglive::ops::MAX_CONNECTIONS);
+    let (code, _) = http_get(port, "/healthz").expect("an answer");
+    assert_eq!(
+        code, 503,
+        "over the cap, refused before any request is read"
+    );
+    // Unfinished requests are closed once their headers are overdue (10 s)…
+    for s in &mut held {
+        assert!(
+            until_closed(s, crate::support::WAIT).is_some(),
+            "still open"
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(9),
+        "cut off after {elapsed:?}"
+    );
+    // …and their places are free again.
+    wait_http(port, "/healthz", 200);
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::support::cluster::free_port;
 use crate::support::ws::{SECRET, WsClient, token};
-use crate::support::{Daemon, TestDb, setup};
+use crate::support::{Daemon, TestDb, setup, unfinished_requests, until_closed};
 
 /// A config with stdout and a relay on a free port; returns it and the relay's URL.
 fn relay(db: &TestDb, extra: &str) -> (String, String) {
@@ -330,6 +330,35 @@ fn a_client_that_answers_no_ping_is_closed() {
 }
 
 #[test]
+fn a_key_that_could_verify_no_token_stops_pglive_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("p384.pub");
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384 2>/dev/null | openssl pkey -pubout -out {}",
+            key.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let config = format!(
+        "[postgres]\nurl = \"postgres://u@127.0.0.1:1/d\"\n[[tables]]\nname = \"t\"\n\
+         [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:{}\"\njwt_public_key_file = \"{}\"\n",
+        free_port(),
+        key.display()
+    );
+    for command in ["run", "check"] {
+        let (code, _, stderr) = crate::support::pglive(&[command], &config);
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(
+            stderr.contains("sinks[0].jwt_public_key_file") && stderr.contains("P-384"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn rs256_and_es256_tokens_verify_against_a_public_key() {
     let dir = tempfile::tempdir().unwrap();
     for (alg, genkey) in [
@@ -372,7 +401,20 @@ fn rs256_and_es256_tokens_verify_against_a_public_key() {
         )
         .unwrap();
 
+        // The private key in place of the public one is refused when the config is loaded.
         let db = TestDb::new(&format!("ws_{alg:?}").to_lowercase());
+        let wrong = format!(
+            "{}[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:{}\"\njwt_public_key_file = \"{}\"\n",
+            db.config(&["name = \"posts\""], ""),
+            free_port(),
+            private.display()
+        );
+        let (code, _, stderr) = crate::support::pglive(&["run"], &wrong);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("sinks[1].jwt_public_key_file") && stderr.contains("private key"),
+            "{stderr}"
+        );
         tables(&db);
         let port = free_port();
         let config = format!(
@@ -395,4 +437,245 @@ fn rs256_and_es256_tokens_verify_against_a_public_key() {
             "{alg:?}"
         );
     }
+}
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn only_mapped_channels_can_be_subscribed_and_a_connection_holds_a_bounded_number() {
+    let db = TestDb::new("ws_bounds");
+    tables(&db);
+    let (config, url) = relay(&db, "max_subscriptions = 1");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let mut c = connect(&with_token(&url, &["resources/*"]));
+    c.subscribe("resources/nothing_maps_here");
+    let refused = c.next();
+    assert_eq!(refused["code"], "unknown_channel", "{refused}");
+    assert_eq!(refused["channel"], "resources/nothing_maps_here");
+    c.subscribe(&format!("resources/{}", "x".repeat(300)));
+    assert_eq!(c.next()["code"], "bad_request", "a name over 255 bytes");
+
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed");
+    c.subscribe("resources/secrets");
+    let refused = c.next();
+    assert_eq!(refused["code"], "too_many_subscriptions", "{refused}");
+    // Subscribing again to a channel it holds is a resume, not one more.
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed");
+    c.send(json!({"op": "unsubscribe", "channel": "resources/posts"}));
+    c.subscribe("resources/secrets");
+    assert_eq!(c.next()["op"], "subscribed", "a place was free again");
+    // The connection stayed open through every refusal.
+    inserts(&db, "secrets", 1..=1);
+    assert_eq!(ids(&c.until_events(1)), [1]);
+}
+
+#[test]
+fn a_flood_of_subscriptions_to_made_up_channels_leaves_no_memory_behind() {
+    let db = TestDb::new("ws_flood");
+    tables(&db);
+    let (config, url) = relay(&db, "");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let mut c = connect(&with_token(&url, &["resources/*"]));
+    // Warm up: the first connection's buffers are not what is being measured.
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed");
+    let before = rss_kib(d.pid());
+    let pad = "p".repeat(900);
+    const PAIRS: usize = 20_000;
+    for n in 0..PAIRS {
+        let channel = format!("resources/{pad}{n}");
+        c.subscribe(&channel);
+        c.send(json!({"op": "unsubscribe", "channel": channel}));
+        if n % 1000 == 999 {
+            // Read the replies as they come, so that neither side's buffers fill.
+            for _ in 0..1000 {
+                // Over the length cap (`bad_request`), and in any case mapped by no table.
+                assert_eq!(c.next()["op"], "error");
+            }
+        }
+    }
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed", "all requests handled");
+    let grown = rss_kib(d.pid()).saturating_sub(before);
+    // Kept, these names alone would be about 20 MiB (~920 bytes each, twice).
+    assert!(
+        grown < 6 * 1024,
+        "RSS grew by {grown} KiB over {PAIRS} made-up subscriptions"
+    );
+}
+
+#[test]
+fn unfinished_requests_count_against_the_cap_and_are_cut_off() {
+    let db = TestDb::new("ws_slowloris");
+    tables(&db);
+    let (config, url) = relay(&db, "max_connections = 10\nheader_timeout = \"2s\"");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let port: u16 = url
+        .trim_start_matches("ws://127.0.0.1:")
+        .trim_end_matches("/live")
+        .parse()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut held = unfinished_requests(port, 10);
+    // The cap counts them although none has authenticated: the next is refused at once.
+    let mut over = unfinished_requests(port, 5);
+    for s in &mut over {
+        let answer = until_closed(s, Duration::from_secs(5)).expect("refused at once");
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    }
+    assert_eq!(
+        WsClient::connect(&with_token(&url, &["resources/*"]), &[]).err(),
+        Some(503)
+    );
+    // The unfinished ones are closed when their headers are overdue.
+    for s in &mut held {
+        assert!(
+            until_closed(s, crate::support::WAIT).is_some(),
+            "an unfinished request was still open after {:?}",
+            started.elapsed()
+        );
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2),
+        "not before the timeout: {elapsed:?}"
+    );
+    // And their places are free again.
+    let mut c = connect(&with_token(&url, &["resources/*"]));
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed");
+}
+
+#[test]
+fn a_token_stops_working_at_its_expiry_unless_renewed_in_band() {
+    let db = TestDb::new("ws_expiry");
+    tables(&db);
+    let (config, url) = relay(&db, "jwt_leeway = \"0s\"");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let short = |channels: &[&str]| format!("{url}?token={}", token(channels, 3, SECRET));
+    let mut lapsing = connect(&short(&["resources/*"]));
+    lapsing.subscribe("resources/posts");
+    assert_eq!(lapsing.next()["op"], "subscribed");
+    let mut renewing = connect(&short(&["resources/*"]));
+    renewing.subscribe("resources/posts");
+    assert_eq!(renewing.next()["op"], "subscribed");
+    renewing.subscribe("resources/secrets");
+    assert_eq!(renewing.next()["op"], "subscribed");
+
+    // A refused renewal changes nothing.
+    renewing.send(json!({"op": "auth", "token": token(&["*"], 3600, "another secret, also at least 32 bytes")}));
+    let refused = renewing.next();
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    // A fresh token that allows less: what it does not allow ends.
+    renewing.send(json!({"op": "auth", "token": token(&["resources/posts"], 3600, SECRET)}));
+    let dropped = renewing.next();
+    assert_eq!(dropped["code"], "forbidden", "{dropped}");
+    assert_eq!(dropped["channel"], "resources/secrets");
+    let renewed = renewing.next();
+    assert_eq!(renewed["op"], "authenticated", "{renewed}");
+    assert!(renewed["expires"].as_u64().unwrap() > 1_000_000_000);
+
+    // At its expiry the other connection is closed with 1008.
+    assert_eq!(lapsing.close_code(), Some(1008));
+    inserts(&db, "secrets", 1..=1);
+    inserts(&db, "posts", 1..=1);
+    let frames = renewing.until_events(1);
+    assert_eq!(ids(&frames), [1]);
+    assert!(
+        frames.iter().all(|f| f["channel"] != "resources/secrets"),
+        "{frames:?}"
+    );
+    assert!(
+        d.stderr().contains("token expired"),
+        "the closing reason is logged"
+    );
+}
+
+#[test]
+fn audience_issuer_and_grant_shapes_are_enforced_at_the_upgrade() {
+    let db = TestDb::new("ws_claims");
+    tables(&db);
+    let (config, url) = relay(
+        &db,
+        "jwt_audience = \"pglive\"\njwt_issuer = \"https://auth.example\"\nallowed_origins = [\"http://app.example\"]",
+    );
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let good = json!({"channels": ["resources/*"], "exp": now + 3600, "aud": "pglive", "iss": "https://auth.example"});
+    let mut c = connect(&format!("{url}?token={}", sign(good.clone())));
+    c.subscribe("resources/posts");
+    assert_eq!(c.next()["op"], "subscribed");
+    let variant = |key: &str, value: Value| {
+        let mut claims = good.clone();
+        match value {
+            Value::Null => {
+                claims.as_object_mut().unwrap().remove(key);
+            }
+            v => claims[key] = v,
+        }
+        format!("{url}?token={}", sign(claims))
+    };
+    for (what, url) in [
+        ("another audience", variant("aud", json!("someone-else"))),
+        ("no audience", variant("aud", Value::Null)),
+        (
+            "another issuer",
+            variant("iss", json!("https://evil.example")),
+        ),
+        ("not yet valid", variant("nbf", json!(now + 600))),
+        (
+            "a star inside a segment",
+            variant("channels", json!(["resources/post*"])),
+        ),
+    ] {
+        assert_eq!(WsClient::connect(&url, &[]).err(), Some(401), "{what}");
+    }
+    assert!(
+        d.stderr().contains("resources/post*"),
+        "a malformed grant is logged as the error it is"
+    );
+    assert!(!d.stderr().contains("allowed_origins is empty"));
+}
+
+#[test]
+fn an_empty_allowed_origins_is_warned_about() {
+    let db = TestDb::new("ws_origins");
+    tables(&db);
+    let (config, _url) = relay(&db, "");
+    setup(&config);
+    let d = Daemon::run(&config);
+    d.wait_log("WebSocket relay listening");
+    d.wait_log("allowed_origins is empty");
 }

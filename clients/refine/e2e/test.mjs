@@ -1,12 +1,14 @@
 // The end-to-end proof: a real Refine app (this directory's Vite build, simple-rest against a
 // small REST API over PostgreSQL, @pglive/refine for live updates) in headless Chromium, and
 // the real pglive. Rows changed with SQL must show up on the page without a reload, also
-// across a pglive crash and restart.
+// across a pglive crash and restart, with short-lived tokens the provider renews on its open
+// socket.
 //
 //   PGLIVE_BIN=… DATABASE_URL=postgres://…(wal_level=logical) node test.mjs
 //
 // Every wait is for a condition on the page, with a deadline.
 import { spawn } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
@@ -35,12 +37,29 @@ const freePort = () =>
     });
   });
 
+// ---- tokens, as the application's backend would issue them ----
+const SECRET = crypto.randomBytes(32).toString("hex");
+const TOKEN_LIFETIME_S = 6;
+let tokensIssued = 0;
+function issueToken() {
+  const enc = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const exp = Math.floor(Date.now() / 1000) + TOKEN_LIFETIME_S;
+  const body = `${enc({ alg: "HS256", typ: "JWT" })}.${enc({ channels: ["resources/*"], exp })}`;
+  const sig = crypto.createHmac("sha256", SECRET).update(body).digest("base64url");
+  tokensIssued += 1;
+  return `${body}.${sig}`;
+}
+
 // ---- the REST API simple-rest expects, and the built app ----
 const dist = path.join(here, "dist");
 const api = http.createServer(async (req, res) => {
   try {
     const url = new URL(req.url, "http://x");
     const one = url.pathname.match(/^\/api\/posts\/(\d+)$/);
+    if (url.pathname === "/api/token") {
+      res.writeHead(200, { "content-type": "text/plain" });
+      return res.end(issueToken());
+    }
     if (url.pathname === "/api/posts") {
       const start = Number(url.searchParams.get("_start") ?? 0);
       const end = Number(url.searchParams.get("_end") ?? 1000);
@@ -79,6 +98,7 @@ const api = http.createServer(async (req, res) => {
 
 // ---- pglive ----
 const wsPort = await freePort();
+const apiPort = await freePort();
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "pglive-e2e-"));
 const config = path.join(work, "pglive.toml");
 fs.writeFileSync(
@@ -93,7 +113,9 @@ name = "posts"
 [[sinks]]
 type = "websocket"
 listen = "127.0.0.1:${wsPort}"
-anonymous = true
+jwt_secret = "${SECRET}"
+jwt_leeway = "0s"
+allowed_origins = ["http://127.0.0.1:${apiPort}"]
 `,
 );
 
@@ -130,7 +152,6 @@ try {
   await sql("INSERT INTO posts VALUES (1, 'first')");
   log = "";
   daemon = await startPglive();
-  const apiPort = await freePort();
   await new Promise((r) => api.listen(apiPort, "127.0.0.1", r));
 
   browser = await chromium.launch({
@@ -146,6 +167,8 @@ try {
   });
   const page = await browser.newPage();
   page.on("pageerror", (e) => console.error("page error:", e.message));
+  let sockets = 0;
+  page.on("websocket", () => (sockets += 1));
   await page.goto(`http://127.0.0.1:${apiPort}/`);
   await page.waitForSelector('#posts li[data-id="1"]', { timeout: WAIT });
   await page.evaluate(() => (window.__sameDocument = true));
@@ -168,6 +191,20 @@ try {
   await sql("DELETE FROM posts WHERE id = 2");
   await page.waitForSelector('#posts li[data-id="2"]', { state: "detached", timeout: WAIT });
   step("a DELETE removes the row");
+
+  // Outlive a few tokens: each is renewed on the open socket, none expires on it.
+  const issued = tokensIssued;
+  const renewed = () => tokensIssued >= issued + 3;
+  for (const deadline = Date.now() + 4 * TOKEN_LIFETIME_S * 1000; !renewed(); ) {
+    if (Date.now() > deadline) throw new Error(`tokens issued: ${tokensIssued}, not renewed`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await sql("INSERT INTO posts VALUES (4, 'after three renewals')");
+  await page.waitForSelector('#posts li[data-id="4"]', { timeout: WAIT });
+  if (sockets !== 1) {
+    throw new Error(`${sockets} sockets opened; the connection was not kept through renewals`);
+  }
+  step("short-lived tokens are renewed on the open socket: one connection throughout");
 
   await stopPglive("SIGKILL");
   await sql("INSERT INTO posts VALUES (3, 'while pglive was down')");

@@ -7,7 +7,10 @@
 // One socket for every subscription, reference-counted per channel. Reconnects with backoff
 // and resumes each channel from the last event it saw (`since`); when pglive no longer holds
 // those events it answers `resync`, which is passed on as an event without ids so that Refine
-// refetches. No `publish`: changes come from the database.
+// refetches. pglive closes a connection when its token expires: with `token` as a function,
+// the provider asks it for a fresh token before then and hands it over on the open socket
+// (`{"op":"auth"}`), so subscriptions go on uninterrupted. No `publish`: changes come from
+// the database.
 
 /** The event shape Refine's `LiveEvent` has (structurally compatible with @refinedev/core). */
 export type LiveEvent = {
@@ -48,9 +51,14 @@ export interface SocketLike {
 export type PgliveOptions = {
   /** The relay, e.g. `ws://localhost:8080/live`. */
   url: string;
-  /** A JWT whose `channels` claim covers the resources, or a function returning one (called at
-   * each connection, so an expiring token can be renewed). Omit for an anonymous relay. */
+  /** A JWT whose `channels` claim covers the resources, or a function returning one: called at
+   * each connection, and again before the current token's `exp` to renew it on the open
+   * socket. A fixed string cannot be renewed: the relay closes the socket at its `exp`. Omit
+   * for an anonymous relay. */
   token?: string | (() => string | Promise<string>);
+  /** Renew this long before the token's `exp` (at most half its remaining lifetime).
+   * Default 60 s. */
+  renewBeforeMs?: number;
   /** Reconnection delay: starts at `initialMs` and doubles up to `maxMs` (with jitter). */
   backoff?: { initialMs?: number; maxMs?: number };
   /** Errors the relay reports (`forbidden`, …). Default: console.warn. */
@@ -68,6 +76,17 @@ export type PgliveLiveProvider = {
 
 const OPEN = 1;
 
+/** A JWT's `exp` in milliseconds since 1970, if it has one. */
+export function tokenExpiry(token: string): number | undefined {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const exp = JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4))).exp;
+    return typeof exp === "number" ? exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 type Channel = { subs: Set<Subscription>; lastId?: string };
 
 export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
@@ -83,6 +102,41 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
   let closed = false;
   // A connection is being set up (the token may be awaited): do not start another.
   let connecting = false;
+  const renewBefore = options.renewBeforeMs ?? 60_000;
+  let renewal: ReturnType<typeof setTimeout> | undefined;
+
+  const getToken = async () =>
+    typeof options.token === "function" ? await options.token() : (options.token as string);
+
+  const stopRenewal = () => {
+    if (renewal) clearTimeout(renewal);
+    renewal = undefined;
+  };
+
+  // Before `token` expires, ask for a fresh one and send it on `ws` (only a function can
+  // give a fresh token).
+  const scheduleRenewal = (ws: SocketLike, token: string) => {
+    stopRenewal();
+    const exp = tokenExpiry(token);
+    if (exp === undefined || typeof options.token !== "function") return;
+    const left = exp - Date.now();
+    renewal = setTimeout(renew, Math.max(0, left - Math.min(renewBefore, left / 2)), ws);
+  };
+
+  const renew = async (ws: SocketLike) => {
+    renewal = undefined;
+    let token: string;
+    try {
+      token = await getToken();
+    } catch (e) {
+      // The relay closes the socket at expiry; the reconnection asks again.
+      onError({ code: "token", message: String(e) });
+      return;
+    }
+    if (socket !== ws || closed) return;
+    send({ op: "auth", token });
+    scheduleRenewal(ws, token);
+  };
 
   const send = (message: object) => {
     if (socket?.readyState === OPEN) socket.send(JSON.stringify(message));
@@ -98,9 +152,10 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
     if (closed || socket || connecting || channels.size === 0) return;
     connecting = true;
     let url = options.url;
+    let token: string | undefined;
     try {
       if (options.token !== undefined) {
-        const token = typeof options.token === "function" ? await options.token() : options.token;
+        token = await getToken();
         url += (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
       }
     } catch (e) {
@@ -115,12 +170,14 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
     ws.onopen = () => {
       delay = initial;
       for (const [name, channel] of channels) send(subscribeFrame(name, channel));
+      if (token !== undefined) scheduleRenewal(ws, token);
     };
     ws.onmessage = (ev) => receive(String(ev.data));
     ws.onerror = () => {};
     ws.onclose = () => {
       if (socket !== ws) return;
       socket = undefined;
+      stopRenewal();
       retry();
     };
   };
@@ -199,6 +256,7 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
     close: () => {
       closed = true;
       if (timer) clearTimeout(timer);
+      stopRenewal();
       socket?.close(1000);
       socket = undefined;
     },

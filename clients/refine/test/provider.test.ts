@@ -187,3 +187,78 @@ test("a token that cannot be had is retried", async () => {
   assert.equal(errors[0].code, "token");
   p.close();
 });
+
+/** An unsigned JWT-shaped token expiring `inMs` from now (the provider only reads `exp`). */
+function jwt(inMs: number, n = 0) {
+  const enc = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  const exp = (Date.now() + inMs) / 1000;
+  return `${enc({ alg: "HS256" })}.${enc({ exp, channels: ["*"], n })}.sig`;
+}
+
+test("a token function is asked again before exp and the fresh token sent on the open socket", async () => {
+  FakeSocket.all = [];
+  const issued: string[] = [];
+  const p = liveProvider({
+    url: "ws://relay/live",
+    WebSocket: FakeSocket,
+    renewBeforeMs: 60_000,
+    onError: () => {},
+    // Each token lives 200 ms: renewals come at half of what is left.
+    token: () => {
+      const t = jwt(200, issued.length);
+      issued.push(t);
+      return t;
+    },
+  });
+  p.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  await until(() => FakeSocket.all.length === 1);
+  const ws = FakeSocket.all[0];
+  assert.equal(ws.url, `ws://relay/live?token=${encodeURIComponent(issued[0])}`);
+  ws.open();
+  await until(() => ws.sent.filter((m) => m.op === "auth").length >= 2);
+  const auths = ws.sent.filter((m) => m.op === "auth");
+  assert.deepEqual(
+    auths.map((m) => m.token),
+    issued.slice(1, auths.length + 1),
+    "each renewal sends the token just issued",
+  );
+  assert.equal(FakeSocket.all.length, 1, "no reconnection needed");
+  p.close();
+  const sent = ws.sent.length;
+  await new Promise((r) => setTimeout(r, 250));
+  assert.equal(ws.sent.length, sent, "no renewal after close");
+});
+
+test("a fixed token is not renewed, and a closed socket stops renewing", async () => {
+  FakeSocket.all = [];
+  const fixed = liveProvider({ url: "ws://relay/live", WebSocket: FakeSocket, token: jwt(100) });
+  fixed.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  await until(() => FakeSocket.all.length === 1);
+  FakeSocket.all[0].open();
+  await new Promise((r) => setTimeout(r, 150));
+  assert.deepEqual(
+    FakeSocket.all[0].sent.filter((m) => m.op === "auth"),
+    [],
+    "nothing to renew with",
+  );
+  fixed.close();
+
+  FakeSocket.all = [];
+  let calls = 0;
+  const p = liveProvider({
+    url: "ws://relay/live",
+    WebSocket: FakeSocket,
+    backoff: { initialMs: 10_000, maxMs: 10_000 },
+    token: () => {
+      calls += 1;
+      return jwt(100);
+    },
+  });
+  p.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  await until(() => FakeSocket.all.length === 1);
+  FakeSocket.all[0].open();
+  FakeSocket.all[0].drop();
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(calls, 1, "the dropped socket's renewal was cancelled");
+  p.close();
+});

@@ -1,6 +1,7 @@
 //! The relay's shared state: per channel, the connected subscribers and a bounded history of
 //! recent events (for `since`). Publishing never waits for a client: each client has a
-//! bounded queue, and a client whose queue is full is marked to resynchronise instead.
+//! bounded queue, and a client whose queue is full is marked to resynchronise instead. A
+//! channel's entry lives while it has subscribers or history, no longer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,6 +56,12 @@ struct Held {
 struct Channel {
     history: VecDeque<Held>,
     subscribers: HashMap<u64, Arc<Client>>,
+}
+
+impl Channel {
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty()
+    }
 }
 
 pub struct Hub {
@@ -134,18 +141,94 @@ impl Hub {
     }
 
     pub fn unsubscribe(&self, client: u64, channel: &str) {
-        if let Some(ch) = self.lock().get_mut(channel) {
-            ch.subscribers.remove(&client);
-        }
+        let mut all = self.lock();
+        self.remove(&mut all, client, channel);
     }
 
     /// Removes a disconnected client from every channel it was on.
     pub fn leave(&self, client: u64, channels: &HashSet<String>) {
         let mut all = self.lock();
         for name in channels {
-            if let Some(ch) = all.get_mut(name) {
-                ch.subscribers.remove(&client);
+            self.remove(&mut all, client, name);
+        }
+    }
+
+    /// Takes `client` off `name`, and drops the channel's entry once nobody listens and it
+    /// holds no history: entries never outlive their use.
+    fn remove(&self, all: &mut HashMap<String, Channel>, client: u64, name: &str) {
+        if let Some(ch) = all.get_mut(name) {
+            ch.subscribers.remove(&client);
+            self.expire(ch, Instant::now());
+            if ch.is_unused() {
+                all.remove(name);
             }
         }
+    }
+
+    /// Drops expired history everywhere, and the entries left unused by it. Run now and then,
+    /// so that a channel nobody writes to or reads from does not keep its last events forever.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.lock().retain(|_, ch| {
+            self.expire(ch, now);
+            !ch.is_unused()
+        });
+    }
+
+    /// Channels with an entry (subscribers or history).
+    #[cfg(test)]
+    pub fn channels(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsn::Lsn;
+
+    fn id(n: u64) -> EventId {
+        EventId {
+            commit_lsn: Lsn(n),
+            ordinal: 0,
+        }
+    }
+
+    fn frame(s: &str) -> Utf8Bytes {
+        Utf8Bytes::from(s.to_owned())
+    }
+
+    #[test]
+    fn an_entry_lives_while_it_has_subscribers_or_history() {
+        let hub = Hub::new(0, Duration::from_secs(60));
+        let (a, _rx) = Client::new(1, 16);
+        for n in 0..1000 {
+            let name = format!("resources/{n}");
+            hub.subscribe(&a, &name, None, frame("ack"), frame("resync"));
+            hub.unsubscribe(1, &name);
+        }
+        assert_eq!(hub.channels(), 0, "no history kept: nothing left behind");
+
+        let hub = Hub::new(10, Duration::from_secs(60));
+        hub.publish("resources/posts", id(1), frame("e1"));
+        let set: HashSet<String> = ["resources/posts".to_owned(), "resources/x".to_owned()].into();
+        hub.subscribe(&a, "resources/x", None, frame("ack"), frame("resync"));
+        hub.subscribe(&a, "resources/posts", None, frame("ack"), frame("resync"));
+        assert_eq!(hub.channels(), 2);
+        hub.leave(1, &set);
+        assert_eq!(hub.channels(), 1, "the channel with history stays");
+    }
+
+    #[test]
+    fn history_expires_and_the_sweep_drops_what_is_left_unused() {
+        let hub = Hub::new(10, Duration::from_millis(1));
+        hub.publish("resources/posts", id(1), frame("e1"));
+        assert_eq!(hub.channels(), 1);
+        let start = Instant::now();
+        while start.elapsed() <= Duration::from_millis(2) {
+            std::hint::spin_loop();
+        }
+        hub.sweep();
+        assert_eq!(hub.channels(), 0);
     }
 }

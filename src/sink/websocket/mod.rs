@@ -3,14 +3,19 @@
 //!
 //! Protocol (text frames, JSON):
 //! - client → `{"op":"subscribe","channel":C}` (optionally `"since":"<meta.id>"`),
-//!   `{"op":"unsubscribe","channel":C}`;
+//!   `{"op":"unsubscribe","channel":C}`, `{"op":"auth","token":T}` (a fresh token before the
+//!   current one expires);
 //! - server → `{"op":"subscribed","channel":C}`, then the events replayed after `since` (or
 //!   `{"op":"resync","channel":C}` when they are no longer held), then live events;
+//!   `{"op":"authenticated","expires":…}` for a renewed token;
 //!   `{"op":"error","channel":C,"code":…,"message":…}` for a refused request.
 //!
 //! Control frames carry `"op"`; event frames never do. The relay is best-effort: a batch is
 //! acknowledged once handed to the clients' queues, and a client that cannot keep up is told
-//! to resync rather than slowing anyone down.
+//! to resync rather than slowing anyone down. What one client can hold is bounded: its
+//! connection (the listener's cap, counted before authentication), its subscriptions (only
+//! channels a mapped table publishes to, at most `max_subscriptions`), its queue, and its
+//! token's lifetime (closed at `exp` unless renewed in-band).
 
 pub mod auth;
 mod hub;
@@ -18,26 +23,27 @@ mod hub;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-pub use auth::{Auth, Grants};
+pub use auth::{Access, Auth, Grants, Refused};
 use hub::{Client, Hub};
 
 use super::{Batch, Lane, SinkError};
 use crate::event::EventId;
+use crate::http::{self, Slot};
 
 pub const NAME: &str = "websocket";
 pub const DEFAULT_PATH: &str = "/live";
@@ -49,14 +55,22 @@ pub const DEFAULT_CLIENT_QUEUE: usize = 4096;
 const SOCKET_SEND_BUFFER: usize = 64 * 1024;
 /// Frames written to a client per flush, at most.
 const WRITE_BATCH: usize = 256;
+/// Open TCP connections at most, counted from `accept`: WebSocket clients and requests not
+/// yet authenticated alike.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Channels one connection may be subscribed to at once: far more than a Refine page
+/// subscribes to, and small enough that no client holds much of the relay.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 256;
+/// Longest channel name: the relay refuses longer ones before looking them up, and a mapped
+/// table's channel may not be longer.
+pub const MAX_CHANNEL_BYTES: usize = 255;
 /// Close code sent when pglive stops (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a client that answered no ping within two intervals, or took no data for as
-/// long (RFC 6455 "policy violation").
-pub const CLOSE_UNRESPONSIVE: u16 = 1008;
+/// long, and for one whose token expired (RFC 6455 "policy violation").
+pub const CLOSE_POLICY: u16 = 1008;
 /// Close code for a client message over `max_message_bytes` (RFC 6455 "message too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// What the WebSocket layer itself accepts, above `max_message_bytes` so that a message over
@@ -72,25 +86,32 @@ pub struct WsSinkConfig {
     /// `Origin` values accepted from browsers; empty: any. Requests without `Origin` (not from
     /// a browser) are accepted.
     pub allowed_origins: Vec<String>,
+    /// The channels mapped tables publish to: the only ones a client may subscribe to.
+    pub channels: Vec<String>,
     /// Events kept per channel for `since`, and for how long.
     pub history: usize,
     pub history_age: Duration,
     /// Frames queued per client before it is told to resync.
     pub client_queue: usize,
     pub max_connections: usize,
+    pub max_subscriptions: usize,
     /// Largest message a client may send.
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
 }
 
 struct Shared {
     config: WsSinkConfig,
+    channels: HashSet<String>,
     hub: Hub,
-    connections: AtomicUsize,
     /// `pglive_websocket_clients`.
     clients: metrics::Gauge,
     next_id: AtomicU64,
     stop: CancellationToken,
+    /// Every client's task, so that stopping waits for their close handshakes.
+    sessions: TaskTracker,
 }
 
 /// Serves the relay and hands it every batch from `queue`, acknowledging each at once.
@@ -106,49 +127,71 @@ pub async fn drive(
             sink: NAME,
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
+    if config.allowed_origins.is_empty() {
+        tracing::warn!(listen = %config.listen,
+            "the WebSocket relay's allowed_origins is empty: a page on any web site may open connections to it from a visitor's browser; list your application's origins");
+    }
     let shared = Arc::new(Shared {
         hub: Hub::new(config.history, config.history_age),
+        channels: config.channels.iter().cloned().collect(),
         config,
-        connections: AtomicUsize::new(0),
         clients: metrics::gauge!("pglive_websocket_clients", "sink" => lane.status().label.clone()),
         next_id: AtomicU64::new(1),
         stop: CancellationToken::new(),
+        sessions: TaskTracker::new(),
     });
     let app = axum::Router::new()
         .route(&shared.config.path, get(upgrade))
         .with_state(shared.clone());
     tracing::info!(listen = %shared.config.listen, path = %shared.config.path, "WebSocket relay listening");
-    let stop = shared.stop.clone();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-        // A bounded kernel buffer per client: a client that stops reading is noticed after
-        // this much (and its queue) rather than after megabytes.
-        let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SOCKET_SEND_BUFFER);
-    });
+    let limits = http::Limits {
+        max_connections: shared.config.max_connections,
+        header_timeout: shared.config.header_timeout,
+    };
     lane.status().healthy();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
-    while let Some(batch) = queue.recv().await {
-        for event in &batch.events {
-            // Event JSON is UTF-8 (serde_json wrote it); converting once shares it among clients.
-            let text = String::from_utf8_lossy(&event.json).into_owned();
-            shared
-                .hub
-                .publish(&event.channel, event.id, Utf8Bytes::from(text));
+    let server = tokio::spawn(http::serve(
+        listener,
+        app,
+        limits,
+        NAME,
+        shared.stop.clone(),
+        |tcp| {
+            let _ = tcp.set_nodelay(true);
+            // A bounded kernel buffer per client: a client that stops reading is noticed
+            // after this much (and its queue) rather than after megabytes.
+            let _ = socket2::SockRef::from(tcp).set_send_buffer_size(SOCKET_SEND_BUFFER);
+        },
+    ));
+    // Channels nobody reads keep their history only as long as it could serve a `since`.
+    let mut sweep = tokio::time::interval(shared.config.history_age.max(Duration::from_secs(1)));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            batch = queue.recv() => {
+                let Some(batch) = batch else { break };
+                for event in &batch.events {
+                    // Event JSON is UTF-8 (serde_json wrote it); converting once shares it
+                    // among clients.
+                    let text = String::from_utf8_lossy(&event.json).into_owned();
+                    shared
+                        .hub
+                        .publish(&event.channel, event.id, Utf8Bytes::from(text));
+                }
+                lane.ack(&batch);
+            }
+            _ = sweep.tick() => shared.hub.sweep(),
         }
-        lane.ack(&batch);
     }
     shared.stop.cancel();
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => Err(SinkError {
-            sink: NAME,
-            message: format!("serving: {e}"),
-        }),
-        _ => Ok(()),
-    }
+    // The accept loop ends at once; what it waits for are requests still being read, and
+    // each client's close handshake (at most two seconds).
+    shared.sessions.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = server.await;
+        shared.sessions.wait().await;
+    })
+    .await;
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -158,6 +201,7 @@ struct Params {
 
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
+    Extension(slot): Extension<Slot>,
     headers: HeaderMap,
     Query(params): Query<Params>,
     ws: WebSocketUpgrade,
@@ -176,26 +220,31 @@ async fn upgrade(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let grants = match config.auth.grants(params.token.as_deref().or(bearer)) {
-        Ok(g) => g,
-        Err(why) => return (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response(),
+    let access = match config.auth.authorize(params.token.as_deref().or(bearer)) {
+        Ok(a) => a,
+        Err(why) => {
+            why.log();
+            return (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response();
+        }
     };
-    if shared.connections.fetch_add(1, Ordering::AcqRel) >= config.max_connections {
-        shared.connections.fetch_sub(1, Ordering::AcqRel);
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
-    }
     let guard = Connected::new(shared.clone());
+    // Counted from here, before the upgrade completes, so that a stop meanwhile still waits
+    // for this client's close handshake.
+    let session = shared.sessions.token();
     ws.read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
         .max_message_size(TRANSPORT_MAX_MESSAGE.max(config.max_message_bytes))
         .max_frame_size(TRANSPORT_MAX_MESSAGE.max(config.max_message_bytes))
         .on_upgrade(move |socket| async move {
-            serve_client(socket, grants, &guard.0).await;
+            serve_client(socket, access, &guard.0).await;
             drop(guard);
+            // The connection's place under the listener's cap is free from here.
+            drop(slot);
+            drop(session);
         })
 }
 
-/// Counts a connection (already added to `connections`) until dropped.
+/// Counts a connected client until dropped.
 struct Connected(Arc<Shared>);
 
 impl Connected {
@@ -207,7 +256,6 @@ impl Connected {
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
         self.0.clients.decrement(1.0);
     }
 }
@@ -217,6 +265,7 @@ struct Request {
     op: String,
     channel: Option<String>,
     since: Option<String>,
+    token: Option<String>,
 }
 
 fn control(op: &str, channel: &str) -> Utf8Bytes {
@@ -229,11 +278,34 @@ fn error(channel: Option<&str>, code: &str, message: &str) -> Message {
     ))
 }
 
-async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
+/// One client's state in its task.
+struct Session {
+    client: Arc<Client>,
+    access: Access,
+    channels: HashSet<String>,
+}
+
+/// When a token that stops being accepted at `expires` must be refused on an open socket.
+fn deadline(expires: Option<SystemTime>) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    match expires {
+        Some(at) => now + at.duration_since(SystemTime::now()).unwrap_or_default(),
+        // Never: far enough ahead for any process, near enough for the timer.
+        None => now + Duration::from_secs(86_400 * 365),
+    }
+}
+
+async fn serve_client(mut socket: WebSocket, access: Access, shared: &Shared) {
     let config = &shared.config;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let (client, mut frames) = Client::new(id, config.client_queue);
-    let mut channels: HashSet<String> = HashSet::new();
+    let expiry = tokio::time::sleep_until(deadline(access.expires));
+    tokio::pin!(expiry);
+    let mut session = Session {
+        client,
+        access,
+        channels: HashSet::new(),
+    };
     let mut ping = tokio::time::interval(config.ping_interval);
     ping.tick().await;
     let mut last_heard = tokio::time::Instant::now();
@@ -246,11 +318,12 @@ async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
         let outgoing = tokio::select! {
             biased;
             _ = &mut stop => break Some((CLOSE_GOING_AWAY, "pglive is stopping")),
+            _ = &mut expiry => break Some((CLOSE_POLICY, "token expired")),
             frame = frames.recv() => match frame {
-                Some(_) if client.take_overflow() => {
+                Some(_) if session.client.take_overflow() => {
                     // Too slow: drop what is queued and tell it to refetch every channel.
                     while frames.try_recv().is_ok() {}
-                    let mut names: Vec<&String> = channels.iter().collect();
+                    let mut names: Vec<&String> = session.channels.iter().collect();
                     names.sort();
                     names.into_iter().map(|c| Message::Text(control("resync", c))).collect()
                 }
@@ -274,17 +347,24 @@ async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
                     Some(Ok(Message::Text(text))) if text.len() > config.max_message_bytes => {
                         break Some((CLOSE_TOO_BIG, "message too big"));
                     }
-                    Some(Ok(Message::Text(text))) => match handle(&text, &grants, &client, &mut channels, shared) {
-                        Some(reply) => vec![reply],
-                        None => continue,
-                    },
+                    Some(Ok(Message::Text(text))) => {
+                        let expires = session.access.expires;
+                        let replies = handle(&text, &mut session, shared);
+                        if session.access.expires != expires {
+                            expiry.as_mut().reset(deadline(session.access.expires));
+                        }
+                        if replies.is_empty() {
+                            continue;
+                        }
+                        replies
+                    }
                     Some(Ok(Message::Binary(_))) => vec![error(None, "bad_request", "send text frames")],
                     Some(Ok(_)) => continue, // ping (answered by the library) or pong
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > config.ping_interval * 2 {
-                    break Some((CLOSE_UNRESPONSIVE, "no pong"));
+                    break Some((CLOSE_POLICY, "no pong"));
                 }
                 vec![Message::Ping(Default::default())]
             }
@@ -299,7 +379,7 @@ async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
             break None;
         }
     };
-    shared.hub.leave(id, &channels);
+    shared.hub.leave(id, &session.channels);
     if let Some((code, reason)) = closing {
         tracing::debug!(client = id, code, reason, "closing a WebSocket client");
         let frame = CloseFrame {
@@ -323,71 +403,143 @@ async fn serve_client(mut socket: WebSocket, grants: Grants, shared: &Shared) {
     }
 }
 
-/// Handles one client request; returns a direct reply (errors), if any. Replies that must be
-/// ordered with events (`subscribed`, replays, `resync`) go through the client's queue.
-fn handle(
-    text: &str,
-    grants: &Grants,
-    client: &Arc<Client>,
-    channels: &mut HashSet<String>,
-    shared: &Shared,
-) -> Option<Message> {
+/// Handles one client request; returns its direct replies (errors, `authenticated`). Replies
+/// that must be ordered with events (`subscribed`, replays, `resync`) go through the client's
+/// queue.
+fn handle(text: &str, session: &mut Session, shared: &Shared) -> Vec<Message> {
     let request: Request = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(_) => {
-            return Some(error(
+            return vec![error(
                 None,
                 "bad_request",
-                r#"expected {"op":"subscribe"|"unsubscribe","channel":"…"}"#,
+                r#"expected {"op":"subscribe"|"unsubscribe","channel":"…"} or {"op":"auth","token":"…"}"#,
+            )];
+        }
+    };
+    if request.op == "auth" {
+        return renew(request.token.as_deref(), session, shared);
+    }
+    let Some(channel) = request.channel.as_deref() else {
+        return vec![error(None, "bad_request", "`channel` is required")];
+    };
+    match request.op.as_str() {
+        "subscribe" => match subscribe(channel, request.since.as_deref(), session, shared) {
+            Ok(()) => vec![],
+            Err((code, message)) => vec![error(Some(channel), code, &message)],
+        },
+        "unsubscribe" => {
+            if session.channels.remove(channel) {
+                shared.hub.unsubscribe(session.client.id, channel);
+            }
+            vec![]
+        }
+        other => vec![error(
+            Some(channel),
+            "bad_request",
+            &format!("unknown op {other:?}; use subscribe, unsubscribe or auth"),
+        )],
+    }
+}
+
+/// Subscribes, or says why not: the checks that bound what one client can hold come first.
+fn subscribe(
+    channel: &str,
+    since: Option<&str>,
+    session: &mut Session,
+    shared: &Shared,
+) -> Result<(), (&'static str, String)> {
+    let config = &shared.config;
+    if channel.len() > MAX_CHANNEL_BYTES {
+        return Err((
+            "bad_request",
+            format!("channel names are at most {MAX_CHANNEL_BYTES} bytes"),
+        ));
+    }
+    if !session.access.grants.allows(channel) {
+        return Err((
+            "forbidden",
+            "the token does not allow this channel".to_owned(),
+        ));
+    }
+    if !shared.channels.contains(channel) {
+        return Err((
+            "unknown_channel",
+            "no mapped table publishes to this channel".to_owned(),
+        ));
+    }
+    let since = match since.map(str::parse::<EventId>) {
+        None => None,
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            return Err((
+                "bad_request",
+                "`since` must be an event's meta.id".to_owned(),
             ));
         }
     };
-    let Some(channel) = request.channel.as_deref() else {
-        return Some(error(None, "bad_request", "`channel` is required"));
-    };
-    match request.op.as_str() {
-        "subscribe" => {
-            if !grants.allows(channel) {
-                return Some(error(
-                    Some(channel),
-                    "forbidden",
-                    "the token does not allow this channel",
-                ));
-            }
-            let since = match request.since.as_deref().map(str::parse::<EventId>) {
-                None => None,
-                Some(Ok(id)) => Some(id),
-                Some(Err(_)) => {
-                    return Some(error(
-                        Some(channel),
-                        "bad_request",
-                        "`since` must be an event's meta.id",
-                    ));
-                }
-            };
-            if channels.contains(channel) {
-                // Subscribing again (a resume on the same socket): start over.
-                shared.hub.unsubscribe(client.id, channel);
-            }
-            channels.insert(channel.to_owned());
-            shared.hub.subscribe(
-                client,
-                channel,
-                since,
-                control("subscribed", channel),
-                control("resync", channel),
-            );
-            None
-        }
-        "unsubscribe" => {
-            shared.hub.unsubscribe(client.id, channel);
-            channels.remove(channel);
-            None
-        }
-        other => Some(error(
-            Some(channel),
-            "bad_request",
-            &format!("unknown op {other:?}; use subscribe or unsubscribe"),
-        )),
+    if session.channels.contains(channel) {
+        // Subscribing again (a resume on the same socket): start over.
+        shared.hub.unsubscribe(session.client.id, channel);
+    } else if session.channels.len() >= config.max_subscriptions {
+        return Err((
+            "too_many_subscriptions",
+            format!(
+                "a connection may hold {} subscriptions; unsubscribe from one first",
+                config.max_subscriptions
+            ),
+        ));
     }
+    session.channels.insert(channel.to_owned());
+    shared.hub.subscribe(
+        &session.client,
+        channel,
+        since,
+        control("subscribed", channel),
+        control("resync", channel),
+    );
+    Ok(())
+}
+
+/// `{"op":"auth"}`: a fresh token replaces the connection's access (and its expiry);
+/// subscriptions the new token does not allow end with `forbidden`. A token that is refused
+/// changes nothing: the current one still holds until it expires.
+fn renew(token: Option<&str>, session: &mut Session, shared: &Shared) -> Vec<Message> {
+    let Some(token) = token else {
+        return vec![error(None, "bad_request", "`token` is required")];
+    };
+    let access = match shared.config.auth.authorize(Some(token)) {
+        Ok(a) => a,
+        Err(why) => {
+            why.log();
+            return vec![error(None, "unauthorized", &why.to_string())];
+        }
+    };
+    let mut replies = Vec::new();
+    let mut lost: Vec<String> = session
+        .channels
+        .iter()
+        .filter(|c| !access.grants.allows(c))
+        .cloned()
+        .collect();
+    lost.sort();
+    for channel in lost {
+        session.channels.remove(&channel);
+        shared.hub.unsubscribe(session.client.id, &channel);
+        replies.push(error(
+            Some(&channel),
+            "forbidden",
+            "the renewed token does not allow this channel; unsubscribed",
+        ));
+    }
+    let expires = access.expires.map(|at| {
+        at.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+    });
+    session.access = access;
+    replies.push(Message::Text(Utf8Bytes::from(
+        json!({ "op": "authenticated", "expires": expires }).to_string(),
+    )));
+    replies
 }

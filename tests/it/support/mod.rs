@@ -397,6 +397,37 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body.to_owned()))
 }
 
+/// Opens `n` connections that send the start of a request and never finish it.
+pub fn unfinished_requests(port: u16, n: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write;
+    (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /live HTTP/1.1\r\nHost: localhost\r\n")
+                .unwrap();
+            s
+        })
+        .collect()
+}
+
+/// What the server sent on `s` until it closed it; None if it was still open after `within`.
+pub fn until_closed(s: &mut std::net::TcpStream, within: Duration) -> Option<String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&got).into_owned());
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// A sample's value in a Prometheus text page: `series` is the name with its labels as
 /// rendered, e.g. `pglive_sink_healthy{sink="stdout"}`.
 pub fn metric(page: &str, series: &str) -> Option<f64> {

@@ -5,7 +5,12 @@ import { Refine, useList, useOne } from "@refinedev/core";
 import dataProvider from "@refinedev/simple-rest";
 import { liveProvider } from "@pglive/refine";
 
-const live = liveProvider({ url: `ws://${location.hostname}:${window.PGLIVE_WS_PORT}/live` });
+// The application's backend issues short-lived tokens; the provider asks for a fresh one
+// before each expires.
+const live = liveProvider({
+  url: `ws://${location.hostname}:${window.PGLIVE_WS_PORT}/live`,
+  token: () => fetch("/api/token").then((r) => r.text()),
+});
 
 function Posts() {
   const { result, query } = useList({ resource: "posts", pagination: { pageSize: 100 } });
