@@ -107,6 +107,10 @@ fn describe() {
         "pglive_websocket_clients",
         "Connected WebSocket relay clients."
     );
+    describe_counter!(
+        "pglive_http_connections_refused_total",
+        "Connections refused because the listener had max_connections open."
+    );
 }
 
 /// Microseconds since 1970 now.
