@@ -1172,7 +1172,7 @@ fn secret_warnings(
 /// for key files: no access for group or others, except that a file owned by root may be
 /// group-readable (a Kubernetes secret volume with `fsGroup` and mode 0440). `None` for a
 /// file that is private enough, or that cannot be examined.
-pub fn exposed_mode(path: &Path) -> Option<u32> {
+fn exposed_mode(path: &Path) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     let mode = meta.mode() & 0o7777;

@@ -1,7 +1,8 @@
-//! The replication connection, on `postgres-protocol` + tokio + rustls: TCP or Unix socket,
-//! SSLRequest and TLS, the startup message with `replication=database` and pinned text
-//! formats, trust/cleartext/md5/SCRAM-SHA-256(-PLUS) authentication, `START_REPLICATION`,
-//! and cancel-safe framing of the CopyBoth stream that follows.
+//! The replication connection, on `postgres-protocol` + tokio, over the stream `transport`
+//! sets up (socket, TLS): the startup message with `replication=database` and pinned text
+//! formats, trust/cleartext/md5 (under the password rule)/SCRAM-SHA-256(-PLUS)
+//! authentication, `START_REPLICATION`, and cancel-safe framing of the CopyBoth stream that
+//! follows, its buffer growing with the bytes that arrive.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
