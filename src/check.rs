@@ -74,7 +74,16 @@ impl fmt::Display for Finding {
 /// Runs every check. A connection failure is itself a finding (and ends the checks).
 pub async fn run(config: &Config) -> Vec<Finding> {
     let pg = &config.postgres;
-    let mut out = Vec::new();
+    // What the configuration itself weakens (unverified server, secrets others can read).
+    let mut out: Vec<Finding> = config
+        .warnings
+        .iter()
+        .map(|w| Finding {
+            level: Level::Warn,
+            what: w.to_string(),
+            fix: None,
+        })
+        .collect();
     for (i, s) in config.sinks.iter().enumerate() {
         out.push(sink(i, s).await);
     }

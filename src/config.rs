@@ -32,8 +32,12 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Ids per coalesced event: keeps one event near 10–40 KB of JSON for typical keys, so a
 /// million-row transaction becomes a thousand modest events rather than one huge one.
 pub const DEFAULT_MAX_IDS_PER_EVENT: usize = 1000;
-/// Largest replication message accepted: 1 GiB, the largest value PostgreSQL can store.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// Largest replication message accepted (one row's change, its values as text): 64 MiB.
+/// Reading one costs about its size in memory (measured: a 60 MiB row raised the peak RSS by
+/// 62 MiB), so this keeps a huge row, or a hostile server, well inside the Kubernetes
+/// deployment's 256 MiB limit next to the relay's clients and the sinks' queues. Raise both
+/// for tables with larger values (PostgreSQL allows up to 1 GiB per value).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Longest `jwt_leeway`: clock skew beyond this is a broken clock, not skew.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// Upper bound for the durations above: longer ones are mistakes, and would overflow timers.
@@ -64,6 +68,9 @@ pub struct Config {
     pub tables: Vec<TableRule>,
     pub sinks: Vec<SinkConfig>,
     pub ops: OpsConfig,
+    /// Problems that do not stop pglive but weaken it (a secret file others can read, a
+    /// server certificate nobody verifies): `run` logs them at start, `check` lists them.
+    pub warnings: Vec<Issue>,
 }
 
 /// `[ops]`: running pglive as a service.
@@ -170,6 +177,7 @@ struct RawPostgres {
     max_backoff: Option<RawDuration>,
     max_message_bytes: Option<u64>,
     heartbeat_interval: Option<RawDuration>,
+    allow_insecure_password: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]
@@ -381,10 +389,59 @@ impl Issues {
                     }
                     "missing required key".to_owned()
                 }
-                kind => kind.to_string(),
+                kind => describe_kind(kind),
             };
             self.push(key, message);
         }
+    }
+}
+
+/// A figment error without the value it found: the value may be a secret (`jwt_secret = 123`)
+/// or a URL holding one, so only its type is named.
+fn describe_kind(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(found, expected) => {
+            format!(
+                "invalid type: found {}, expected {expected}",
+                type_of(found)
+            )
+        }
+        Kind::InvalidValue(found, expected) => {
+            format!(
+                "invalid value: found {}, expected {expected}",
+                type_of(found)
+            )
+        }
+        Kind::Unsupported(found) => format!("unsupported value: {}", type_of(found)),
+        Kind::UnsupportedKey(found, _) => format!("unsupported key: {}", type_of(found)),
+        Kind::UnknownVariant(found, expected) => {
+            let expected = expected.join(", ");
+            if crate::source::conninfo::shows_as_parameter_name(found) {
+                format!("unknown variant {found:?}; expected one of: {expected}")
+            } else {
+                format!("unknown variant; expected one of: {expected}")
+            }
+        }
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// What kind of value was found, never the value.
+fn type_of(found: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match found {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit => "an empty value",
+        Actual::Seq => "an array",
+        Actual::Map => "a table",
+        _ => "a value of another type",
     }
 }
 
@@ -495,6 +552,7 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
     let tables: Vec<(usize, RawTable)> = array(&top, &mut issues, "tables");
     let sinks: Vec<(usize, RawSink)> = array(&top, &mut issues, "sinks");
 
+    let mut url_has_password = false;
     let conn = match &postgres.url {
         None if postgres_removed.iter().any(|k| k == "url") => None,
         None => {
@@ -506,6 +564,8 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         }
         Some(url) => match ConnInfo::parse(url) {
             Ok(mut c) => {
+                url_has_password = c.password.is_some();
+                c.allow_insecure_password = postgres.allow_insecure_password.unwrap_or(false);
                 if let Some(file) = &postgres.password_file {
                     match read_secret_file(file) {
                         Ok(pw) => c.password = Some(pw),
@@ -926,6 +986,20 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
         sink_configs.push(sink);
     }
 
+    let mut warnings = conn
+        .as_ref()
+        .map(|conn| {
+            let mut w = connection_warnings(conn);
+            w.extend(secret_warnings(
+                &issues.figment,
+                conn,
+                url_has_password,
+                postgres.password_file.as_deref(),
+            ));
+            w
+        })
+        .unwrap_or_default();
+    warnings.extend(relay_warnings(&sink_configs));
     match (issues.list.is_empty(), conn) {
         (true, Some(conn)) => Ok(Config {
             postgres: PostgresConfig {
@@ -946,6 +1020,7 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
             tables: rules,
             sinks: sink_configs,
             ops,
+            warnings,
         }),
         _ => Err(ConfigError {
             issues: issues.list,
@@ -1039,6 +1114,169 @@ fn ops_config(issues: &mut Issues, raw: RawOps) -> OpsConfig {
             &raw.lag_warning_age,
             defaults.lag_warning_age,
         ),
+    }
+}
+
+/// A warning for each relay that accepts any browser `Origin`: a page on any web site could then
+/// use a token its visitor's browser holds (anonymous relays must list origins).
+fn relay_warnings(sinks: &[SinkConfig]) -> Vec<Issue> {
+    sinks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            SinkConfig::WebSocket(ws) if ws.allowed_origins.is_empty() => Some(Issue {
+                key: format!("sinks[{i}].allowed_origins"),
+                message: "empty: a page on any web site may open connections to the relay \
+                          from its visitors' browsers; list your application's origins"
+                    .into(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A warning when a man in the middle could read or alter the replication connection: TCP
+/// without a verified server certificate.
+fn connection_warnings(conn: &ConnInfo) -> Vec<Issue> {
+    use crate::source::conninfo::{Host, SslMode};
+    if matches!(conn.host, Host::Unix(_)) {
+        return Vec::new();
+    }
+    let mode = crate::source::tls::effective_mode(conn);
+    let what = match mode {
+        SslMode::VerifyCa | SslMode::VerifyFull => return Vec::new(),
+        SslMode::Disable => "the connection to PostgreSQL is not encrypted (sslmode=disable)",
+        SslMode::Prefer => {
+            "the server's certificate is not verified (sslmode=prefer, and a server without TLS \
+             gets a connection that is not even encrypted)"
+        }
+        SslMode::Require => {
+            "the server's certificate is not verified (sslmode=require without a root certificate)"
+        }
+    };
+    let mut message = format!(
+        "{what}: a man in the middle could read and alter the changes pglive receives; verify \
+         the server with sslmode=verify-full&sslrootcert=<the CA's certificate file>"
+    );
+    if conn.allow_insecure_password {
+        message.push_str(
+            "; and postgres.allow_insecure_password = true lets a cleartext or MD5 password go \
+             over it",
+        );
+    }
+    vec![Issue {
+        key: "postgres.url".into(),
+        message,
+    }]
+}
+
+/// Warnings for secrets that other users may read: a secret file (`password_file`,
+/// `jwt_secret_file`, `sslkey`), or a configuration file holding an inline password or
+/// `jwt_secret`, with permissions for group or others. A file that does not exist is not
+/// warned about (reading it is an error of its own).
+fn secret_warnings(
+    figment: &Figment,
+    conn: &ConnInfo,
+    url_has_password: bool,
+    password_file: Option<&Path>,
+) -> Vec<Issue> {
+    let mut out = Vec::new();
+    let mut file = |key: String, path: &Path| {
+        if let Some(mode) = exposed_mode(path) {
+            out.push(Issue {
+                key,
+                message: format!(
+                    "{} holds a secret and is readable by group or others (mode {mode:04o}); \
+                     restrict it: chmod 600 {}",
+                    path.display(),
+                    shell_quote(path)
+                ),
+            });
+        }
+    };
+    if let Some(path) = password_file {
+        file("postgres.password_file".into(), path);
+    }
+    if let Some(key) = &conn.sslkey {
+        file("postgres.url".into(), key);
+    }
+    // Configuration files holding secrets inline, with the keys that hold them.
+    let mut inline: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    let mut holds = |key: String, value: &Value| {
+        let Some(path) = figment
+            .get_metadata(value.tag())
+            .and_then(|m| m.source.as_ref())
+            .and_then(|s| s.file_path())
+        else {
+            return;
+        };
+        match inline.iter_mut().find(|(p, _)| p == path) {
+            Some((_, keys)) => keys.push(key),
+            None => inline.push((path.to_path_buf(), vec![key])),
+        }
+    };
+    if url_has_password && let Ok(v) = figment.find_value("postgres.url") {
+        holds("postgres.url".into(), &v);
+    }
+    if let Ok(Value::Array(_, sinks)) = figment.find_value("sinks") {
+        for (i, sink) in sinks.iter().enumerate() {
+            let Value::Dict(_, d) = sink else { continue };
+            let key = |k: &str| format!("sinks[{i}].{k}");
+            for k in ["password_file", "jwt_secret_file"] {
+                if let Some(path) = d.get(k).and_then(Value::as_str) {
+                    file(key(k), Path::new(path));
+                }
+            }
+            if let Some(v @ Value::String(_, url)) = d.get("url")
+                && url::Url::parse(url).is_ok_and(|u| u.password().is_some())
+            {
+                holds(key("url"), v);
+            }
+            if let Some(v @ Value::String(..)) = d.get("jwt_secret") {
+                holds(key("jwt_secret"), v);
+            }
+        }
+    }
+    for (path, keys) in inline {
+        if let Some(mode) = exposed_mode(&path) {
+            out.push(Issue {
+                key: String::new(),
+                message: format!(
+                    "configuration file {} holds secrets ({}) and is readable by group or \
+                     others (mode {mode:04o}); restrict it: chmod 600 {}, or move the secrets \
+                     to files of their own (password_file, jwt_secret_file)",
+                    path.display(),
+                    keys.join(", "),
+                    shell_quote(&path)
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The permission bits of `path` when they let others than its owner read it, by libpq's rule
+/// for key files: no access for group or others, except that a file owned by root may be
+/// group-readable (a Kubernetes secret volume with `fsGroup` and mode 0440). `None` for a
+/// file that is private enough, or that cannot be examined.
+fn exposed_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode() & 0o7777;
+    let forbidden = if meta.uid() == 0 { 0o037 } else { 0o077 };
+    (mode & forbidden != 0).then_some(mode & 0o777)
+}
+
+/// `path` as a shell word.
+fn shell_quote(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+,:@".contains(&b))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 

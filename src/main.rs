@@ -121,6 +121,12 @@ fn main() -> ExitCode {
         None => config.ops.log_format,
     };
     init_logging(format, config.ops.log_level.as_deref());
+    // `check` lists them among its findings.
+    if !matches!(cli.command, Command::Check { .. }) {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+    }
     // One thread: the pipeline is a single stream, and the walsender it reads from is one
     // process too. Measured on a backlog drain, a multi-threaded runtime spent about 20% more
     // CPU (waking tasks across threads) for no gain in throughput. Blocking writes (stdout,

@@ -62,7 +62,7 @@ fn minimal_config_resolves_with_the_documented_defaults() {
     assert_eq!(c.postgres.status_interval, Duration::from_secs(10));
     assert_eq!(c.postgres.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
     assert_eq!(c.postgres.max_backoff, DEFAULT_MAX_BACKOFF);
-    assert_eq!(c.postgres.max_message_bytes, 1 << 30);
+    assert_eq!(c.postgres.max_message_bytes, 64 << 20);
     assert!(c.events.coalesce);
     assert_eq!(c.events.max_ids_per_event, 1000);
 
@@ -507,8 +507,78 @@ fn a_bad_url_is_reported_under_postgres_url_without_its_password() {
 fn a_bad_url_message_says_what_is_wrong() {
     let issue = url_issue(&format!("mysql://admin:{SECRET}@db/app"));
     assert!(issue.message.contains("mysql"), "{issue}");
+    // The value of a parameter is never quoted: it could be a piece of a password.
     let issue = url_issue(&format!("postgres://admin:{SECRET}@db/app?sslmode=bogus"));
-    assert!(issue.message.contains("bogus"), "{issue}");
+    assert!(issue.message.contains("unknown sslmode"), "{issue}");
+    assert!(!issue.message.contains("bogus"), "{issue}");
+}
+
+/// Regression: an unencoded password was echoed as an "unsupported URL parameter".
+#[test]
+fn an_unencoded_password_is_not_echoed_and_the_fix_is_named() {
+    for url in [
+        format!("postgres://admin:1234?{SECRET}@db/app"),
+        format!("postgres://admin:1234#{SECRET}@db/app"),
+        format!("postgres://admin:1234/{SECRET}@db/app"),
+    ] {
+        let issue = url_issue(&url);
+        assert!(issue.message.contains("percent-encoded"), "{issue}");
+    }
+    // The AMQP sink's URL too.
+    let list = issues(&amqp(&format!("url = \"amqp://admin:1234?{SECRET}@mq/\"")));
+    assert_eq!(keys(&list), ["sinks[1].url"], "{list:?}");
+    assert!(!list[0].message.contains(SECRET), "{}", list[0]);
+    assert!(list[0].message.contains("percent-encoded"), "{}", list[0]);
+}
+
+/// Regression: figment's type errors quoted the value (`found unsigned int `1234567``).
+#[test]
+fn a_value_of_the_wrong_type_is_never_quoted() {
+    for (text, key) in [
+        (
+            "[postgres]\nurl = 987654321\n[[tables]]\nname = \"t\"\n[[sinks]]\ntype = \"stdout\"\n"
+                .to_owned(),
+            "postgres.url",
+        ),
+        (ws("jwt_secret = 987654321"), "sinks[1].jwt_secret"),
+        (ws("jwt_secret = [\"hunter2-Zq9\"]"), "sinks[1].jwt_secret"),
+        (amqp("url = { secret = \"hunter2-Zq9\" }"), "sinks[1].url"),
+        (
+            with_postgres("password_file = 987654321"),
+            "postgres.password_file",
+        ),
+        (
+            with_postgres("auto_setup = \"hunter2-Zq9\""),
+            "postgres.auto_setup",
+        ),
+        (
+            minimal("\n[events]\nmax_ids_per_event = -987654321\n"),
+            "events.max_ids_per_event",
+        ),
+    ] {
+        let list = issues(&text);
+        // A sink entry's type errors name the entry (its type decides its keys).
+        let issue = list
+            .iter()
+            .find(|i| key.starts_with(&i.key))
+            .unwrap_or_else(|| panic!("{key}: {list:#?}"));
+        assert!(issue.message.contains("invalid"), "{issue}");
+        let shown = format!("{list:?}");
+        assert!(
+            !shown.contains("987654321") && !shown.contains(SECRET),
+            "{shown}"
+        );
+    }
+    let issue = only_issue(
+        "[postgres]\nurl = 987654321\n[[tables]]\nname = \"t\"\n[[sinks]]\ntype = \"stdout\"\n",
+        "postgres.url",
+    );
+    assert!(
+        issue
+            .message
+            .contains("found an integer, expected a string"),
+        "{issue}"
+    );
 }
 
 /// Regression: a password that is not valid percent-encoded UTF-8 is never echoed.
@@ -1222,4 +1292,213 @@ fn the_ops_listener_and_a_relay_cannot_share_a_port() {
         "sinks[1].listen",
     );
     assert!(issue.message.contains("ops.listen"), "{issue}");
+}
+
+// ---- connection security and secret files ----
+
+#[test]
+fn allow_insecure_password_is_off_by_default() {
+    assert!(!ok(&minimal("")).postgres.conn.allow_insecure_password);
+    let c = ok(&with_postgres("allow_insecure_password = true"));
+    assert!(c.postgres.conn.allow_insecure_password);
+}
+
+fn with_url(url: &str, lines: &str) -> Config {
+    ok(&format!(
+        "[postgres]\nurl = \"{url}\"\n{lines}\n[[tables]]\nname = \"t\"\n[[sinks]]\ntype = \"stdout\"\n"
+    ))
+}
+
+fn warnings_for(c: &Config, key: &str) -> Vec<String> {
+    c.warnings
+        .iter()
+        .filter(|w| w.key == key)
+        .map(|w| w.message.clone())
+        .collect()
+}
+
+#[test]
+fn an_unverified_server_certificate_is_a_warning() {
+    for (params, what) in [
+        ("sslmode=disable", "not encrypted"),
+        ("", "sslmode=prefer"),
+        ("sslmode=prefer", "sslmode=prefer"),
+        ("sslmode=require", "sslmode=require"),
+    ] {
+        let c = with_url(&format!("postgres://u@db.example/app?{params}"), "");
+        let w = warnings_for(&c, "postgres.url");
+        assert_eq!(w.len(), 1, "{params}: {w:?}");
+        assert!(w[0].contains(what) && w[0].contains("verify-full"), "{w:?}");
+        assert!(!w[0].contains("allow_insecure_password"), "{w:?}");
+    }
+    // Opting in to insecure passwords says so.
+    let c = with_url(
+        "postgres://u@db.example/app?sslmode=require",
+        "allow_insecure_password = true",
+    );
+    assert!(warnings_for(&c, "postgres.url")[0].contains("allow_insecure_password"));
+    // Verified, or no network: nothing to warn about.
+    for url in [
+        "postgres://u@db.example/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.crt",
+        "postgres://u@db.example/app?sslmode=verify-ca&sslrootcert=/nonexistent/ca.crt",
+        "postgres://u@db.example/app?sslmode=require&sslrootcert=/nonexistent/ca.crt",
+        "postgres://u@db.example/app?sslrootcert=system",
+        "postgresql:///app?user=u&host=/var/run/postgresql",
+    ] {
+        assert_eq!(with_url(url, "").warnings, [], "{url}");
+    }
+}
+
+fn secret_file(dir: &Path, name: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::metadata(dir.path()).unwrap().uid() == 0
+}
+
+#[test]
+fn secret_files_readable_by_others_are_warned_about_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = secret_file(dir.path(), "pw", 0o644);
+    let private = secret_file(dir.path(), "private", 0o600);
+    let group = secret_file(dir.path(), "group", 0o640);
+    let url = "postgres://u@db.example/app?sslmode=verify-full&sslrootcert=/ca";
+    let warned = |c: &Config, key: &str| warnings_for(c, key);
+
+    let c = with_url(
+        url,
+        &format!("password_file = {:?}", open.display().to_string()),
+    );
+    let w = warned(&c, "postgres.password_file");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains(&format!("chmod 600 {}", open.display())) && w[0].contains("0644"),
+        "{w:?}"
+    );
+    assert!(!w[0].contains("0123456789"), "never the secret: {w:?}");
+    let c = with_url(
+        url,
+        &format!("password_file = {:?}", private.display().to_string()),
+    );
+    assert_eq!(c.warnings, []);
+    // As libpq's rule for key files: group-readable is fine only when root owns the file.
+    let c = with_url(
+        url,
+        &format!("password_file = {:?}", group.display().to_string()),
+    );
+    assert_eq!(
+        warned(&c, "postgres.password_file").len(),
+        usize::from(!is_root())
+    );
+    if is_root() {
+        std::os::unix::fs::chown(&group, Some(65534), None).unwrap();
+        let c = with_url(
+            url,
+            &format!("password_file = {:?}", group.display().to_string()),
+        );
+        assert_eq!(warned(&c, "postgres.password_file").len(), 1);
+    }
+    // A file that does not exist is an error, not a warning.
+    let missing = dir.path().join("missing");
+    let list = issues(&format!(
+        "[postgres]\nurl = \"{url}\"\npassword_file = {:?}\n[[tables]]\nname = \"t\"\n[[sinks]]\ntype = \"stdout\"\n",
+        missing.display().to_string()
+    ));
+    assert_eq!(keys(&list), ["postgres.password_file"]);
+
+    // The client key, the relay's secret and the broker's password.
+    let cert = secret_file(dir.path(), "client.crt", 0o644);
+    let c = with_url(
+        &format!("{url}&sslcert={}&sslkey={}", cert.display(), open.display()),
+        "",
+    );
+    let w = warned(&c, "postgres.url");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains(&format!("chmod 600 {}", open.display())),
+        "{w:?}"
+    );
+    let c = ok(&ws(&format!(
+        "jwt_secret_file = {:?}",
+        open.display().to_string()
+    )));
+    assert_eq!(
+        warned(&c, "sinks[1].jwt_secret_file").len(),
+        1,
+        "{:?}",
+        c.warnings
+    );
+    let c = ok(&amqp(&format!(
+        "url = \"amqp://u@mq/\"\npassword_file = {:?}",
+        open.display().to_string()
+    )));
+    assert_eq!(
+        warned(&c, "sinks[1].password_file").len(),
+        1,
+        "{:?}",
+        c.warnings
+    );
+}
+
+fn load_file(dir: &Path, text: &str, mode: u32) -> (PathBuf, Config) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("pglive.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+    (path, config)
+}
+
+#[test]
+fn a_config_file_holding_secrets_inline_must_be_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[postgres]\nurl = \"postgres://u:{SECRET}@db.example/app?sslmode=verify-full&sslrootcert=/ca\"\n\
+         [[tables]]\nname = \"t\"\n\
+         [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:8080\"\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
+         allowed_origins = [\"https://app.example\"]\n\
+         [[sinks]]\ntype = \"amqp\"\nurl = \"amqp://u:{SECRET}@mq/\"\n"
+    );
+    let (path, c) = load_file(dir.path(), &text, 0o644);
+    let w = warnings_for(&c, "");
+    assert_eq!(w.len(), 1, "one warning per file: {:?}", c.warnings);
+    assert!(
+        w[0].contains(&path.display().to_string())
+            && w[0].contains("postgres.url, sinks[0].jwt_secret, sinks[1].url")
+            && w[0].contains(&format!("chmod 600 {}", path.display())),
+        "{w:?}"
+    );
+    assert!(!format!("{:?}", c.warnings).contains(SECRET));
+    let (_, c) = load_file(dir.path(), &text, 0o600);
+    assert_eq!(c.warnings, []);
+    // No secret inline: nothing to protect.
+    let text = "[postgres]\nurl = \"postgres://u@db.example/app?sslmode=verify-full&sslrootcert=/ca\"\n\
+         [[tables]]\nname = \"t\"\n[[sinks]]\ntype = \"amqp\"\nurl = \"amqp://u@mq/\"\n";
+    let (_, c) = load_file(dir.path(), text, 0o644);
+    assert_eq!(c.warnings, []);
+}
+
+#[test]
+fn a_relay_open_to_every_origin_is_warned_about() {
+    let secret = "jwt_secret = \"0123456789abcdef0123456789abcdef\"";
+    let c = ok(&ws(secret));
+    let warned: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert!(warned.contains(&"sinks[1].allowed_origins"), "{warned:?}");
+    let c = ok(&ws(&format!(
+        "{secret}\nallowed_origins = [\"https://app.example\"]"
+    )));
+    assert!(
+        c.warnings
+            .iter()
+            .all(|w| !w.key.contains("allowed_origins")),
+        "{:?}",
+        c.warnings
+    );
 }

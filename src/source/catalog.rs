@@ -4,44 +4,37 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::conn::quote_ident;
 use super::conninfo::ConnInfo;
 use super::error::SourceError;
-use super::tls;
+use super::transport::{self, AuthGuard, Established};
 use crate::lsn::Lsn;
 use crate::map::TableRule;
 
-/// Connects the control session; its connection task runs until the client is dropped.
+/// Connects the control session; its connection task runs until the client is dropped. The
+/// socket and TLS are set up as for the replication connection (see `transport`), and the
+/// session reads through an [`AuthGuard`], so the password rule holds here too.
 pub async fn connect(info: &ConnInfo, timeout: Duration) -> Result<Client, SourceError> {
-    let config = info.tokio_postgres_config();
     let timeout = info.connect_timeout.unwrap_or(timeout);
     let connect = async {
-        match tls::client_config(info.sslmode, info.sslrootcert.as_deref())? {
-            None => {
-                let (client, conn) = config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "control connection ended");
-                    }
-                });
-                Ok::<_, SourceError>(client)
+        let t = transport::connect(info).await?;
+        let config = info.tokio_postgres_config(t.link.is_tls());
+        let guarded = AuthGuard::new(t.io, info, t.link);
+        let (client, conn) = config
+            .connect_raw(guarded, Established { binding: t.binding })
+            .await
+            .map_err(|e| match transport::refusal_in(&e) {
+                Some(refused) => SourceError::Fatal(refused),
+                None => SourceError::Control(e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "control connection ended");
             }
-            Some(tls) => {
-                let (client, conn) = config
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-                        (*tls).clone(),
-                    ))
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "control connection ended");
-                    }
-                });
-                Ok(client)
-            }
-        }
+        });
+        Ok::<_, SourceError>(client)
     };
     tokio::time::timeout(timeout, connect)
         .await

@@ -1,9 +1,9 @@
-//! The replication connection, on `postgres-protocol` + tokio + rustls: TCP or Unix socket,
-//! SSLRequest and TLS, the startup message with `replication=database` and pinned text
-//! formats, trust/cleartext/md5/SCRAM-SHA-256(-PLUS) authentication, `START_REPLICATION`,
-//! and cancel-safe framing of the CopyBoth stream that follows.
+//! The replication connection, on `postgres-protocol` + tokio, over the stream `transport`
+//! sets up (socket, TLS): the startup message with `replication=database` and pinned text
+//! formats, trust/cleartext/md5 (under the password rule)/SCRAM-SHA-256(-PLUS)
+//! authentication, `START_REPLICATION`, and cancel-safe framing of the CopyBoth stream that
+//! follows, its buffer growing with the bytes that arrive.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -13,12 +13,11 @@ use postgres_protocol::authentication::sasl::{
 };
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::conninfo::{ChannelBindingMode, ConnInfo, Host, SslMode};
+use super::conninfo::{ChannelBindingMode, ConnInfo};
 use super::error::{PgError, SourceError};
-use super::tls;
+use super::transport::{self, Io, Link, PasswordRequest, check_password_request};
 use crate::lsn::Lsn;
 
 /// Session settings sent in the startup packet. The walsender honours them, and they decide the
@@ -36,9 +35,6 @@ const READ_GATHER_PAUSE: Duration = Duration::from_millis(1);
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
-trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// A backend message: its tag and its body (without the tag and length).
 pub struct Frame {
@@ -96,83 +92,24 @@ impl ReplicationConnection {
         info: &ConnInfo,
         max_message: usize,
     ) -> Result<ReplicationConnection, SourceError> {
-        let io_err = |what: &'static str| move |e| SourceError::Io { what, source: e };
-        let (io, binding): (Box<dyn Io>, Option<Vec<u8>>) = match &info.host {
-            Host::Unix(dir) => {
-                let path = dir.join(format!(".s.PGSQL.{}", info.port));
-                let s = UnixStream::connect(&path)
-                    .await
-                    .map_err(io_err("connecting to the Unix socket"))?;
-                (Box::new(s), None)
-            }
-            Host::Tcp(host) => {
-                let mut tcp = TcpStream::connect((host.as_str(), info.port))
-                    .await
-                    .map_err(io_err("connecting"))?;
-                tcp.set_nodelay(true)
-                    .map_err(io_err("configuring the socket"))?;
-                match tls::client_config(info.sslmode, info.sslrootcert.as_deref())? {
-                    None => (Box::new(tcp), None),
-                    Some(config) => {
-                        let mut req = BytesMut::new();
-                        frontend::ssl_request(&mut req);
-                        tcp.write_all(&req)
-                            .await
-                            .map_err(io_err("requesting TLS"))?;
-                        // Exactly one byte: anything after it belongs to the TLS handshake.
-                        let answer = tcp.read_u8().await.map_err(io_err("requesting TLS"))?;
-                        match answer {
-                            b'S' => {
-                                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                                    .map_err(|_| {
-                                        SourceError::Config(format!(
-                                            "{host:?} is not a valid TLS server name"
-                                        ))
-                                    })?;
-                                let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
-                                    .connect(name, tcp)
-                                    .await
-                                    .map_err(|e| SourceError::Tls(e.to_string()))?;
-                                let binding = stream
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .and_then(|c| c.first())
-                                    .and_then(|c| tls::server_end_point(c));
-                                (Box::new(stream), binding)
-                            }
-                            b'N' if info.sslmode == SslMode::Prefer => (Box::new(tcp), None),
-                            b'N' => {
-                                return Err(SourceError::Fatal(
-                                    "the server does not support TLS, but sslmode requires it"
-                                        .into(),
-                                ));
-                            }
-                            other => {
-                                return Err(SourceError::Protocol(format!(
-                                    "unexpected answer {other:#x} to SSLRequest"
-                                )));
-                            }
-                        }
-                    }
-                }
-            }
-        };
+        let transport = transport::connect(info).await?;
         let mut conn = ReplicationConnection {
-            io,
+            io: transport.io,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(256),
             max_message,
             server_version: String::new(),
             last_read: None,
         };
-        conn.startup(info, binding).await?;
+        conn.startup(info, transport.link, transport.binding)
+            .await?;
         Ok(conn)
     }
 
     async fn startup(
         &mut self,
         info: &ConnInfo,
+        link: Link,
         binding: Option<Vec<u8>>,
     ) -> Result<(), SourceError> {
         let params = [
@@ -189,10 +126,12 @@ impl ReplicationConnection {
 
         let password = || {
             info.password.as_deref().ok_or_else(|| {
-                SourceError::Fatal(format!(
-                    "the server asks user {:?} for a password, but the URL has none",
-                    info.user
-                ))
+                SourceError::Fatal(
+                    transport::NoPassword {
+                        user: info.user.clone(),
+                    }
+                    .to_string(),
+                )
             })
         };
         let require_binding = info.channel_binding == ChannelBindingMode::Require;
@@ -236,14 +175,20 @@ impl ReplicationConnection {
                     return Err(no_binding());
                 }
                 Message::AuthenticationCleartextPassword => {
-                    frontend::password_message(password()?.as_bytes(), &mut self.wbuf)
+                    let password = password()?;
+                    check_password_request(info, link, PasswordRequest::Cleartext)
+                        .map_err(|e| SourceError::Fatal(e.to_string()))?;
+                    frontend::password_message(password.as_bytes(), &mut self.wbuf)
                         .map_err(|e| SourceError::Protocol(e.to_string()))?;
                     self.flush_wbuf().await?;
                 }
                 Message::AuthenticationMd5Password(body) => {
+                    let password = password()?;
+                    check_password_request(info, link, PasswordRequest::Md5)
+                        .map_err(|e| SourceError::Fatal(e.to_string()))?;
                     let hash = postgres_protocol::authentication::md5_hash(
                         info.user.as_bytes(),
-                        password()?.as_bytes(),
+                        password.as_bytes(),
                         body.salt(),
                     );
                     frontend::password_message(hash.as_bytes(), &mut self.wbuf)
@@ -423,7 +368,7 @@ impl ReplicationConnection {
     /// nothing, so this may sit in a `select!`.
     pub async fn fill(&mut self) -> Result<(), SourceError> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
-            self.rbuf.reserve(READ_CHUNK);
+            self.rbuf.reserve(self.growth());
         }
         let n = self
             .io
@@ -450,6 +395,26 @@ impl ReplicationConnection {
         Ok(())
     }
 
+    /// How much room to make before the next read. The buffer grows with what has arrived, at
+    /// most doubling, and never past the message being read: a header that announces a huge
+    /// message reserves nothing until its bytes come.
+    fn growth(&self) -> usize {
+        let have = self.rbuf.len();
+        let announced = (have >= 5)
+            .then(|| i32::from_be_bytes([self.rbuf[1], self.rbuf[2], self.rbuf[3], self.rbuf[4]]))
+            .and_then(|len| usize::try_from(len).ok())
+            .map(|len| len.saturating_add(1));
+        match announced {
+            Some(total) if total > have => (total - have).min(have.max(READ_CHUNK)).max(READ_CHUNK),
+            _ => READ_CHUNK,
+        }
+    }
+
+    /// The read buffer's capacity: what the connection holds in memory for messages.
+    pub fn buffer_capacity(&self) -> usize {
+        self.rbuf.capacity()
+    }
+
     /// The next complete frame already in the buffer, if any.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         if self.rbuf.len() < 5 {
@@ -467,8 +432,7 @@ impl ReplicationConnection {
             )));
         }
         if self.rbuf.len() < len + 1 {
-            // Make room for the whole message at once rather than growing step by step.
-            self.rbuf.reserve(len + 1 - self.rbuf.len());
+            // Room is made as the bytes arrive (see `growth`), not from the header's word.
             return Ok(None);
         }
         let mut frame = self.rbuf.split_to(len + 1);
@@ -611,4 +575,90 @@ pub fn quote_ident(name: &str) -> String {
 /// `'text'` with embedded quotes doubled.
 pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection past startup, over an in-memory stream; the other end plays the server.
+    fn over(io: tokio::io::DuplexStream, max_message: usize) -> ReplicationConnection {
+        ReplicationConnection {
+            io: Box::new(io),
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            wbuf: BytesMut::new(),
+            max_message,
+            server_version: String::new(),
+            last_read: None,
+        }
+    }
+
+    fn header(tag: u8, len: i32) -> Vec<u8> {
+        let mut h = vec![tag];
+        h.extend_from_slice(&len.to_be_bytes());
+        h
+    }
+
+    /// Regression: a header announcing 1 GiB reserved 1 GiB at once.
+    #[tokio::test]
+    async fn memory_follows_the_bytes_that_arrive_not_the_announced_length() {
+        let (mut server, client) = tokio::io::duplex(64 * 1024);
+        let mut conn = over(client, 1 << 30);
+        let announced = (1 << 30) - 16;
+        server.write_all(&header(b'd', announced)).await.unwrap();
+        conn.fill().await.unwrap();
+        assert!(conn.buffered_frame().unwrap().is_none());
+        // Trickle 4 MiB of the body: the buffer stays near what arrived.
+        let piece = vec![b'x'; 16 * 1024];
+        let mut sent = 0;
+        let writer = tokio::spawn(async move {
+            for _ in 0..256 {
+                server.write_all(&piece).await.unwrap();
+            }
+            server
+        });
+        while sent < 256 * 16 * 1024 {
+            let before = conn.rbuf.len();
+            conn.fill().await.unwrap();
+            sent += conn.rbuf.len() - before;
+            assert!(conn.buffered_frame().unwrap().is_none());
+            assert!(
+                conn.buffer_capacity() <= 2 * conn.rbuf.len() + 2 * READ_CHUNK,
+                "{} bytes reserved for {} received",
+                conn.buffer_capacity(),
+                conn.rbuf.len()
+            );
+        }
+        assert!(
+            conn.buffer_capacity() < 16 << 20,
+            "{}",
+            conn.buffer_capacity()
+        );
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_large_message_arrives_whole_and_one_over_the_limit_is_refused() {
+        let (mut server, client) = tokio::io::duplex(64 * 1024);
+        let mut conn = over(client, 8 << 20);
+        let body = vec![7u8; 5 << 20];
+        let mut message = header(b'd', body.len() as i32 + 4);
+        message.extend_from_slice(&body);
+        message.extend(header(b'd', (8 << 20) + 5));
+        tokio::spawn(async move {
+            server.write_all(&message).await.unwrap();
+            server
+        });
+        let frame = conn.read_frame().await.unwrap();
+        assert_eq!((frame.tag, frame.body.len()), (b'd', 5 << 20));
+        assert!(frame.body.iter().all(|&b| b == 7));
+        let err = match conn.read_frame().await {
+            Err(e) => e,
+            Ok(_) => panic!("a message over the limit must be refused"),
+        };
+        assert!(
+            err.to_string().contains("postgres.max_message_bytes") && !err.is_retryable(),
+            "{err}"
+        );
+    }
 }

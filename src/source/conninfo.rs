@@ -1,6 +1,8 @@
 //! Connection parameters from a `postgres://` URL: where to connect, as whom, and how to
-//! secure it (`sslmode`, `sslrootcert`, `channel_binding`). Shared by the replication
-//! connection and the ordinary control connection. Its `Display` never shows the password.
+//! secure it (`sslmode`, `sslrootcert`, `sslcert`/`sslkey`, `channel_binding`). Shared by the
+//! replication connection and the ordinary control connection. Its `Display` never shows the
+//! password, and no error quotes a value from the URL (an unencoded password can end up in
+//! any part of it).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -37,16 +39,28 @@ impl SslMode {
                         .into(),
                 );
             }
-            other => {
-                return Err(format!(
-                    "unknown sslmode {other:?}; use disable, prefer, require, verify-ca or verify-full"
-                ));
+            _ => {
+                return Err(
+                    "unknown sslmode; use disable, prefer, require, verify-ca or verify-full"
+                        .into(),
+                );
             }
         })
     }
 
     pub fn verifies_certificate(self) -> bool {
         matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+
+    /// The name as written in a URL.
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
     }
 }
 
@@ -77,16 +91,35 @@ pub struct ConnInfo {
     pub password: Option<String>,
     pub dbname: String,
     pub sslmode: SslMode,
+    /// Root certificates (PEM), or `system` for the system's store.
     pub sslrootcert: Option<PathBuf>,
+    /// The client certificate chain (PEM) and its private key; both or neither.
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
     pub channel_binding: ChannelBindingMode,
     pub application_name: String,
     pub connect_timeout: Option<Duration>,
+    /// Send a cleartext or MD5 password even over a connection a man in the middle could
+    /// read (TCP without a verified certificate). Not a URL parameter: the
+    /// `postgres.allow_insecure_password` setting.
+    pub allow_insecure_password: bool,
 }
 
 /// The URL could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct ConnInfoError(String);
+
+/// What to do when a password was written into the URL unencoded: its special characters end
+/// the user-info part early, and the rest lands in the host, port, path or query.
+pub const PERCENT_HINT: &str = "a password containing ?, #, /, @ or % must be percent-encoded \
+     (%3F, %23, %2F, %40, %25), or kept out of the URL with postgres.password_file";
+
+/// Whether a URL query key may be shown in an error: it looks like a parameter name, so it is
+/// not a piece of a password.
+pub fn shows_as_parameter_name(key: &str) -> bool {
+    (1..=40).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
 
 /// Percent-decodes one URL component; `what` names it in errors (the value itself may be a
 /// secret and is never repeated).
@@ -102,13 +135,27 @@ impl ConnInfo {
     pub fn parse(text: &str) -> Result<ConnInfo, ConnInfoError> {
         let url = url::Url::parse(text).map_err(|e| {
             ConnInfoError(format!(
-                "not a URL ({e}); expected postgres://user:password@host:port/database"
+                "not a URL ({e}); expected postgres://user:password@host:port/database; \
+                 {PERCENT_HINT}"
             ))
         })?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(ConnInfoError(format!(
                 "scheme {:?} is not postgres:// or postgresql://",
                 url.scheme()
+            )));
+        }
+        if url.fragment().is_some() {
+            return Err(ConnInfoError(format!(
+                "the URL has a #fragment, which connection URLs do not use; {PERCENT_HINT}"
+            )));
+        }
+        // A database name with `@` is legal but rare; an unencoded password holding `/` puts
+        // its tail, host included, into the path.
+        if url.path().contains('@') {
+            return Err(ConnInfoError(format!(
+                "the database name contains an unencoded @ (write a real one as %40); \
+                 {PERCENT_HINT}"
             )));
         }
         let mut info = ConnInfo {
@@ -123,24 +170,33 @@ impl ConnInfo {
             dbname: decode(url.path().trim_start_matches('/'), "database name")?,
             sslmode: SslMode::Prefer,
             sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
             channel_binding: ChannelBindingMode::Prefer,
             application_name: "pglive".into(),
             connect_timeout: None,
+            allow_insecure_password: false,
         };
+        let mut sslmode_set = false;
         for (key, value) in url.query_pairs() {
             let value = value.into_owned();
             match key.as_ref() {
-                "sslmode" => info.sslmode = SslMode::parse(&value).map_err(ConnInfoError)?,
+                "sslmode" => {
+                    info.sslmode = SslMode::parse(&value).map_err(ConnInfoError)?;
+                    sslmode_set = true;
+                }
                 "sslrootcert" => info.sslrootcert = Some(PathBuf::from(value)),
+                "sslcert" => info.sslcert = Some(PathBuf::from(value)),
+                "sslkey" => info.sslkey = Some(PathBuf::from(value)),
                 "channel_binding" => {
                     info.channel_binding = match value.as_str() {
                         "disable" => ChannelBindingMode::Disable,
                         "prefer" => ChannelBindingMode::Prefer,
                         "require" => ChannelBindingMode::Require,
-                        other => {
-                            return Err(ConnInfoError(format!(
-                                "unknown channel_binding {other:?}; use disable, prefer or require"
-                            )));
+                        _ => {
+                            return Err(ConnInfoError(
+                                "unknown channel_binding; use disable, prefer or require".into(),
+                            ));
                         }
                     }
                 }
@@ -153,27 +209,32 @@ impl ConnInfo {
                     }
                 }
                 "port" => {
-                    info.port = value
-                        .parse()
-                        .map_err(|_| ConnInfoError(format!("port {value:?} is not a number")))?
+                    info.port = value.parse().map_err(|_| {
+                        ConnInfoError("the port parameter is not a port number".into())
+                    })?
                 }
                 "user" => info.user = value,
                 "password" => info.password = Some(value),
                 "dbname" => info.dbname = value,
                 "connect_timeout" => {
                     let secs: u64 = value.parse().map_err(|_| {
-                        ConnInfoError(format!(
-                            "connect_timeout {value:?} is not a number of seconds"
-                        ))
+                        ConnInfoError("connect_timeout is not a number of seconds".into())
                     })?;
                     info.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
                 }
                 other => {
-                    return Err(ConnInfoError(format!(
-                        "unsupported URL parameter {other:?} (supported: sslmode, sslrootcert, \
+                    const SUPPORTED: &str = "supported: sslmode, sslrootcert, sslcert, sslkey, \
                          channel_binding, application_name, host, port, user, password, dbname, \
-                         connect_timeout)"
-                    )));
+                         connect_timeout";
+                    // The name is shown only when it cannot be a piece of a password.
+                    return Err(ConnInfoError(if shows_as_parameter_name(other) {
+                        format!("unsupported URL parameter {other:?} ({SUPPORTED})")
+                    } else {
+                        format!(
+                            "the URL has an unsupported parameter (not shown, as it does not look \
+                             like a parameter name; {SUPPORTED}); {PERCENT_HINT}"
+                        )
+                    }));
                 }
             }
         }
@@ -185,14 +246,23 @@ impl ConnInfo {
         if info.dbname.is_empty() {
             info.dbname = info.user.clone();
         }
+        // As libpq 16: the system's roots trust any public CA, so only a host name check makes
+        // a certificate mean something.
+        if info.sslrootcert.as_deref() == Some(std::path::Path::new("system")) {
+            if !sslmode_set {
+                info.sslmode = SslMode::VerifyFull;
+            } else if info.sslmode != SslMode::VerifyFull {
+                return Err(ConnInfoError(format!(
+                    "sslrootcert=system requires sslmode=verify-full, not sslmode={} (any public \
+                     CA can sign a certificate for another host name)",
+                    info.sslmode.name()
+                )));
+            }
+        }
         if matches!(info.host, Host::Unix(_)) && info.sslmode.verifies_certificate() {
             return Err(ConnInfoError(format!(
                 "sslmode={} needs a TCP host, not a Unix socket",
-                if info.sslmode == SslMode::VerifyCa {
-                    "verify-ca"
-                } else {
-                    "verify-full"
-                }
+                info.sslmode.name()
             )));
         }
         if info.channel_binding == ChannelBindingMode::Require && info.sslmode == SslMode::Disable {
@@ -200,35 +270,52 @@ impl ConnInfo {
                 "channel_binding=require needs TLS, but sslmode=disable".into(),
             ));
         }
+        match (&info.sslcert, &info.sslkey) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConnInfoError(
+                    "sslcert and sslkey go together: set both (the client certificate and its \
+                     private key) or neither"
+                        .into(),
+                ));
+            }
+            (Some(_), Some(_)) if info.sslmode == SslMode::Disable => {
+                return Err(ConnInfoError(
+                    "sslcert needs TLS, but sslmode=disable".into(),
+                ));
+            }
+            (Some(_), Some(_)) if matches!(info.host, Host::Unix(_)) => {
+                return Err(ConnInfoError(
+                    "sslcert needs a TCP host: a Unix socket does not use TLS".into(),
+                ));
+            }
+            _ => {}
+        }
         Ok(info)
     }
 
-    /// Settings for an ordinary (non-replication) `tokio-postgres` connection.
-    pub fn tokio_postgres_config(&self) -> tokio_postgres::Config {
+    /// Settings for an ordinary (non-replication) `tokio-postgres` session over a stream that
+    /// is already connected and, when `tls`, already encrypted (see `transport`).
+    pub fn tokio_postgres_config(&self, tls: bool) -> tokio_postgres::Config {
+        use tokio_postgres::config::{ChannelBinding, SslMode as Ssl, SslNegotiation};
         let mut c = tokio_postgres::Config::new();
-        match &self.host {
-            Host::Tcp(h) => c.host(h),
-            Host::Unix(p) => c.host_path(p),
-        };
-        c.port(self.port)
-            .user(&self.user)
+        c.user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            .ssl_mode(match self.sslmode {
-                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                _ => tokio_postgres::config::SslMode::Require,
+            // The TLS session exists already: "direct" skips the SSLRequest, and the
+            // connector only hands the session over (with its channel-binding data).
+            .ssl_mode(if tls { Ssl::Require } else { Ssl::Disable })
+            .ssl_negotiation(if tls {
+                SslNegotiation::Direct
+            } else {
+                SslNegotiation::Postgres
             })
             .channel_binding(match self.channel_binding {
-                ChannelBindingMode::Disable => tokio_postgres::config::ChannelBinding::Disable,
-                ChannelBindingMode::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
-                ChannelBindingMode::Require => tokio_postgres::config::ChannelBinding::Require,
+                ChannelBindingMode::Disable => ChannelBinding::Disable,
+                ChannelBindingMode::Prefer => ChannelBinding::Prefer,
+                ChannelBindingMode::Require => ChannelBinding::Require,
             });
         if let Some(pw) = &self.password {
             c.password(pw);
-        }
-        if let Some(t) = self.connect_timeout {
-            c.connect_timeout(t);
         }
         c
     }
@@ -305,16 +392,93 @@ mod tests {
                 "postgres://u@h/d?bogus=1",
                 "unsupported URL parameter \"bogus\"",
             ),
+            ("postgres://u@h/d?sslmode=verify-ful", "unknown sslmode"),
             ("postgres://u@h/d?port=x", "port"),
             (
                 "postgres://u@h/d?sslmode=disable&channel_binding=require",
                 "needs TLS",
             ),
             ("not a url", "not a URL"),
+            ("postgres://u@h/d?sslcert=/c.pem", "go together"),
+            ("postgres://u@h/d?sslkey=/k.pem", "go together"),
+            (
+                "postgres://u@h/d?sslcert=/c&sslkey=/k&sslmode=disable",
+                "sslcert needs TLS",
+            ),
+            (
+                "postgres://u@h/d?sslcert=/c&sslkey=/k&host=/run/pg",
+                "needs a TCP host",
+            ),
         ] {
             let err = ConnInfo::parse(url).unwrap_err().to_string();
             assert!(err.contains(want), "{url}: {err}");
             assert!(!err.contains("hunter2"));
         }
+    }
+
+    #[test]
+    fn no_error_echoes_a_value_from_the_url() {
+        for url in [
+            // Unencoded passwords: the rest lands in the query, fragment, path or port.
+            "postgres://u:1234?SECRET@h/db",
+            "postgres://u:1234?SECRET=x@h/db",
+            "postgres://u:1234#SECRET@h/db",
+            "postgres://u:12/SECRET@h/db",
+            "postgres://u:ab?SECRET@h/db",
+            "postgres://u:1234?SECRET&x@h/db",
+            // Bad values of known parameters.
+            "postgres://u@h/d?sslmode=SECRET",
+            "postgres://u@h/d?channel_binding=SECRET",
+            "postgres://u@h/d?port=SECRET",
+            "postgres://u@h/d?connect_timeout=SECRET",
+        ] {
+            let err = ConnInfo::parse(url).expect_err(url).to_string();
+            assert!(!err.contains("SECRET"), "{url}: {err}");
+        }
+        let err = ConnInfo::parse("postgres://u:1234?SECRET@h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("percent-encoded"), "{err}");
+        assert!(err.contains("unsupported parameter"), "{err}");
+        // Encoded, the same password is fine.
+        let c = ConnInfo::parse("postgres://u:1234%3FSECRET@h/db").unwrap();
+        assert_eq!(c.password.as_deref(), Some("1234?SECRET"));
+        assert_eq!(c.host, Host::Tcp("h".into()));
+    }
+
+    #[test]
+    fn only_names_that_look_like_parameters_are_shown() {
+        assert!(shows_as_parameter_name("sslcompression"));
+        for name in ["", "SECRET", "a-b", "pass@h/db", &"x".repeat(41)] {
+            assert!(!shows_as_parameter_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn sslrootcert_system_means_verify_full() {
+        let c = ConnInfo::parse("postgres://u@h/d?sslrootcert=system").unwrap();
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        let c = ConnInfo::parse("postgres://u@h/d?sslrootcert=system&sslmode=verify-full").unwrap();
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        for mode in ["disable", "prefer", "require", "verify-ca"] {
+            let err = ConnInfo::parse(&format!(
+                "postgres://u@h/d?sslmode={mode}&sslrootcert=system"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("sslrootcert=system requires sslmode=verify-full")
+                    && err.contains(&format!("sslmode={mode}")),
+                "{mode}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_certificates_are_taken_in_pairs() {
+        let c = ConnInfo::parse("postgres://u@h/d?sslcert=/c.pem&sslkey=/k.pem").unwrap();
+        assert_eq!(c.sslcert, Some(PathBuf::from("/c.pem")));
+        assert_eq!(c.sslkey, Some(PathBuf::from("/k.pem")));
+        assert!(!c.allow_insecure_password);
     }
 }

@@ -142,7 +142,14 @@ impl SourceError {
             SourceError::Server(e) => !FATAL_SQLSTATES.contains(&e.code.as_str()),
             SourceError::Control(e) => match e.code() {
                 Some(code) => !FATAL_SQLSTATES.contains(&code.code()),
-                None => true,
+                // The library's own authentication and configuration errors (no SQLSTATE,
+                // known only by their text), such as a server that would not use channel
+                // binding: trying again cannot fix them.
+                None => {
+                    let text = e.to_string();
+                    !(text.starts_with("authentication error")
+                        || text.starts_with("invalid configuration"))
+                }
             },
             SourceError::Config(_)
             | SourceError::Fatal(_)

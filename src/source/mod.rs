@@ -1,5 +1,6 @@
 //! The source: PostgreSQL logical replication. `conninfo` and `tls` describe how to connect,
-//! `conn` speaks the replication protocol, `catalog` does the SQL-side work over an ordinary
+//! `transport` reaches the server (socket, TLS, the password rule), `conn` speaks the
+//! replication protocol, `catalog` does the SQL-side work over an ordinary
 //! connection, and `stream` runs the loop that feeds decoded, mapped events to the sinks.
 
 pub mod catalog;
@@ -8,5 +9,6 @@ pub mod conninfo;
 pub mod error;
 pub mod stream;
 pub mod tls;
+pub mod transport;
 
 pub use error::SourceError;

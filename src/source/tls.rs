@@ -1,21 +1,22 @@
 //! TLS for both connections: a rustls client configuration per `sslmode` (ring provider, no
-//! process-wide state), and the `tls-server-end-point` channel-binding hash of the server's
-//! certificate for SCRAM-SHA-256-PLUS.
+//! process-wide state), with the client certificate when `sslcert`/`sslkey` are set, and the
+//! `tls-server-end-point` channel-binding hash of the server's certificate for
+//! SCRAM-SHA-256-PLUS.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use sha2::Digest;
 
-use super::conninfo::SslMode;
+use super::conninfo::{ConnInfo, SslMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -23,62 +24,115 @@ pub enum TlsSetupError {
     RootCert { path: String, reason: String },
     #[error("no root certificates found (set sslrootcert in the URL)")]
     NoRoots,
+    #[error("cannot use the client certificate (sslcert {cert}, sslkey {key}): {reason}")]
+    ClientCert {
+        cert: String,
+        key: String,
+        reason: String,
+    },
     #[error("TLS setup failed: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// A TLS client configuration, and whether it verifies the server's certificate.
+pub struct TlsSetup {
+    pub config: Arc<ClientConfig>,
+    pub verifies: bool,
 }
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The rustls configuration for `mode`; `None` for `sslmode=disable`.
-pub fn client_config(
-    mode: SslMode,
-    root_cert: Option<&Path>,
-) -> Result<Option<Arc<ClientConfig>>, TlsSetupError> {
-    let builder =
-        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    // As in libpq: with a root certificate at hand (sslrootcert, or ~/.postgresql/root.crt),
-    // sslmode=require verifies the chain like verify-ca.
-    let mode = match mode {
-        SslMode::Require if root_cert.is_some() || default_root_cert().is_some() => {
+/// The mode in effect: as in libpq, with a root certificate at hand (sslrootcert, or
+/// ~/.postgresql/root.crt), sslmode=require verifies the chain like verify-ca.
+pub fn effective_mode(info: &ConnInfo) -> SslMode {
+    match info.sslmode {
+        SslMode::Require if info.sslrootcert.is_some() || default_root_cert().is_some() => {
             SslMode::VerifyCa
         }
         other => other,
-    };
-    let config = match mode {
+    }
+}
+
+/// The rustls configuration for the URL's TLS settings; `None` for `sslmode=disable`.
+pub fn client_config(info: &ConnInfo) -> Result<Option<TlsSetup>, TlsSetupError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let mode = effective_mode(info);
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable => return Ok(None),
-        SslMode::Prefer | SslMode::Require => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoCertificateCheck(provider())))
-            .with_no_client_auth(),
+        SslMode::Prefer | SslMode::Require => Arc::new(NoCertificateCheck(provider())),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let roots = Arc::new(load_roots(root_cert)?);
+            let roots = Arc::new(load_roots(info.sslrootcert.as_deref())?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| TlsSetupError::Rustls(rustls::Error::General(e.to_string())))?;
-            let verifier: Arc<dyn ServerCertVerifier> = if mode == SslMode::VerifyCa {
+            if mode == SslMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
                 webpki
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
+            }
         }
     };
-    Ok(Some(Arc::new(config)))
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match (&info.sslcert, &info.sslkey) {
+        (Some(cert), Some(key)) => {
+            let (chain, key_der) = load_client_cert(cert, key)?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| client_cert_error(cert, key, e.to_string()))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Some(TlsSetup {
+        config: Arc::new(config),
+        verifies: mode.verifies_certificate(),
+    }))
 }
 
-/// Roots from `sslrootcert`, else libpq's default `~/.postgresql/root.crt`, else the system store.
+fn client_cert_error(cert: &Path, key: &Path, reason: String) -> TlsSetupError {
+    TlsSetupError::ClientCert {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        reason,
+    }
+}
+
+/// The client certificate chain (PEM) and its private key (PEM: PKCS#8, PKCS#1 or SEC1). An
+/// error names the files, never their content.
+fn load_client_cert(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
+    let err = |reason: String| client_cert_error(cert, key, reason);
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| err(format!("cannot read {}: {e}", cert.display())))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(format!("{} is not PEM certificates: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(err(format!("{} holds no certificate", cert.display())));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        err(format!(
+            "{} holds no usable private key (PEM: PKCS#8, PKCS#1 or SEC1): {e}",
+            key.display()
+        ))
+    })?;
+    Ok((chain, key_der))
+}
+
 /// libpq's default root certificate file, if present.
-fn default_root_cert() -> Option<std::path::PathBuf> {
+fn default_root_cert() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .map(|h| Path::new(&h).join(".postgresql/root.crt"))
         .filter(|p| p.exists())
 }
 
+/// Roots from `sslrootcert`, else libpq's default `~/.postgresql/root.crt`, else the system
+/// store; `sslrootcert=system` is the system store.
 fn load_roots(root_cert: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
     let default = default_root_cert();
     let mut store = RootCertStore::empty();

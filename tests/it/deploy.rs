@@ -156,6 +156,17 @@ fn the_configmap_holds_a_valid_configuration() {
         relay.expect("a websocket sink").listen,
         "0.0.0.0:8080".parse().unwrap()
     );
+    // The server's certificate is verified, against the CA mounted from the Secret.
+    let conn = &config.postgres.conn;
+    assert_eq!(conn.sslmode, pglive::source::conninfo::SslMode::VerifyFull);
+    assert_eq!(conn.sslrootcert, Some(secrets.path().join("ca.crt")));
+    assert!(!conn.allow_insecure_password);
+    assert!(
+        !config.warnings.iter().any(|w| w.key == "postgres.url"),
+        "{:?}",
+        config.warnings
+    );
+    assert!(read("deploy/kubernetes/secret.example.yaml").contains("\n  ca.crt: |"));
 
     // The example Secret's placeholder is too short a key: pglive refuses to start with it.
     write("jwt-secret", "change-me");

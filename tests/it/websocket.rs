@@ -666,7 +666,7 @@ fn audience_issuer_and_grant_shapes_are_enforced_at_the_upgrade() {
         d.stderr().contains("resources/post*"),
         "a malformed grant is logged as the error it is"
     );
-    assert!(!d.stderr().contains("allowed_origins is empty"));
+    assert!(!d.stderr().contains("allowed_origins: empty"));
 }
 
 #[test]
@@ -677,5 +677,8 @@ fn an_empty_allowed_origins_is_warned_about() {
     setup(&config);
     let d = Daemon::run(&config);
     d.wait_log("WebSocket relay listening");
-    d.wait_log("allowed_origins is empty");
+    d.wait_log("sinks[1].allowed_origins: empty: a page on any web site");
+    let (code, out, _) = crate::support::pglive(&["check"], &config);
+    assert_eq!(code, 0, "a warning, not a failure: {out}");
+    assert!(out.contains("sinks[1].allowed_origins: empty"), "{out}");
 }

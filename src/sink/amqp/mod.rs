@@ -69,8 +69,12 @@ impl AmqpUrl {
     /// Parses `amqp://user:password@host:port/vhost?heartbeat=…`, with the password replaced
     /// by `password` when given (read from `password_file`). Errors never quote the URL.
     pub fn parse(text: &str, password: Option<&str>) -> Result<AmqpUrl, String> {
+        // An unencoded password's special characters end the user-info part early and put the
+        // rest into the port, path, query or fragment; no part of the URL is ever quoted.
+        const HINT: &str = "a password containing ?, #, /, @ or % must be percent-encoded \
+             (%3F, %23, %2F, %40, %25), or kept out of the URL with password_file";
         let mut url = url::Url::parse(text)
-            .map_err(|e| format!("not a valid amqp:// or amqps:// URL ({e})"))?;
+            .map_err(|e| format!("not a valid amqp:// or amqps:// URL ({e}); {HINT}"))?;
         if !matches!(url.scheme(), "amqp" | "amqps") {
             return Err(format!(
                 "scheme {:?} is not supported; use amqp:// or amqps://",
@@ -80,13 +84,35 @@ impl AmqpUrl {
         if url.host_str().is_none_or(str::is_empty) {
             return Err("the URL has no host".into());
         }
+        if url.fragment().is_some() {
+            return Err(format!(
+                "the URL has a #fragment, which broker URLs do not use; {HINT}"
+            ));
+        }
+        if url.path().contains('@') {
+            return Err(format!(
+                "the vhost contains an unencoded @ (write a real one as %40); {HINT}"
+            ));
+        }
+        if url
+            .query_pairs()
+            .any(|(k, _)| !crate::source::conninfo::shows_as_parameter_name(&k))
+        {
+            return Err(format!(
+                "the URL has a query parameter whose name is not a parameter name (not shown); \
+                 {HINT}"
+            ));
+        }
         if let Some(pw) = password {
             url.set_password(Some(pw))
                 .map_err(|()| "cannot set a password on this URL".to_owned())?;
         }
         // The broker library's own parser has the last word (query parameters, vhost).
         AMQPUri::from_str(url.as_str()).map_err(|_| {
-            "the URL's query is not understood (known: heartbeat, frame_max, channel_max, connection_timeout, auth_mechanism)".to_owned()
+            format!(
+                "the URL's query is not understood (known: heartbeat, frame_max, channel_max, \
+                 connection_timeout, auth_mechanism); {HINT}"
+            )
         })?;
         let mut shown = url.clone();
         if shown.password().is_some() {

@@ -162,3 +162,22 @@ fn urls_are_checked_and_shown_without_their_password() {
             .contains("amqp://")
     );
 }
+
+#[test]
+fn an_unencoded_password_is_never_echoed_and_the_error_says_to_encode_it() {
+    for url in [
+        "amqp://u:1234?SECRET@h/",
+        "amqp://u:1234#SECRET@h/",
+        "amqp://u:1234/SECRET@h/",
+        "amqp://u:ab?SECRET@h/",
+        "amqp://u:12%zSECRET?x@h/",
+    ] {
+        let err = AmqpUrl::parse(url, None).expect_err(url);
+        assert!(!err.contains("SECRET"), "{url}: {err}");
+        assert!(err.contains("percent-encoded"), "{url}: {err}");
+    }
+    // Encoded, the same password is fine.
+    let u = AmqpUrl::parse("amqp://u:1234%3FSECRET@h/", None).unwrap();
+    assert_eq!(u.uri().authority.userinfo.password, "1234?SECRET");
+    assert!(!u.to_string().contains("SECRET"));
+}

@@ -127,10 +127,6 @@ pub async fn drive(
             sink: NAME,
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
-    if config.allowed_origins.is_empty() {
-        tracing::warn!(listen = %config.listen,
-            "the WebSocket relay's allowed_origins is empty: a page on any web site may open connections to it from a visitor's browser; list your application's origins");
-    }
     let shared = Arc::new(Shared {
         hub: Hub::new(config.history, config.history_age),
         channels: config.channels.iter().cloned().collect(),

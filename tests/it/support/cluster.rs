@@ -1,5 +1,6 @@
 //! A throwaway PostgreSQL cluster with `wal_level=logical`, TLS (a test CA and a server
-//! certificate for localhost/127.0.0.1) and roles for each authentication method. Started as
+//! certificate for localhost/127.0.0.1, client certificates it signed for `certuser`) and roles
+//! for each authentication method, over TCP and over the Unix socket. Started as
 //! the `postgres` user when the tests run as root, because initdb refuses root.
 
 use std::net::TcpListener;
@@ -128,7 +129,16 @@ impl Cluster {
              openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3 -sha256 \
                -extfile ext.cnf -out server.crt 2>/dev/null && \
              openssl req -x509 -newkey rsa:2048 -nodes -days 3 -subj '/CN=other CA' \
-               -keyout other-ca.key -out other-ca.crt 2>/dev/null && chmod 600 server.key"
+               -keyout other-ca.key -out other-ca.crt 2>/dev/null && chmod 600 server.key && \
+             printf 'basicConstraints=CA:FALSE\\nextendedKeyUsage=clientAuth\\n' > client.cnf && \
+             openssl req -newkey rsa:2048 -nodes -subj '/CN=certuser' -keyout certuser.key -out certuser.csr 2>/dev/null && \
+             openssl x509 -req -in certuser.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3 -sha256 \
+               -extfile client.cnf -out certuser.crt 2>/dev/null && \
+             openssl rsa -in certuser.key -traditional -out certuser-pkcs1.key 2>/dev/null && \
+             openssl ecparam -name prime256v1 -genkey -noout -out certuser-ec.key && \
+             openssl req -new -key certuser-ec.key -subj '/CN=certuser' -out certuser-ec.csr 2>/dev/null && \
+             openssl x509 -req -in certuser-ec.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3 -sha256 \
+               -extfile client.cnf -out certuser-ec.crt 2>/dev/null && chmod 600 *.key"
         ));
         if is_root() {
             sh(&format!("chown -R postgres: {d}"));
@@ -151,7 +161,7 @@ impl Cluster {
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{d}'\n\
              wal_level = logical\nmax_wal_senders = 40\nmax_replication_slots = 60\nfsync = off\n\
              full_page_writes = off\nshared_buffers = 32MB\nssl = on\nssl_cert_file = '{d}/server.crt'\n\
-             ssl_key_file = '{d}/server.key'\nwal_sender_timeout = 20s\nmax_connections = 200\n"
+             ssl_key_file = '{d}/server.key'\nssl_ca_file = '{d}/ca.crt'\nwal_sender_timeout = 20s\nmax_connections = 200\n"
         );
         std::fs::OpenOptions::new()
             .append(true)
@@ -160,7 +170,11 @@ impl Cluster {
             .unwrap();
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\n\
+            "local all pwuser password\n\
+             local all md5user md5\n\
+             local all all trust\n\
+             hostssl all certuser 127.0.0.1/32 cert\n\
+             host all certuser 127.0.0.1/32 reject\n\
              host all md5user 127.0.0.1/32 md5\n\
              host all pwuser 127.0.0.1/32 password\n\
              host all scramuser 127.0.0.1/32 scram-sha-256\n\
@@ -181,7 +195,8 @@ impl Cluster {
             &format!(
                 "CREATE ROLE pwuser LOGIN REPLICATION PASSWORD '{CLEARTEXT_PASSWORD}';
                  SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN REPLICATION PASSWORD '{MD5_PASSWORD}';
-                 SET password_encryption = 'scram-sha-256'; CREATE ROLE scramuser LOGIN REPLICATION PASSWORD '{SCRAM_PASSWORD}';"
+                 SET password_encryption = 'scram-sha-256'; CREATE ROLE scramuser LOGIN REPLICATION PASSWORD '{SCRAM_PASSWORD}';
+                 CREATE ROLE certuser LOGIN REPLICATION;"
             ),
         );
         c
@@ -245,6 +260,23 @@ impl Cluster {
     /// Path of the CA certificate that signed the server certificate.
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.crt")
+    }
+
+    /// `certuser`'s client certificate and its private key: `kind` is `rsa` (a PKCS#8 key),
+    /// `pkcs1` (the same RSA key as PKCS#1) or `ec` (a P-256 key in SEC1 form).
+    pub fn client_cert(&self, kind: &str) -> (PathBuf, PathBuf) {
+        let d = &self.dir;
+        match kind {
+            "rsa" => (d.join("certuser.crt"), d.join("certuser.key")),
+            "pkcs1" => (d.join("certuser.crt"), d.join("certuser-pkcs1.key")),
+            "ec" => (d.join("certuser-ec.crt"), d.join("certuser-ec.key")),
+            other => panic!("no client certificate of kind {other}"),
+        }
+    }
+
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// A CA that did not sign the server certificate.
