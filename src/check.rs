@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, OnSlotLost, SinkConfig};
 use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog;
@@ -384,11 +384,22 @@ async fn checks(
                     ),
                     "use another postgres.slot for this database".to_owned(),
                 ));
-            } else if slot.wal_status.as_deref() == Some("lost") {
-                out.push(Finding::fail(
-                    format!("replication slot {} was invalidated (wal_status lost): changes were lost", pg.slot),
-                    format!("drop and recreate it: SELECT pg_drop_replication_slot({slot_lit}); then pglive setup"),
-                ));
+            } else if slot.is_lost() {
+                let what = format!(
+                    "replication slot {} was invalidated (wal_status lost): PostgreSQL removed WAL it still needed because it held more than max_slot_wal_keep_size, so the changes committed after its confirmed position {} are lost",
+                    pg.slot,
+                    slot.confirmed_flush.map(|l| l.to_string()).unwrap_or_else(|| "?".into())
+                );
+                out.push(match pg.on_slot_lost {
+                    OnSlotLost::Fail => Finding::fail(
+                        what,
+                        "`pglive teardown` then `pglive setup` (clients keep stale data until they refetch), or set postgres.on_slot_lost = \"recreate\": `pglive run` then recreates the slot and sends every mapped channel an event of type \"*\" so that clients refetch",
+                    ),
+                    OnSlotLost::Recreate => Finding::warn(
+                        what,
+                        "nothing: with postgres.on_slot_lost = \"recreate\", `pglive run` recreates the slot and sends every mapped channel an event of type \"*\" so that clients refetch",
+                    ),
+                });
             } else if let Some(pid) = slot.active_pid {
                 out.push(Finding::warn(
                     format!("replication slot {} is in use by process {pid}: `pglive run` will stand by until it is released", pg.slot),

@@ -137,6 +137,33 @@ pub struct PostgresConfig {
     /// Write a `pg_logical_emit_message` this often, so that a server whose only writes are
     /// invisible to the slot's database still lets the slot advance; none when absent.
     pub heartbeat_interval: Option<Duration>,
+    /// What `run` does when PostgreSQL has invalidated the slot (`wal_status = 'lost'`).
+    pub on_slot_lost: OnSlotLost,
+}
+
+/// `postgres.on_slot_lost`: what to do with a slot PostgreSQL invalidated because it held
+/// more WAL than `max_slot_wal_keep_size` (the changes since its position are gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnSlotLost {
+    /// Exit 1 naming the cause and the fix: losing changes is the operator's call.
+    #[default]
+    Fail,
+    /// Drop the slot, create it again, and send every mapped channel a `*` event (refetch)
+    /// before any new event.
+    Recreate,
+}
+
+impl std::str::FromStr for OnSlotLost {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OnSlotLost, String> {
+        match s {
+            "fail" => Ok(OnSlotLost::Fail),
+            "recreate" => Ok(OnSlotLost::Recreate),
+            other => Err(format!(
+                "{other:?} is not a policy: use \"fail\" or \"recreate\""
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +205,7 @@ struct RawPostgres {
     max_message_bytes: Option<u64>,
     heartbeat_interval: Option<RawDuration>,
     allow_insecure_password: Option<bool>,
+    on_slot_lost: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize, Default)]
@@ -632,6 +660,14 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
             DEFAULT_STATUS_INTERVAL,
         )
     });
+    let on_slot_lost = match postgres.on_slot_lost.as_deref().map(str::parse) {
+        None => OnSlotLost::default(),
+        Some(Ok(policy)) => policy,
+        Some(Err(e)) => {
+            issues.push("postgres.on_slot_lost", e);
+            OnSlotLost::default()
+        }
+    };
     let ops = ops_config(&mut issues, raw_ops);
 
     let max_ids = at_least_one(
@@ -1012,6 +1048,7 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                 max_backoff,
                 max_message_bytes,
                 heartbeat_interval,
+                on_slot_lost,
             },
             events: MapOptions {
                 coalesce: events.coalesce.unwrap_or(true),

@@ -9,21 +9,35 @@ use serde::Serialize;
 
 use crate::lsn::Lsn;
 
-/// What happened to the rows: INSERT → `created`, UPDATE → `updated`, DELETE/TRUNCATE → `deleted`.
+/// What happened to the rows: INSERT → `created`, UPDATE → `updated`, DELETE/TRUNCATE → `deleted`;
+/// `*` when the slot was recreated and every row of the channel may have changed.
 #[derive(Copy, Clone, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Created,
     Updated,
     Deleted,
+    /// Changes were lost (the slot was recreated): refetch everything. Refine refetches on
+    /// any event; `*` is also the type a Refine subscription names to receive every type.
+    #[serde(rename = "*")]
+    Refetch,
 }
 
 impl EventKind {
+    /// Every kind, in the order of their discriminants (metric series are indexed by it).
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Created,
+        EventKind::Updated,
+        EventKind::Deleted,
+        EventKind::Refetch,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Created => "created",
             EventKind::Updated => "updated",
             EventKind::Deleted => "deleted",
+            EventKind::Refetch => "*",
         }
     }
 }
@@ -260,6 +274,22 @@ mod tests {
             let ev = LiveEvent::new(&source(), EventKind::Deleted, ids, id, 1, 0);
             let v: serde_json::Value = serde_json::from_slice(&ev.json).unwrap();
             assert_eq!(v["payload"], serde_json::json!({}));
+        }
+    }
+
+    #[test]
+    fn a_refetch_event_has_type_star_and_an_empty_payload() {
+        let id = EventId {
+            commit_lsn: Lsn(0x16B3748),
+            ordinal: 1,
+        };
+        let ev = LiveEvent::new(&source(), EventKind::Refetch, None, id, 7, 0);
+        assert_eq!(
+            std::str::from_utf8(&ev.json).unwrap(),
+            r#"{"channel":"resources/products","type":"*","payload":{},"date":"2000-01-01T00:00:00.000000Z","meta":{"id":"0/16B3748:1","lsn":"0/16B3748","xid":7,"schema":"public","table":"products"}}"#
+        );
+        for (i, kind) in EventKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "ALL is in discriminant order");
         }
     }
 

@@ -1502,3 +1502,24 @@ fn a_relay_open_to_every_origin_is_warned_about() {
         c.warnings
     );
 }
+
+#[test]
+fn on_slot_lost_defaults_to_fail_and_a_bad_policy_names_the_key() {
+    assert_eq!(ok(&minimal("")).postgres.on_slot_lost, OnSlotLost::Fail);
+    let with =
+        |v: &str| minimal("").replace("[postgres]", &format!("[postgres]\non_slot_lost = {v}"));
+    assert_eq!(
+        ok(&with("\"recreate\"")).postgres.on_slot_lost,
+        OnSlotLost::Recreate
+    );
+    assert_eq!(
+        ok(&with("\"fail\"")).postgres.on_slot_lost,
+        OnSlotLost::Fail
+    );
+    let issue = only_issue(&with("\"drop\""), "postgres.on_slot_lost");
+    assert!(
+        issue.message.contains("\"fail\" or \"recreate\""),
+        "{issue}"
+    );
+    only_issue(&with("true"), "postgres.on_slot_lost");
+}

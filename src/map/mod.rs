@@ -98,26 +98,32 @@ pub struct Mapper {
     options: MapOptions,
     relations: RelationCache<Option<Arc<Binding>>>,
     txn: Option<Txn>,
+    /// Each distinct channel once, in configuration order, with the first table mapped to it:
+    /// where [`Mapper::refetch`] sends its events.
+    channels: Vec<Arc<EventSource>>,
 }
 
 impl Mapper {
     pub fn new(rules: &[TableRule], options: MapOptions) -> Mapper {
         let mut map = HashMap::new();
         let mut strings = HashMap::new();
+        let mut channels: Vec<Arc<EventSource>> = Vec::new();
         for r in rules {
             let key = (r.schema.clone(), r.name.clone());
-            map.insert(
-                key.clone(),
-                Arc::new(EventSource {
-                    channel: r.channel.as_str().into(),
-                    schema: r.schema.as_str().into(),
-                    table: r.name.as_str().into(),
-                    data_provider_name: r.data_provider_name.as_deref().map(Into::into),
-                }),
-            );
+            let source = Arc::new(EventSource {
+                channel: r.channel.as_str().into(),
+                schema: r.schema.as_str().into(),
+                table: r.name.as_str().into(),
+                data_provider_name: r.data_provider_name.as_deref().map(Into::into),
+            });
+            if !channels.iter().any(|c| c.channel == source.channel) {
+                channels.push(source.clone());
+            }
+            map.insert(key.clone(), source);
             strings.insert(key, r.ids_as_strings);
         }
         Mapper {
+            channels,
             rules: map,
             ids_as_strings: strings,
             options: MapOptions {
@@ -137,6 +143,21 @@ impl Mapper {
 
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
+    }
+
+    /// Appends one `*` event with an empty payload to `out` for every mapped channel (each
+    /// once, in configuration order): everything on it may have changed, refetch. The events
+    /// belong to the open transaction — the slot's recreation marker — so their ids are its
+    /// commit LSN and their ordinals in it, as for any event: stable when replayed, and no row
+    /// change shares that transaction (see `source::catalog::recreate_slot`).
+    pub fn refetch(&mut self, out: &mut Vec<LiveEvent>) -> Result<(), MapError> {
+        let txn = self.txn.as_mut().ok_or(MapError::NoTransaction {
+            what: "the slot's recreation marker",
+        })?;
+        for source in &self.channels {
+            txn.header.emit(source, EventKind::Refetch, &[], true, out);
+        }
+        Ok(())
     }
 
     /// Whether `rel` is mapped but its replica identity does not name a usable key (FULL or

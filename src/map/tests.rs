@@ -1750,3 +1750,41 @@ fn a_split_keeps_the_order_of_first_appearance() {
         ["0/16B3748:0", "0/16B3748:1", "0/16B3748:2"]
     );
 }
+
+#[test]
+fn refetch_sends_one_star_event_per_channel_in_config_order_within_the_transaction() {
+    // Two tables share a channel: it gets one event, named after the first of them.
+    let mut shared = rule("orders");
+    shared.channel = "resources/products".into();
+    let mut named = rule("audit");
+    named.data_provider_name = Some("second".into());
+    let mut m = mapper(
+        &[rule("products"), shared, named],
+        coalescing(1000),
+        &[products(), orders(), audit()],
+    );
+    assert_eq!(
+        m.refetch(&mut Vec::new()),
+        Err(MapError::NoTransaction {
+            what: "the slot's recreation marker"
+        })
+    );
+    let mut out = feed(&mut m, &[begin_at(LSN, COMMIT_TIME, XID)]);
+    m.refetch(&mut out).unwrap();
+    out.extend(feed(&mut m, &[commit()]));
+    assert_eq!(
+        kinds(&out),
+        [
+            ("resources/products".to_owned(), "*".to_owned()),
+            ("resources/audit".to_owned(), "*".to_owned()),
+        ]
+    );
+    assert_eq!(ids(&out), [None, None], "payload is {{}}");
+    assert_eq!(meta_ids(&out), ["0/16B3748:0", "0/16B3748:1"]);
+    let first = js(&out[0]);
+    assert_eq!(first["meta"]["table"], "products");
+    assert_eq!(first["meta"]["xid"], XID);
+    assert_eq!(first["date"], COMMIT_DATE, "the marker's commit time");
+    assert_eq!(js(&out[1])["meta"]["dataProviderName"], "second");
+    assert!(out.iter().all(|e| e.kind == EventKind::Refetch));
+}

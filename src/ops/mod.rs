@@ -35,6 +35,8 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Open connections to the ops listener at most: probes and a scraper or two need a handful,
 /// and anyone who can reach the port must not be able to hold thousands of sockets there.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Counts slots recreated after PostgreSQL invalidated them.
+const SLOT_RECREATED_METRIC: &str = "pglive_slot_recreated_total";
 /// The slot's `wal_status` values, each a series of `pglive_slot_wal_status`.
 const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
@@ -111,6 +113,10 @@ fn describe() {
         "pglive_http_connections_refused_total",
         "Connections refused because the listener had max_connections open."
     );
+    describe_counter!(
+        SLOT_RECREATED_METRIC,
+        "Times the replication slot was invalidated and recreated (postgres.on_slot_lost = \"recreate\"): changes were lost and clients were told to refetch."
+    );
 }
 
 /// Microseconds since 1970 now.
@@ -136,7 +142,8 @@ pub struct SinkStatus {
     /// Events handed to the sink, and acknowledged by it.
     queued: AtomicU64,
     acked: AtomicU64,
-    published: [Counter; 3],
+    /// By [`EventKind`], in the order of [`EventKind::ALL`].
+    published: [Counter; 4],
     errors: Counter,
     latency: Histogram,
     inflight: Gauge,
@@ -145,7 +152,7 @@ pub struct SinkStatus {
 
 impl SinkStatus {
     fn new(label: String, problem: Option<String>) -> SinkStatus {
-        let published = [EventKind::Created, EventKind::Updated, EventKind::Deleted].map(|k| {
+        let published = EventKind::ALL.map(|k| {
             metrics::counter!("pglive_events_published_total", "sink" => label.clone(), "type" => k.as_str())
         });
         SinkStatus {
@@ -168,7 +175,7 @@ impl SinkStatus {
 
     /// The sink has delivered `batch`.
     pub fn acked(&self, batch: &Batch) {
-        let mut counts = [0u64; 3];
+        let mut counts = [0u64; EventKind::ALL.len()];
         for e in &batch.events {
             counts[e.kind as usize] += 1;
         }
@@ -245,6 +252,8 @@ pub struct Status {
 impl Status {
     /// `sinks`: each sink's label and, if it is not ready at start, why.
     pub fn new(slot: &str, sinks: Vec<(String, Option<String>)>) -> Status {
+        // Shown (as 0) before anything happens, so that an alert on it has a series to watch.
+        metrics::counter!(SLOT_RECREATED_METRIC).increment(0);
         Status {
             slot: slot.to_owned(),
             source: Mutex::new(Err("starting".to_owned())),
@@ -314,6 +323,11 @@ impl Status {
             }
         }
         Ok(())
+    }
+
+    /// The source recreated the invalidated slot (changes were lost).
+    pub fn slot_recreated(&self) {
+        metrics::counter!(SLOT_RECREATED_METRIC).increment(1);
     }
 
     pub fn set_flush(&self, lsn: Lsn) {

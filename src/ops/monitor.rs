@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::{SlotStats, Status};
-use crate::config::{OpsConfig, PostgresConfig};
+use crate::config::{OnSlotLost, OpsConfig, PostgresConfig};
 use crate::lsn::Lsn;
 use crate::source::catalog;
 
@@ -97,9 +97,14 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
                 Some("unreserved") => {
                     tracing::error!(slot = %pg.slot, safe_wal_size = ?stats.safe_wal_size, "the slot's WAL is about to be removed (wal_status unreserved): changes will be lost at the next checkpoint unless pglive catches up")
                 }
-                Some("lost") => {
-                    tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; recreate the slot and have clients refetch")
-                }
+                Some("lost") => match pg.on_slot_lost {
+                    OnSlotLost::Fail => {
+                        tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; pglive cannot stream from it (postgres.on_slot_lost = \"fail\")")
+                    }
+                    OnSlotLost::Recreate => {
+                        tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; pglive recreates it and tells clients to refetch (postgres.on_slot_lost = \"recreate\")")
+                    }
+                },
                 _ => {}
             }
             last_wal_status = stats.wal_status.clone();

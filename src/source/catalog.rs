@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::conn::quote_ident;
+use super::conn::{quote_ident, quote_literal};
 use super::conninfo::ConnInfo;
 use super::error::SourceError;
 use super::transport::{self, AuthGuard, Established};
@@ -89,6 +89,13 @@ pub struct SlotInfo {
     pub wal_status: Option<String>,
 }
 
+impl SlotInfo {
+    /// PostgreSQL invalidated the slot (or removed WAL it needs): it can never stream again.
+    pub fn is_lost(&self) -> bool {
+        self.wal_status.as_deref() == Some("lost")
+    }
+}
+
 pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, SourceError> {
     let row = client
         .query_opt(
@@ -106,6 +113,91 @@ pub async fn slot(client: &Client, name: &str) -> Result<Option<SlotInfo>, Sourc
         confirmed_flush: r.get::<_, Option<String>>(4).and_then(|s| s.parse().ok()),
         wal_status: r.get(5),
     }))
+}
+
+/// Prefix of the logical message that marks where a recreated slot starts; its content is the
+/// slot's name (every slot of the database decodes it, and only that slot's pglive acts on it).
+pub const SLOT_RECREATED_PREFIX: &str = "pglive.slot_recreated";
+
+/// Positions of a slot made anew by [`recreate_slot`].
+#[derive(Debug, Clone, Copy)]
+pub struct Recreated {
+    /// Where the new slot's decoding became consistent.
+    pub consistent_point: Lsn,
+    /// The commit LSN of the recreation marker's transaction, where the slot now starts; none
+    /// if the slot could not be advanced to it (then it starts at the consistent point).
+    pub marker: Option<Lsn>,
+}
+
+/// Drops `slot_name` if it is still lost, creates it again, and writes the recreation marker
+/// (a transactional `pg_logical_emit_message` with prefix [`SLOT_RECREATED_PREFIX`]) into the
+/// new slot's stream. Its events are the `*` refetch events (see `Mapper::refetch`); the slot
+/// moves past them only once every sink has acknowledged them, so a crash before that sends
+/// them again, with the same ids.
+///
+/// Then the slot is advanced to the marker's commit: transactions that committed between the
+/// slot's consistent point and the marker are skipped — the refetch covers them — so that the
+/// marker's transaction is the first thing the slot sends. (Its commit LSN is found by
+/// decoding that short stretch of WAL once.)
+///
+/// One query string, so that the server runs every step even if pglive dies halfway: it does
+/// not look at the client connection while it works (unless `client_connection_check_interval`
+/// is set), and the small results wait in its send buffer until the end. A server crash
+/// between the drop and the commit can still leave the slot missing, or without its marker.
+pub async fn recreate_slot(
+    client: &Client,
+    slot_name: &str,
+    publication: &str,
+) -> Result<Recreated, SourceError> {
+    let slot = quote_literal(slot_name);
+    let prefix = quote_literal(SLOT_RECREATED_PREFIX);
+    let publication = quote_literal(&quote_ident(publication));
+    // Decoding and advancing read only flushed WAL, so they come after COMMIT; a session
+    // setting carries the marker's transaction id there. In the decoded stream, the marker's
+    // BEGIN ('B', byte 66) carries its commit LSN in bytes 2 to 9.
+    let sql = format!(
+        "BEGIN;
+         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+          WHERE slot_name = {slot} AND wal_status = 'lost';
+         SELECT lsn::text AS consistent_point
+           FROM pg_create_logical_replication_slot({slot}, 'pgoutput');
+         SELECT pg_logical_emit_message(true, {prefix}, {slot}),
+                set_config('pglive.slot_marker_xid', pg_current_xact_id()::xid::text, false);
+         COMMIT;
+         SELECT end_lsn::text AS marker FROM pg_replication_slot_advance({slot}, (
+           SELECT '0/0'::pg_lsn + ('x' || encode(substring(data FROM 2 FOR 8), 'hex'))::bit(64)::bigint
+             FROM pg_logical_slot_peek_binary_changes({slot}, NULL, NULL,
+                    'proto_version', '1', 'publication_names', {publication}, 'messages', 'true')
+            WHERE xid = current_setting('pglive.slot_marker_xid')::xid AND get_byte(data, 0) = 66
+            LIMIT 1));"
+    );
+    let messages = match client.simple_query(&sql).await {
+        Ok(m) => m,
+        Err(e) => {
+            // A failed step leaves the transaction block aborted: end it, so that the
+            // connection stays usable.
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+    };
+    let mut consistent_point = None;
+    let mut marker = None;
+    for m in &messages {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            let lsn = |name: &str| row.try_get(name).ok().flatten()?.parse::<Lsn>().ok();
+            consistent_point = consistent_point.or_else(|| lsn("consistent_point"));
+            marker = marker.or_else(|| lsn("marker"));
+        }
+    }
+    let consistent_point = consistent_point.ok_or_else(|| {
+        SourceError::Protocol(format!(
+            "recreating replication slot {slot_name}: the server did not return its position"
+        ))
+    })?;
+    Ok(Recreated {
+        consistent_point,
+        marker,
+    })
 }
 
 /// Tables in the publication, as (schema, table); `None` when the publication does not exist.

@@ -342,7 +342,8 @@ impl ReplicationConnection {
         from: Lsn,
     ) -> Result<(), SourceError> {
         let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {from} (\"proto_version\" '1', \"publication_names\" {})",
+            // `messages`: logical messages too, for the slot's recreation marker (PostgreSQL 14+).
+            "START_REPLICATION SLOT {} LOGICAL {from} (\"proto_version\" '1', \"publication_names\" {}, \"messages\" 'true')",
             quote_ident(slot),
             quote_literal(&quote_ident(publication)),
         );

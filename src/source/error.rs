@@ -103,6 +103,23 @@ pub enum SourceError {
     /// Seen in the catalog before asking to stream: the slot is active for that process.
     #[error("replication slot {slot} is active for PID {pid}")]
     SlotHeld { slot: String, pid: i32 },
+    /// PostgreSQL invalidated the slot (`wal_status = 'lost'`) and `postgres.on_slot_lost` is
+    /// `fail`. Retrying cannot help: the WAL is gone.
+    #[error(
+        "replication slot {slot} was invalidated (wal_status lost): PostgreSQL removed WAL it still \
+         needed because it held more than max_slot_wal_keep_size, so the changes committed after \
+         its confirmed position{} are lost and cannot be streamed. Fix: `pglive teardown` then \
+         `pglive setup` create the slot anew (clients keep stale data until they refetch), or set \
+         postgres.on_slot_lost = \"recreate\" and start pglive again: it recreates the slot and \
+         tells every mapped channel to refetch (an event of type \"*\"). To keep it from \
+         happening again, raise max_slot_wal_keep_size or keep pglive from stopping or falling \
+         behind for that long",
+        confirmed.map(|l| format!(" {l}")).unwrap_or_default()
+    )]
+    SlotLost {
+        slot: String,
+        confirmed: Option<crate::lsn::Lsn>,
+    },
 }
 
 /// tokio-postgres shows only "db error" for server errors; name the server's message instead.
@@ -122,6 +139,9 @@ const FATAL_SQLSTATES: [&str; 6] = ["28000", "28P01", "3D000", "42501", "42704",
 
 /// `55006 object_in_use`: the slot is active for another process.
 pub const SLOT_IN_USE: &str = "55006";
+/// `55000 object_not_in_prerequisite_state`: among others, what `START_REPLICATION` answers
+/// for an invalidated slot.
+pub const NOT_IN_PREREQUISITE_STATE: &str = "55000";
 
 impl From<tokio_postgres::Error> for SourceError {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -156,7 +176,8 @@ impl SourceError {
             | SourceError::TlsSetup(_)
             | SourceError::Decode { .. }
             | SourceError::Map { .. }
-            | SourceError::SinkGone(_) => false,
+            | SourceError::SinkGone(_)
+            | SourceError::SlotLost { .. } => false,
             // A certificate that does not verify will not verify next time either.
             SourceError::Tls(e) => !e.contains("invalid peer certificate"),
             SourceError::Io { .. }
@@ -191,6 +212,25 @@ mod tests {
             PgError::from_body(b"VERROR\0C55006\0Mreplication slot \"s\" is active for PID 7\0\0");
         let busy = SourceError::Server(busy);
         assert!(busy.is_retryable() && busy.is_slot_in_use());
+    }
+
+    #[test]
+    fn a_lost_slot_is_final_and_names_the_cause_and_the_fix() {
+        let e = SourceError::SlotLost {
+            slot: "pglive".into(),
+            confirmed: Some(crate::lsn::Lsn(0x16B3748)),
+        };
+        assert!(!e.is_retryable());
+        let text = e.to_string();
+        for needle in [
+            "replication slot pglive was invalidated",
+            "max_slot_wal_keep_size",
+            "after its confirmed position 0/16B3748 are lost",
+            "`pglive teardown` then `pglive setup`",
+            "postgres.on_slot_lost = \"recreate\"",
+        ] {
+            assert!(text.contains(needle), "{needle:?} in {text}");
+        }
     }
 
     #[test]

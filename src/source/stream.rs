@@ -2,8 +2,10 @@
 //! batches of events to every sink's bounded queue (a full queue stops reading: PostgreSQL
 //! keeps the WAL), and reports the checkpoint's flush position in status updates — proactively,
 //! when asked, and while backpressured. Reconnects with backoff and resumes from the slot; while
-//! another process holds the slot, stands by. Reports to the shared status: streaming or why
-//! not, the positions it sees and confirms, the events it queues for each sink.
+//! another process holds the slot, stands by; a slot PostgreSQL invalidated ends the source or,
+//! with `postgres.on_slot_lost = "recreate"`, is made anew and starts with `*` events. Reports
+//! to the shared status: streaming or why not, the positions it sees and confirms, the events it
+//! queues for each sink.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::catalog;
 use super::conn::{ReplicationConnection, ReplicationMessage, Status};
-use super::error::SourceError;
+use super::error::{NOT_IN_PREREQUISITE_STATE, SourceError};
 use crate::checkpoint::{AckBoard, Checkpoint, Seq};
-use crate::config::PostgresConfig;
+use crate::config::{OnSlotLost, PostgresConfig};
 use crate::decode::{self, LogicalMessage};
 use crate::event::LiveEvent;
 use crate::lsn::Lsn;
@@ -129,7 +131,10 @@ impl Source {
                 self.outlets.status.not_streaming("stopped");
                 return Ok(Stopped::Shutdown);
             }
-            if !err.is_retryable() {
+            // Invalidated between the check and START_REPLICATION: the next attempt recreates it.
+            let recreate = matches!(err, SourceError::SlotLost { .. })
+                && self.config.on_slot_lost == OnSlotLost::Recreate;
+            if !err.is_retryable() && !recreate {
                 self.outlets.status.not_streaming(format!("failed: {err}"));
                 return Err(err);
             }
@@ -198,7 +203,7 @@ impl Source {
     /// that the slot is free over the control session, so that it does not open a
     /// replication session every few seconds only to be refused.
     async fn connect(
-        &self,
+        &mut self,
         standing_by: bool,
     ) -> Result<(Client, ReplicationConnection, Duration, Duration), SourceError> {
         let cfg = &self.config;
@@ -227,6 +232,12 @@ impl Source {
                 tracing::info!("{change}");
             }
         }
+        if let Some(slot) = catalog::slot(&control, &self.config.slot).await?
+            && slot.is_lost()
+        {
+            self.slot_lost(&control, slot.confirmed_flush).await?;
+        }
+        let cfg = &self.config;
         let sender_timeout = catalog::wal_sender_timeout(&control).await?;
         let status_interval = match sender_timeout {
             Some(t) => cfg.status_interval.min(t / 2),
@@ -241,7 +252,7 @@ impl Source {
         let mut conn =
             ReplicationConnection::connect(&cfg.conn, cfg.connect_timeout, cfg.max_message_bytes)
                 .await?;
-        tokio::time::timeout(
+        let started = tokio::time::timeout(
             cfg.connect_timeout,
             conn.start_replication(&cfg.slot, &cfg.publication, Lsn::ZERO),
         )
@@ -249,8 +260,74 @@ impl Source {
         .map_err(|_| SourceError::Timeout {
             what: "starting replication",
             after: cfg.connect_timeout,
-        })??;
+        })?;
+        if let Err(e) = started {
+            // Invalidated since it was looked at? Say so rather than pass on the server's terse
+            // refusal (whose wording varies between versions).
+            if matches!(&e, SourceError::Server(pg) if pg.code == NOT_IN_PREREQUISITE_STATE)
+                && let Some(slot) = catalog::slot(&control, &cfg.slot).await?
+                && slot.is_lost()
+            {
+                return Err(SourceError::SlotLost {
+                    slot: cfg.slot.clone(),
+                    confirmed: slot.confirmed_flush,
+                });
+            }
+            return Err(e);
+        }
         Ok((control, conn, status_interval, read_timeout))
+    }
+
+    /// The slot was invalidated: with `on_slot_lost = "fail"`, the error that says so; with
+    /// `"recreate"`, a new slot whose stream starts with the recreation marker (which becomes
+    /// the `*` events, see [`Source::handle_xlog`]).
+    async fn slot_lost(
+        &mut self,
+        control: &Client,
+        confirmed: Option<Lsn>,
+    ) -> Result<(), SourceError> {
+        let slot = self.config.slot.clone();
+        if self.config.on_slot_lost == OnSlotLost::Fail {
+            return Err(SourceError::SlotLost { slot, confirmed });
+        }
+        let since = confirmed.map(|l| l.to_string()).unwrap_or_default();
+        tracing::error!(slot = %slot, confirmed = %since,
+            "replication slot was invalidated (wal_status lost: it held more WAL than max_slot_wal_keep_size); \
+             the changes committed after its confirmed position are lost. Recreating it (postgres.on_slot_lost = \"recreate\") \
+             and telling clients to refetch: every mapped channel gets an event of type \"*\" before any new event");
+        self.outlets.status.not_streaming(format!(
+            "recreating replication slot {slot}: it was invalidated (wal_status lost)"
+        ));
+        match catalog::recreate_slot(control, &slot, &self.config.publication).await {
+            Ok(at) => {
+                self.outlets.status.slot_recreated();
+                match at.marker {
+                    Some(marker) => {
+                        tracing::info!(slot = %slot, consistent_point = %at.consistent_point, marker = %marker,
+                        "recreated the replication slot; it starts at the refetch marker")
+                    }
+                    // The refetch still comes, only perhaps after a few transactions that
+                    // committed while the slot was being made.
+                    None => tracing::warn!(slot = %slot, consistent_point = %at.consistent_point,
+                        "recreated the replication slot, but could not move it to the refetch marker"),
+                }
+            }
+            Err(e) => match catalog::slot(control, &slot).await? {
+                // Another process (a standby pglive?) recreated it meanwhile, or only the
+                // advance to the marker failed: the slot is usable, stream from it.
+                Some(info) if !info.is_lost() => {
+                    tracing::warn!(slot = %slot, error = %e,
+                        "recreating the replication slot did not finish here, but the slot is usable again; streaming from it");
+                }
+                _ => return Err(e),
+            },
+        }
+        // Positions of the old slot mean nothing for the new one, and reporting one would move
+        // its confirmed position backwards. Batches in flight are still delivered; their
+        // acknowledgements simply confirm nothing.
+        self.checkpoint = Checkpoint::default();
+        self.received = Lsn::ZERO;
+        Ok(())
     }
 
     /// Streams one session until shutdown, the stop position or an error.
@@ -494,6 +571,23 @@ impl Source {
             return Ok(());
         }
         let before = out.len();
+        if let LogicalMessage::Message {
+            transactional: true,
+            prefix: catalog::SLOT_RECREATED_PREFIX,
+            content,
+            ..
+        } = &msg
+            && *content == self.config.slot.as_bytes()
+        {
+            self.mapper
+                .refetch(out)
+                .map_err(|source| SourceError::Map {
+                    lsn: wal_start,
+                    source,
+                })?;
+            tracing::info!(slot = %self.config.slot, channels = out.len() - before,
+                "the slot was recreated: sending every mapped channel an event of type \"*\" (refetch)");
+        }
         let step = self
             .mapper
             .handle(&msg, out)

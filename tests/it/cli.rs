@@ -227,6 +227,7 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "max_message_bytes",
         "heartbeat_interval",
         "allow_insecure_password",
+        "on_slot_lost",
         "shutdown_timeout",
         "log_format",
         "log_level",

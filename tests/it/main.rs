@@ -9,4 +9,5 @@ mod deploy;
 mod durability;
 mod events;
 mod ops;
+mod slot;
 mod websocket;

@@ -192,7 +192,11 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
 
   const deliver = (channel: Channel, event: LiveEvent) => {
     for (const sub of channel.subs) {
-      if (!sub.types.includes("*") && !sub.types.includes(event.type)) continue;
+      // A "*" event (a resync, or pglive's refetch signal after a slot was recreated) means
+      // "refetch everything": every subscriber takes it, whatever types it asked for.
+      if (event.type !== "*" && !sub.types.includes("*") && !sub.types.includes(event.type)) {
+        continue;
+      }
       // An empty list does not filter; created events and events without ids always pass.
       const ids = event.payload?.ids;
       if (sub.ids.length > 0 && event.type !== "created" && ids !== undefined) {

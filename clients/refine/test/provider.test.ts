@@ -108,7 +108,7 @@ test("ids are compared as strings, an empty list does not filter, created always
   p.close();
 });
 
-test("types filter unless the subscriber takes every type", async () => {
+test("types filter unless the subscriber takes every type; a * event reaches everyone", async () => {
   const p = setup();
   const got: string[] = [];
   p.subscribe({ channel: "resources/posts", types: ["deleted"], callback: (e) => got.push(e.type) });
@@ -117,7 +117,9 @@ test("types filter unless the subscriber takes every type", async () => {
   ws.open();
   ws.frame(event("updated", [1]));
   ws.frame(event("deleted", [1]));
-  assert.deepEqual(got, ["deleted"]);
+  ws.frame(event("*", undefined));
+  ws.frame({ op: "resync", channel: "resources/posts" });
+  assert.deepEqual(got, ["deleted", "*", "*"]);
   p.close();
 });
 

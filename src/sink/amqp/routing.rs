@@ -19,7 +19,7 @@ enum Part {
     Schema,
     /// The table, `.` replaced by `_`.
     Table,
-    /// `created`, `updated` or `deleted`.
+    /// `created`, `updated`, `deleted`, or `*` (the slot was recreated: refetch everything).
     Type,
 }
 
@@ -91,7 +91,7 @@ impl RoutingKey {
     /// Checks that every key this template can produce for `channel` and `schema.table` fits.
     pub fn check(&self, channel: &str, schema: &str, table: &str) -> Result<(), String> {
         let mut key = String::new();
-        for kind in [EventKind::Created, EventKind::Updated, EventKind::Deleted] {
+        for kind in EventKind::ALL {
             self.render(&mut key, channel, schema, table, kind);
             if key.len() > MAX_ROUTING_KEY_BYTES {
                 return Err(format!(
@@ -145,6 +145,12 @@ mod tests {
             "cdc.public.order_items.deleted"
         );
         assert_eq!(render("fixed", "x", "t", EventKind::Updated), "fixed");
+        // In a routing key `*` is an ordinary character (a wildcard only in bindings), so
+        // `cdc.#` and `cdc.*.*.*` bindings receive the refetch event too.
+        assert_eq!(
+            render("cdc.{schema}.{table}.{type}", "x", "t", EventKind::Refetch),
+            "cdc.public.t.*"
+        );
     }
 
     #[test]
