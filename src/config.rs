@@ -445,7 +445,10 @@ fn describe_kind(kind: &figment::error::Kind) -> String {
         Kind::UnsupportedKey(found, _) => format!("unsupported key: {}", type_of(found)),
         Kind::UnknownVariant(found, expected) => {
             let expected = expected.join(", ");
-            if crate::source::conninfo::shows_as_parameter_name(found) {
+            // A name like `kafka` is shown; anything else might be a mistyped secret.
+            let shown = (1..=40).contains(&found.len())
+                && found.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if shown {
                 format!("unknown variant {found:?}; expected one of: {expected}")
             } else {
                 format!("unknown variant; expected one of: {expected}")
@@ -599,6 +602,12 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
                         Ok(pw) => c.password = Some(pw),
                         Err(e) => issues.push("postgres.password_file", e),
                     }
+                }
+                if c.sslmode.verifies_certificate() && !crate::source::tls::has_root_cert(&c) {
+                    issues.push(
+                        "postgres.url",
+                        crate::source::tls::TlsSetupError::NoRootCert(c.sslmode.name()).to_string(),
+                    );
                 }
                 Some(c)
             }

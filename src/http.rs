@@ -20,6 +20,11 @@ use tower_service::Service;
 /// A client that has not sent its request headers within this long is disconnected: an
 /// unfinished request must not hold a connection slot for long.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request's start line and headers may take (hyper's smallest read buffer is
+/// 8 KiB). A browser's WebSocket upgrade with a JWT in the query and its cookies fits; more is
+/// answered with `431` and the connection closed. It bounds what a connection that never
+/// finishes its request can make pglive hold: hyper's default would let each hold 400 KiB.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Refusals (a `503` written to a connection over the cap) in progress at once; beyond it,
 /// connections over the cap are closed without a word.
 const MAX_REFUSING: usize = 64;
@@ -60,7 +65,9 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_header_size(MAX_HEADER_BYTES);
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,

@@ -231,8 +231,14 @@ async fn check(config: &Config) -> anyhow::Result<ExitCode> {
 async fn setup(config: &Config) -> anyhow::Result<ExitCode> {
     let pg = &config.postgres;
     let client = catalog::connect(&pg.conn, pg.connect_timeout).await?;
-    let done =
-        catalog::ensure_setup(&client, &pg.publication, &pg.slot, &config.tables, true).await?;
+    let done = catalog::ensure_setup(
+        &client,
+        &pg.publication,
+        &pg.slot,
+        &config.tables,
+        catalog::MissingSlot::Create,
+    )
+    .await?;
     if done.is_empty() {
         println!(
             "publication {} and slot {} already in place",

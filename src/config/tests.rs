@@ -1523,3 +1523,26 @@ fn on_slot_lost_defaults_to_fail_and_a_bad_policy_names_the_key() {
     );
     only_issue(&with("true"), "postgres.on_slot_lost");
 }
+
+#[test]
+fn verifying_the_server_needs_its_ca() {
+    // As in libpq: no sslrootcert (and no ~/.postgresql/root.crt) is an error, not the system
+    // store, which with verify-ca would take any certificate a public CA signed.
+    for mode in ["verify-ca", "verify-full"] {
+        let text = format!(
+            "[postgres]\nurl = \"postgres://u@db.example/app?sslmode={mode}\"\n[[tables]]\nname = \"t\"\n[[sinks]]\ntype = \"stdout\"\n"
+        );
+        let home = std::env::var_os("HOME")
+            .map(|h| std::path::Path::new(&h).join(".postgresql/root.crt"))
+            .filter(|p| p.exists());
+        if home.is_some() {
+            continue; // libpq's default root file stands in for sslrootcert
+        }
+        let issue = only_issue(&text, "postgres.url");
+        assert!(
+            issue.message.contains(&format!("sslmode={mode}"))
+                && issue.message.contains("sslrootcert"),
+            "{issue}"
+        );
+    }
+}

@@ -142,8 +142,11 @@ pub struct Recreated {
 ///
 /// One query string, so that the server runs every step even if pglive dies halfway: it does
 /// not look at the client connection while it works (unless `client_connection_check_interval`
-/// is set), and the small results wait in its send buffer until the end. A server crash
-/// between the drop and the commit can still leave the slot missing, or without its marker.
+/// is set), and the small results wait in its send buffer until the end. A failure between the
+/// drop and the commit (a server crash, a `statement_timeout` while the creation waits for
+/// running transactions) leaves the slot missing: with `on_slot_lost = "recreate"`, `run` then
+/// creates it through here too (nothing to drop), marker included. Also used for a slot that
+/// does not exist yet, under that policy.
 pub async fn recreate_slot(
     client: &Client,
     slot_name: &str,
@@ -239,16 +242,26 @@ pub async fn publication_via_root(
         .map(|r| r.get(0)))
 }
 
+/// What [`ensure_setup`] does about a slot that does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingSlot {
+    /// Create it.
+    Create,
+    /// Leave it to the caller (who creates it with a refetch marker, see [`recreate_slot`]).
+    Leave,
+    /// An error: a slot that vanished while pglive ran must not be silently replaced, as the
+    /// changes in between would be lost.
+    Fail,
+}
+
 /// Creates what is missing: the publication (for the mapped tables, or with them added), then
-/// the slot, unless `create_slot` is false (a slot that vanished while pglive ran must not be
-/// silently replaced: the changes in between would be lost). Idempotent. Returns a line per
-/// change made.
+/// the slot as `missing_slot` says. Idempotent. Returns a line per change made.
 pub async fn ensure_setup(
     client: &Client,
     publication: &str,
     slot_name: &str,
     tables: &[TableRule],
-    create_slot: bool,
+    missing_slot: MissingSlot,
 ) -> Result<Vec<String>, SourceError> {
     let mut done = Vec::new();
     let mut any_partitioned = false;
@@ -335,8 +348,8 @@ pub async fn ensure_setup(
             }
         }
     }
-    if slot(client, slot_name).await?.is_none() {
-        if !create_slot {
+    if missing_slot != MissingSlot::Leave && slot(client, slot_name).await?.is_none() {
+        if missing_slot == MissingSlot::Fail {
             return Err(SourceError::Fatal(format!(
                 "replication slot {slot_name} no longer exists: it was dropped while pglive was \
                  running, so changes since then may be lost; recreate it with `pglive setup` \

@@ -112,14 +112,49 @@ pub struct ConnInfoError(String);
 
 /// What to do when a password was written into the URL unencoded: its special characters end
 /// the user-info part early, and the rest lands in the host, port, path or query.
-pub const PERCENT_HINT: &str = "a password containing ?, #, /, @ or % must be percent-encoded \
-     (%3F, %23, %2F, %40, %25), or kept out of the URL with postgres.password_file";
-
-/// Whether a URL query key may be shown in an error: it looks like a parameter name, so it is
-/// not a piece of a password.
-pub fn shows_as_parameter_name(key: &str) -> bool {
-    (1..=40).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+/// What to do about a password holding URL delimiters, for URL errors; `file_key` is the key
+/// that keeps it out of the URL.
+pub fn percent_hint(file_key: &str) -> String {
+    format!(
+        "a password containing ?, #, /, @ or % must be percent-encoded (%3F, %23, %2F, %40, \
+         %25), or kept out of the URL with {file_key}"
+    )
 }
+
+/// libpq's connection parameters that pglive does not take: an error may name one of these,
+/// and only these. Anything else in the query may be the tail of an unencoded password
+/// (`postgres://u:1234?secretword=1@h/db`), so it is never shown.
+const LIBPQ_PARAMETERS: &[&str] = &[
+    "hostaddr",
+    "passfile",
+    "require_auth",
+    "options",
+    "fallback_application_name",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+    "replication",
+    "gssencmode",
+    "sslnegotiation",
+    "sslcompression",
+    "sslpassword",
+    "sslcertmode",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "requirepeer",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "krbsrvname",
+    "gsslib",
+    "gssdelegation",
+    "service",
+    "target_session_attrs",
+    "load_balance_hosts",
+    "client_encoding",
+];
 
 /// Percent-decodes one URL component; `what` names it in errors (the value itself may be a
 /// secret and is never repeated).
@@ -133,10 +168,10 @@ fn decode(part: &str, what: &str) -> Result<String, ConnInfoError> {
 impl ConnInfo {
     /// Parses `postgres://user:password@host:port/dbname?param=value&…`.
     pub fn parse(text: &str) -> Result<ConnInfo, ConnInfoError> {
+        let hint = percent_hint("postgres.password_file");
         let url = url::Url::parse(text).map_err(|e| {
             ConnInfoError(format!(
-                "not a URL ({e}); expected postgres://user:password@host:port/database; \
-                 {PERCENT_HINT}"
+                "not a URL ({e}); expected postgres://user:password@host:port/database; {hint}"
             ))
         })?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
@@ -147,15 +182,14 @@ impl ConnInfo {
         }
         if url.fragment().is_some() {
             return Err(ConnInfoError(format!(
-                "the URL has a #fragment, which connection URLs do not use; {PERCENT_HINT}"
+                "the URL has a #fragment, which connection URLs do not use; {hint}"
             )));
         }
         // A database name with `@` is legal but rare; an unencoded password holding `/` puts
         // its tail, host included, into the path.
         if url.path().contains('@') {
             return Err(ConnInfoError(format!(
-                "the database name contains an unencoded @ (write a real one as %40); \
-                 {PERCENT_HINT}"
+                "the database name contains an unencoded @ (write a real one as %40); {hint}"
             )));
         }
         let mut info = ConnInfo {
@@ -227,12 +261,12 @@ impl ConnInfo {
                          channel_binding, application_name, host, port, user, password, dbname, \
                          connect_timeout";
                     // The name is shown only when it cannot be a piece of a password.
-                    return Err(ConnInfoError(if shows_as_parameter_name(other) {
+                    return Err(ConnInfoError(if LIBPQ_PARAMETERS.contains(&other) {
                         format!("unsupported URL parameter {other:?} ({SUPPORTED})")
                     } else {
                         format!(
-                            "the URL has an unsupported parameter (not shown, as it does not look \
-                             like a parameter name; {SUPPORTED}); {PERCENT_HINT}"
+                            "the URL has an unknown parameter (not shown: it may be part of a \
+                             password; {SUPPORTED}); {hint}"
                         )
                     }));
                 }
@@ -388,9 +422,10 @@ mod tests {
             ("postgres://h/d", "no user name"),
             ("postgres://u@h/d?sslmode=sometimes", "unknown sslmode"),
             ("postgres://u@h/d?sslmode=allow", "not supported"),
+            ("postgres://u@h/d?bogus=1", "unknown parameter (not shown"),
             (
-                "postgres://u@h/d?bogus=1",
-                "unsupported URL parameter \"bogus\"",
+                "postgres://u@h/d?gssencmode=disable",
+                "unsupported URL parameter \"gssencmode\"",
             ),
             ("postgres://u@h/d?sslmode=verify-ful", "unknown sslmode"),
             ("postgres://u@h/d?port=x", "port"),
@@ -439,7 +474,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("percent-encoded"), "{err}");
-        assert!(err.contains("unsupported parameter"), "{err}");
+        assert!(err.contains("unknown parameter"), "{err}");
         // Encoded, the same password is fine.
         let c = ConnInfo::parse("postgres://u:1234%3FSECRET@h/db").unwrap();
         assert_eq!(c.password.as_deref(), Some("1234?SECRET"));
@@ -447,11 +482,20 @@ mod tests {
     }
 
     #[test]
-    fn only_names_that_look_like_parameters_are_shown() {
-        assert!(shows_as_parameter_name("sslcompression"));
-        for name in ["", "SECRET", "a-b", "pass@h/db", &"x".repeat(41)] {
-            assert!(!shows_as_parameter_name(name), "{name}");
-        }
+    fn only_libpq_parameter_names_are_shown() {
+        let err = ConnInfo::parse("postgres://u@h/d?target_session_attrs=any")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"target_session_attrs\""), "{err}");
+        // An unencoded password whose tail looks like a parameter name.
+        let err = ConnInfo::parse("postgres://u:1234?mysecretword=1@h/db")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("mysecretword"), "{err}");
+        assert!(
+            err.contains("not shown") && err.contains("percent-encoded"),
+            "{err}"
+        );
     }
 
     #[test]

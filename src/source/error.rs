@@ -120,6 +120,13 @@ pub enum SourceError {
         slot: String,
         confirmed: Option<crate::lsn::Lsn>,
     },
+    /// As [`SourceError::SlotLost`], found when asking to stream, with `postgres.on_slot_lost`
+    /// `recreate`: the next attempt recreates the slot.
+    #[error(
+        "replication slot {0} was invalidated (wal_status lost) just before streaming from it; \
+         recreating it (postgres.on_slot_lost = \"recreate\")"
+    )]
+    SlotInvalidated(String),
 }
 
 /// tokio-postgres shows only "db error" for server errors; name the server's message instead.
@@ -184,7 +191,8 @@ impl SourceError {
             | SourceError::Closed
             | SourceError::Timeout { .. }
             | SourceError::Protocol(_)
-            | SourceError::SlotHeld { .. } => true,
+            | SourceError::SlotHeld { .. }
+            | SourceError::SlotInvalidated(_) => true,
         }
     }
 

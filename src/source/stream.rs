@@ -131,10 +131,7 @@ impl Source {
                 self.outlets.status.not_streaming("stopped");
                 return Ok(Stopped::Shutdown);
             }
-            // Invalidated between the check and START_REPLICATION: the next attempt recreates it.
-            let recreate = matches!(err, SourceError::SlotLost { .. })
-                && self.config.on_slot_lost == OnSlotLost::Recreate;
-            if !err.is_retryable() && !recreate {
+            if !err.is_retryable() {
                 self.outlets.status.not_streaming(format!("failed: {err}"));
                 return Err(err);
             }
@@ -218,24 +215,37 @@ impl Source {
                 pid,
             });
         }
+        let recreate = cfg.on_slot_lost == OnSlotLost::Recreate;
         if cfg.auto_setup {
-            let create_slot = !self.slot_known;
+            let missing_slot = match (self.slot_known, recreate) {
+                (true, _) => catalog::MissingSlot::Fail,
+                // Made below with a refetch marker, so that a slot whose recreation failed
+                // after its drop (killed, timed out) still starts with the `*` events.
+                (false, true) => catalog::MissingSlot::Leave,
+                (false, false) => catalog::MissingSlot::Create,
+            };
             for change in catalog::ensure_setup(
                 &control,
                 &cfg.publication,
                 &cfg.slot,
                 &self.tables,
-                create_slot,
+                missing_slot,
             )
             .await?
             {
                 tracing::info!("{change}");
             }
         }
-        if let Some(slot) = catalog::slot(&control, &self.config.slot).await?
-            && slot.is_lost()
-        {
-            self.slot_lost(&control, slot.confirmed_flush).await?;
+        match catalog::slot(&control, &self.config.slot).await? {
+            Some(slot) if slot.is_lost() => {
+                self.slot_lost(&control, slot.confirmed_flush).await?;
+            }
+            None if self.config.auto_setup && recreate && !self.slot_known => {
+                tracing::info!(slot = %self.config.slot,
+                    "creating the replication slot with a refetch marker (postgres.on_slot_lost = \"recreate\"): every mapped channel first gets an event of type \"*\"");
+                self.make_slot(&control).await?;
+            }
+            _ => {}
         }
         let cfg = &self.config;
         let sender_timeout = catalog::wal_sender_timeout(&control).await?;
@@ -268,9 +278,13 @@ impl Source {
                 && let Some(slot) = catalog::slot(&control, &cfg.slot).await?
                 && slot.is_lost()
             {
-                return Err(SourceError::SlotLost {
-                    slot: cfg.slot.clone(),
-                    confirmed: slot.confirmed_flush,
+                // Invalidated between the check and START_REPLICATION.
+                return Err(match cfg.on_slot_lost {
+                    OnSlotLost::Fail => SourceError::SlotLost {
+                        slot: cfg.slot.clone(),
+                        confirmed: slot.confirmed_flush,
+                    },
+                    OnSlotLost::Recreate => SourceError::SlotInvalidated(cfg.slot.clone()),
                 });
             }
             return Err(e);
@@ -298,18 +312,25 @@ impl Source {
         self.outlets.status.not_streaming(format!(
             "recreating replication slot {slot}: it was invalidated (wal_status lost)"
         ));
+        self.make_slot(control).await?;
+        self.outlets.status.slot_recreated();
+        Ok(())
+    }
+
+    /// Makes the slot anew (dropping it if it is lost), starting at the refetch marker.
+    async fn make_slot(&mut self, control: &Client) -> Result<(), SourceError> {
+        let slot = self.config.slot.clone();
         match catalog::recreate_slot(control, &slot, &self.config.publication).await {
             Ok(at) => {
-                self.outlets.status.slot_recreated();
                 match at.marker {
                     Some(marker) => {
                         tracing::info!(slot = %slot, consistent_point = %at.consistent_point, marker = %marker,
-                        "recreated the replication slot; it starts at the refetch marker")
+                        "made the replication slot; it starts at the refetch marker")
                     }
                     // The refetch still comes, only perhaps after a few transactions that
                     // committed while the slot was being made.
                     None => tracing::warn!(slot = %slot, consistent_point = %at.consistent_point,
-                        "recreated the replication slot, but could not move it to the refetch marker"),
+                        "made the replication slot, but could not move it to the refetch marker: the * events may follow a few transactions"),
                 }
             }
             Err(e) => match catalog::slot(control, &slot).await? {
@@ -318,6 +339,14 @@ impl Source {
                 Some(info) if !info.is_lost() => {
                     tracing::warn!(slot = %slot, error = %e,
                         "recreating the replication slot did not finish here, but the slot is usable again; streaming from it");
+                }
+                // Dropped, not made again (the creation timed out waiting for running
+                // transactions, say): the next attempt makes it, marker included.
+                None => {
+                    self.slot_known = false;
+                    tracing::warn!(slot = %slot, error = %e,
+                        "making the replication slot failed; trying again");
+                    return Err(e);
                 }
                 _ => return Err(e),
             },

@@ -24,6 +24,12 @@ pub enum TlsSetupError {
     RootCert { path: String, reason: String },
     #[error("no root certificates found (set sslrootcert in the URL)")]
     NoRoots,
+    #[error(
+        "sslmode={0} verifies the server against a CA's certificate, and none is given: set \
+         sslrootcert=<the CA's certificate file> in the URL (or put it in ~/.postgresql/root.crt); \
+         sslrootcert=system trusts the system's CAs, with sslmode=verify-full only"
+    )]
+    NoRootCert(&'static str),
     #[error("cannot use the client certificate (sslcert {cert}, sslkey {key}): {reason}")]
     ClientCert {
         cert: String,
@@ -64,7 +70,7 @@ pub fn client_config(info: &ConnInfo) -> Result<Option<TlsSetup>, TlsSetupError>
         SslMode::Disable => return Ok(None),
         SslMode::Prefer | SslMode::Require => Arc::new(NoCertificateCheck(provider())),
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let roots = Arc::new(load_roots(info.sslrootcert.as_deref())?);
+            let roots = Arc::new(load_roots(mode, info.sslrootcert.as_deref())?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
                 .build()
                 .map_err(|e| TlsSetupError::Rustls(rustls::Error::General(e.to_string())))?;
@@ -131,15 +137,23 @@ fn default_root_cert() -> Option<PathBuf> {
         .filter(|p| p.exists())
 }
 
-/// Roots from `sslrootcert`, else libpq's default `~/.postgresql/root.crt`, else the system
-/// store; `sslrootcert=system` is the system store.
-fn load_roots(root_cert: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
-    let default = default_root_cert();
+/// Whether the URL names the CA that verifies the server (`sslrootcert`, or libpq's default
+/// `~/.postgresql/root.crt`): without one, `verify-ca` and `verify-full` cannot be used.
+pub fn has_root_cert(info: &ConnInfo) -> bool {
+    info.sslrootcert.is_some() || default_root_cert().is_some()
+}
+
+/// Roots from `sslrootcert`, else libpq's default `~/.postgresql/root.crt`; `sslrootcert=system`
+/// is the system store. As in libpq, nothing is not the system store: with verify-ca (which
+/// does not check the host name) any certificate a public CA signed would pass.
+fn load_roots(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, TlsSetupError> {
     let mut store = RootCertStore::empty();
-    let path = root_cert
-        .filter(|p| p.as_os_str() != "system")
-        .map(Path::to_path_buf)
-        .or(if root_cert.is_some() { None } else { default });
+    let system = root_cert.is_some_and(|p| p.as_os_str() == "system");
+    let path = match root_cert {
+        Some(p) if !system => Some(p.to_path_buf()),
+        Some(_) => None,
+        None => Some(default_root_cert().ok_or(TlsSetupError::NoRootCert(mode.name()))?),
+    };
     match path {
         Some(path) => {
             let err = |reason: String| TlsSetupError::RootCert {

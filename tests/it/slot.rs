@@ -171,6 +171,7 @@ fn with_recreate_every_channel_gets_one_star_event_before_any_new_event() {
         file.display()
     );
     // Streams once, so that the slot has a confirmed position, then stops.
+    setup(&config);
     let mut d = Daemon::run(&config);
     d.wait_log("streaming");
     db.sql("INSERT INTO t VALUES (1)");
@@ -252,7 +253,7 @@ fn with_recreate_every_channel_gets_one_star_event_before_any_new_event() {
         "{log}"
     );
     assert!(
-        log.contains("recreated the replication slot; it starts at the refetch marker"),
+        log.contains("made the replication slot; it starts at the refetch marker"),
         "{log}"
     );
     // The file sink got exactly the same lines, in the same order.
@@ -328,7 +329,7 @@ fn star_events_not_acknowledged_before_a_crash_are_sent_again_after_it() {
     assert_eq!(assert_refetch_first(&after), ids);
     assert_eq!(after.len(), 3, "{after:#?}");
     assert_eq!(after[2]["payload"]["ids"], serde_json::json!([7]));
-    assert!(!d.stderr().contains("recreated the replication slot"));
+    assert!(!d.stderr().contains("made the replication slot"));
 }
 
 #[test]
@@ -353,6 +354,7 @@ fn a_slot_lost_while_streaming_is_recreated_on_the_reconnect() {
         db.config(&TABLES, "on_slot_lost = \"recreate\""),
         fifo.display()
     );
+    setup(&config);
     let d = Daemon::run(&config);
     d.wait_log("streaming");
     db.sql("INSERT INTO t VALUES (1)");
@@ -390,5 +392,48 @@ fn a_slot_lost_while_streaming_is_recreated_on_the_reconnect() {
     assert_refetch_first(&events[star..]);
     assert_eq!(events.len(), star + 3, "{events:#?}");
     let log = d.stderr();
-    assert!(log.contains("recreated the replication slot"), "{log}");
+    assert!(log.contains("made the replication slot"), "{log}");
+}
+
+#[test]
+fn a_recreation_cut_short_after_the_drop_still_ends_with_the_star_events() {
+    let cluster = Cluster::dedicated();
+    let db = TestDb::in_cluster(&cluster, "slot_lost_cut_short");
+    cap_wal(&db);
+    create_tables(&db);
+    let config = db.config(&TABLES, "on_slot_lost = \"recreate\"");
+    setup(&config);
+    lose_slot(&db);
+    // Making a slot waits for the transactions running at the time. With a statement timeout
+    // shorter than one of them, the first attempt drops the lost slot, then times out.
+    db.sql(&format!(
+        "ALTER DATABASE {} SET statement_timeout = '2s'",
+        db.name
+    ));
+    let d = std::thread::scope(|scope| {
+        let holder = scope.spawn(|| {
+            db.sql("SET statement_timeout = 0; BEGIN; INSERT INTO t VALUES (100); SELECT pg_sleep(6); COMMIT;")
+        });
+        wait_until("a transaction to hold an xid", || {
+            db.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND query LIKE '%pg_sleep(6)%'",
+            ) == "1"
+        });
+        let d = Daemon::run(&config);
+        // Dropped, not made again.
+        d.wait_log("making the replication slot failed; trying again");
+        holder.join().unwrap();
+        d
+    });
+    // Once the new slot streams (what commits while it is made is covered by the refetch):
+    d.wait_events("the * events", |e| {
+        e.iter().filter(|e| is_refetch(e)).count() >= 2
+    });
+    db.sql("INSERT INTO u VALUES (3)");
+    let events = d.wait_events("the * events and the new change", |e| {
+        e.last()
+            .is_some_and(|e| e["payload"]["ids"] == serde_json::json!([3]))
+    });
+    assert_refetch_first(&events);
+    assert_eq!(events.len(), 3, "{events:#?}");
 }

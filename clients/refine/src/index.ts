@@ -75,6 +75,10 @@ export type PgliveLiveProvider = {
 };
 
 const OPEN = 1;
+/** The longest a timer can wait (2^31 − 1 ms); longer waits are chained. */
+const MAX_TIMER = 2_147_483_647;
+/** Renewals come at most this often when the token function hands out the same token. */
+const MIN_RENEW_GAP = 1_000;
 
 /** A JWT's `exp` in milliseconds since 1970, if it has one. */
 export function tokenExpiry(token: string): number | undefined {
@@ -113,17 +117,22 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
     renewal = undefined;
   };
 
-  // Before `token` expires, ask for a fresh one and send it on `ws` (only a function can
-  // give a fresh token).
-  const scheduleRenewal = (ws: SocketLike, token: string) => {
-    stopRenewal();
-    const exp = tokenExpiry(token);
-    if (exp === undefined || typeof options.token !== "function") return;
-    const left = exp - Date.now();
-    renewal = setTimeout(renew, Math.max(0, left - Math.min(renewBefore, left / 2)), ws);
+  // Runs `then` after `ms`, also beyond what one timer can wait (about 24.8 days).
+  const after = (ms: number, then: () => void) => {
+    const wait = Math.min(Math.max(ms, 0), MAX_TIMER);
+    renewal = setTimeout(() => (wait < ms ? after(ms - wait, then) : then()), wait);
   };
 
-  const renew = async (ws: SocketLike) => {
+  // Before the token on `ws` expires (at `exp`), ask for a fresh one and send it (only a
+  // function can give a fresh token).
+  const scheduleRenewal = (ws: SocketLike, exp: number | undefined) => {
+    stopRenewal();
+    if (exp === undefined || typeof options.token !== "function") return;
+    const left = exp - Date.now();
+    after(left - Math.min(renewBefore, left / 2), () => void renew(ws, exp));
+  };
+
+  const renew = async (ws: SocketLike, current: number) => {
     renewal = undefined;
     let token: string;
     try {
@@ -134,8 +143,15 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
       return;
     }
     if (socket !== ws || closed) return;
+    const exp = tokenExpiry(token);
+    if (exp !== undefined && exp <= current) {
+      // Not fresher (a cached token): ask again a little later, while the current one holds.
+      const left = current - Date.now();
+      if (left > MIN_RENEW_GAP) after(Math.max(MIN_RENEW_GAP, left / 4), () => void renew(ws, current));
+      return;
+    }
     send({ op: "auth", token });
-    scheduleRenewal(ws, token);
+    scheduleRenewal(ws, exp);
   };
 
   const send = (message: object) => {
@@ -170,7 +186,7 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
     ws.onopen = () => {
       delay = initial;
       for (const [name, channel] of channels) send(subscribeFrame(name, channel));
-      if (token !== undefined) scheduleRenewal(ws, token);
+      if (token !== undefined) scheduleRenewal(ws, tokenExpiry(token));
     };
     ws.onmessage = (ev) => receive(String(ev.data));
     ws.onerror = () => {};

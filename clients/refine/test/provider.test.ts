@@ -264,3 +264,47 @@ test("a fixed token is not renewed, and a closed socket stops renewing", async (
   assert.equal(calls, 1, "the dropped socket's renewal was cancelled");
   p.close();
 });
+
+test("a token valid for months waits without overflowing the timer, and a cached token is not resent in a loop", async () => {
+  FakeSocket.all = [];
+  let warned = false;
+  const onWarning = () => (warned = true);
+  process.on("warning", onWarning);
+  let calls = 0;
+  const long = liveProvider({
+    url: "ws://relay/live",
+    WebSocket: FakeSocket,
+    token: () => {
+      calls += 1;
+      return jwt(90 * 86_400_000);
+    },
+  });
+  long.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  await until(() => FakeSocket.all.length === 1);
+  FakeSocket.all[0].open();
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(calls, 1, "no renewal months ahead of exp");
+  assert.equal(warned, false, "no TimeoutOverflowWarning");
+  long.close();
+  process.off("warning", onWarning);
+
+  // The same token every time: renewal asks again at most once a second, and sends nothing.
+  FakeSocket.all = [];
+  calls = 0;
+  const cached = jwt(2500);
+  const p = liveProvider({
+    url: "ws://relay/live",
+    WebSocket: FakeSocket,
+    token: () => {
+      calls += 1;
+      return cached;
+    },
+  });
+  p.subscribe({ channel: "resources/posts", types: ["*"], callback: () => {} });
+  await until(() => FakeSocket.all.length === 1);
+  FakeSocket.all[0].open();
+  await new Promise((r) => setTimeout(r, 2000));
+  assert.ok(calls <= 3, `${calls} calls in 2 s`);
+  assert.deepEqual(FakeSocket.all[0].sent.filter((m) => m.op === "auth"), []);
+  p.close();
+});

@@ -71,10 +71,16 @@ impl AmqpUrl {
     pub fn parse(text: &str, password: Option<&str>) -> Result<AmqpUrl, String> {
         // An unencoded password's special characters end the user-info part early and put the
         // rest into the port, path, query or fragment; no part of the URL is ever quoted.
-        const HINT: &str = "a password containing ?, #, /, @ or % must be percent-encoded \
-             (%3F, %23, %2F, %40, %25), or kept out of the URL with password_file";
+        const KNOWN: &[&str] = &[
+            "heartbeat",
+            "frame_max",
+            "channel_max",
+            "connection_timeout",
+            "auth_mechanism",
+        ];
+        let hint = crate::source::conninfo::percent_hint("password_file");
         let mut url = url::Url::parse(text)
-            .map_err(|e| format!("not a valid amqp:// or amqps:// URL ({e}); {HINT}"))?;
+            .map_err(|e| format!("not a valid amqp:// or amqps:// URL ({e}); {hint}"))?;
         if !matches!(url.scheme(), "amqp" | "amqps") {
             return Err(format!(
                 "scheme {:?} is not supported; use amqp:// or amqps://",
@@ -86,21 +92,20 @@ impl AmqpUrl {
         }
         if url.fragment().is_some() {
             return Err(format!(
-                "the URL has a #fragment, which broker URLs do not use; {HINT}"
+                "the URL has a #fragment, which broker URLs do not use; {hint}"
             ));
         }
         if url.path().contains('@') {
             return Err(format!(
-                "the vhost contains an unencoded @ (write a real one as %40); {HINT}"
+                "the vhost contains an unencoded @ (write a real one as %40); {hint}"
             ));
         }
-        if url
-            .query_pairs()
-            .any(|(k, _)| !crate::source::conninfo::shows_as_parameter_name(&k))
-        {
+        // Anything else in the query may be the tail of an unencoded password: never shown.
+        if url.query_pairs().any(|(k, _)| !KNOWN.contains(&k.as_ref())) {
             return Err(format!(
-                "the URL has a query parameter whose name is not a parameter name (not shown); \
-                 {HINT}"
+                "the URL has an unknown query parameter (not shown: it may be part of a password; \
+                 known: {}); {hint}",
+                KNOWN.join(", ")
             ));
         }
         if let Some(pw) = password {
@@ -110,8 +115,8 @@ impl AmqpUrl {
         // The broker library's own parser has the last word (query parameters, vhost).
         AMQPUri::from_str(url.as_str()).map_err(|_| {
             format!(
-                "the URL's query is not understood (known: heartbeat, frame_max, channel_max, \
-                 connection_timeout, auth_mechanism); {HINT}"
+                "the URL's query is not understood (known: {}); {hint}",
+                KNOWN.join(", ")
             )
         })?;
         let mut shown = url.clone();

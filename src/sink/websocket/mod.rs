@@ -73,9 +73,10 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code for a client message over `max_message_bytes` (RFC 6455 "message too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
-/// What the WebSocket layer itself accepts, above `max_message_bytes` so that a message over
-/// the limit gets a close frame with a reason rather than a dropped connection.
-const TRANSPORT_MAX_MESSAGE: usize = 64 * 1024;
+/// What the WebSocket layer itself buffers of one message: twice `max_message_bytes` (at least
+/// this much), so that a message somewhat over the limit gets a close frame with a reason, and a
+/// far larger one drops the connection without pglive holding it.
+const TRANSPORT_MIN_MESSAGE: usize = 8 * 1024;
 
 /// A resolved `[[sinks]] type = "websocket"` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,10 +228,14 @@ async fn upgrade(
     // Counted from here, before the upgrade completes, so that a stop meanwhile still waits
     // for this client's close handshake.
     let session = shared.sessions.token();
+    let transport_max = config
+        .max_message_bytes
+        .saturating_mul(2)
+        .max(TRANSPORT_MIN_MESSAGE);
     ws.read_buffer_size(4096)
         .write_buffer_size(16 * 1024)
-        .max_message_size(TRANSPORT_MAX_MESSAGE.max(config.max_message_bytes))
-        .max_frame_size(TRANSPORT_MAX_MESSAGE.max(config.max_message_bytes))
+        .max_message_size(transport_max)
+        .max_frame_size(transport_max)
         .on_upgrade(move |socket| async move {
             serve_client(socket, access, &guard.0).await;
             drop(guard);
