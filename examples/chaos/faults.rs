@@ -155,6 +155,15 @@ impl Pglive {
     }
 }
 
+/// A memory figure of process `pid` from /proc (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn vm_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Samples pglive's resident memory every 200 ms until `stop`: `peak_kib` is the peak over
 /// the whole run (VmHWM, across restarts), `window_kib` the largest VmRSS seen since the run
 /// last reset it.
@@ -164,20 +173,13 @@ pub async fn sample_rss(
     window_kib: Arc<AtomicU64>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let field = |status: &str, name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
     while !stop.is_cancelled() {
         let p = pid.load(Ordering::Acquire);
         if p != 0 {
-            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
-            if let Some(kib) = field(&status, "VmHWM:") {
+            if let Some(kib) = vm_kib(p, "VmHWM:") {
                 peak_kib.fetch_max(kib, Ordering::Relaxed);
             }
-            if let Some(kib) = field(&status, "VmRSS:") {
+            if let Some(kib) = vm_kib(p, "VmRSS:") {
                 window_kib.fetch_max(kib, Ordering::Relaxed);
             }
         }

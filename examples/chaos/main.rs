@@ -445,6 +445,10 @@ async fn run(a: Args) -> Result<bool> {
             .map_err(|e| format!("cycle {} ({}): {e}", i + 1, c.fault.name()))?;
         let cleared = Instant::now();
         let recovery = recover(&a, i, c, &mut running, &mut prober, &file, &amqp).await?;
+        // A cycle shorter than the sampling interval still gets a figure.
+        if let Some(kib) = faults::vm_kib(running.pglive.pid.load(Ordering::Acquire), "VmRSS:") {
+            cycle_rss.fetch_max(kib, Ordering::Relaxed);
+        }
         eprintln!(
             "chaos: cycle {}/{}: {}{}{} for {:.1} s; recovered in {:.1} s; pglive RSS up to {:.1} MiB",
             i + 1,
