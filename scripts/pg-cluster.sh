@@ -2,6 +2,8 @@
 # A throwaway PostgreSQL cluster with logical WAL, for the quick start and the benchmark.
 #   scripts/pg-cluster.sh start DIR PORT   initdb (if needed) and start; prints the URL
 #   scripts/pg-cluster.sh stop DIR         stop it (the directory stays; delete it yourself)
+#   scripts/pg-cluster.sh crash DIR        stop it as a crash would (immediate: no checkpoint;
+#                                          the next start recovers from the WAL)
 # Runs the server as the `postgres` user when invoked as root (initdb refuses root).
 set -euo pipefail
 
@@ -22,7 +24,7 @@ as_owner() {
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start DIR PORT | stop DIR | crash DIR" >&2; exit 2; }
 bindir=$(find_bindir)
 
 case "$cmd" in
@@ -51,5 +53,8 @@ CONF
   stop)
     [ -f "$dir/data/PG_VERSION" ] && as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     ;;
-  *) echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2 ;;
+  crash)
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
+    ;;
+  *) echo "usage: $0 start DIR PORT | stop DIR | crash DIR" >&2; exit 2 ;;
 esac
