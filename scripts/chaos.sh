@@ -97,6 +97,7 @@ exchange = "pglive"
 type = "websocket"
 listen = "127.0.0.1:$ws_port"
 jwt_secret = "$jwt_secret"
+allowed_origins = ["http://localhost"]
 # Above the 50 clients, below them plus a flood's 140 WebSocket connections: floods meet it.
 max_connections = 150
 CONF
