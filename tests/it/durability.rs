@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Cluster, Daemon, TestDb, all_ids};
+use crate::support::{Cluster, Daemon, TestDb, all_ids, named_pipe};
 
 fn ids_as_set(events: &[Value]) -> BTreeSet<i64> {
     all_ids(events)
@@ -40,18 +40,6 @@ fn impatient_role(db: &TestDb, role: &str) {
         "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN REPLICATION SUPERUSER;
          ALTER ROLE {role} SET wal_sender_timeout = '2s';"
     ));
-}
-
-/// A named pipe in a directory of its own (removed when the guard drops).
-fn named_pipe() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("events.pipe");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success(), "mkfifo failed");
-    (dir, fifo)
 }
 
 #[test]

@@ -302,15 +302,7 @@ fn star_events_not_acknowledged_before_a_crash_are_sent_again_after_it() {
     );
 
     // A second sink that never acknowledges: a named pipe nobody reads.
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("events.pipe");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (_dir, fifo) = crate::support::named_pipe();
     let stalled = format!(
         "{stdout_only}[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
         fifo.display()
@@ -340,15 +332,7 @@ fn a_slot_lost_while_streaming_is_recreated_on_the_reconnect() {
     create_tables(&db);
     // A sink that never acknowledges holds the slot where it is, so that the WAL it needs
     // falls out of the cap while pglive streams.
-    let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("events.pipe");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let (_dir, fifo) = crate::support::named_pipe();
     let config = format!(
         "{}[[sinks]]\ntype = \"file\"\npath = \"{}\"\n",
         db.config(&TABLES, "on_slot_lost = \"recreate\""),

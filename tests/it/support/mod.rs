@@ -428,6 +428,18 @@ pub fn until_closed(s: &mut std::net::TcpStream, within: Duration) -> Option<Str
     }
 }
 
+/// A named pipe in a directory of its own (removed when the guard drops).
+pub fn named_pipe() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("events.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo failed");
+    (dir, fifo)
+}
+
 /// A sample's value in a Prometheus text page: `series` is the name with its labels as
 /// rendered, e.g. `pglive_sink_healthy{sink="stdout"}`.
 pub fn metric(page: &str, series: &str) -> Option<f64> {
