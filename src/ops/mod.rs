@@ -111,7 +111,7 @@ fn describe() {
     );
     describe_counter!(
         "pglive_http_connections_refused_total",
-        "Connections refused because the listener had max_connections open."
+        "Connections refused at accept because the listener was at its connection cap."
     );
     describe_counter!(
         SLOT_RECREATED_METRIC,

@@ -110,10 +110,9 @@ pub struct ConnInfo {
 #[error("{0}")]
 pub struct ConnInfoError(String);
 
-/// What to do when a password was written into the URL unencoded: its special characters end
-/// the user-info part early, and the rest lands in the host, port, path or query.
-/// What to do about a password holding URL delimiters, for URL errors; `file_key` is the key
-/// that keeps it out of the URL.
+/// What to do when a password was written into the URL unencoded (its special characters end
+/// the user-info part early, and the rest lands in the host, port, path or query), for URL
+/// errors; `file_key` is the key that keeps it out of the URL.
 pub fn percent_hint(file_key: &str) -> String {
     format!(
         "a password containing ?, #, /, @ or % must be percent-encoded (%3F, %23, %2F, %40, \

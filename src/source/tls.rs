@@ -54,9 +54,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// ~/.postgresql/root.crt), sslmode=require verifies the chain like verify-ca.
 pub fn effective_mode(info: &ConnInfo) -> SslMode {
     match info.sslmode {
-        SslMode::Require if info.sslrootcert.is_some() || default_root_cert().is_some() => {
-            SslMode::VerifyCa
-        }
+        SslMode::Require if has_root_cert(info) => SslMode::VerifyCa,
         other => other,
     }
 }
