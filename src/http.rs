@@ -60,7 +60,8 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
-    let refused = metrics::counter!("pglive_http_connections_refused_total", "listener" => name);
+    let refused =
+        metrics::counter!(crate::status::metric::HTTP_CONNECTIONS_REFUSED, "listener" => name);
     let tasks = TaskTracker::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

@@ -2,24 +2,32 @@
 //!
 //! The pipeline, in order:
 //! ```text
-//! postgres ─▶ source ─▶ decode ─▶ map ─▶ sink queues ─▶ sink drivers ─┐ ack(batch)
-//!    ▲                                                                │
-//!    └──── flush LSN (status update) ◀── checkpoint ◀─────────────────┘
+//! postgres ─▶ source ─▶ pipeline: decode ─▶ map ─▶ outbox ─▶ sink queues ─▶ sink drivers ─┐
+//!    ▲                                             │                                      │ ack
+//!    └──────── flush LSN (status update) ◀── checkpoint ◀──────── AckBoard ◀───────────────┘
 //! ```
-//! - [`source`]: the replication connection (TLS, auth, `START_REPLICATION`, keepalives, status
-//!   updates), the control connection for catalog work, and the loop that drives the rest.
+//! - [`source`]: the replication stream only — the transport both connections share (TLS,
+//!   auth, the password rule), the replication protocol (`START_REPLICATION`, messages,
+//!   throttled status updates), and the control connection's catalog work.
+//! - [`pipeline`]: the loop that opens sessions (slot and publication as configured), decodes
+//!   and maps each message into the [`pipeline::outbox`], which seals batches, hands them to
+//!   every sink's queue and advances the checkpoint; reconnects, stands by, shuts down.
 //! - [`decode`]: pgoutput bytes → typed messages (pure).
 //! - [`map`]: messages → [`event::LiveEvent`]s: channels, types, typed ids, coalescing (pure).
-//! - [`sink`]: the `Sink` trait, its generic driver, and the sinks (stdout, file, and AMQP,
-//!   which pipelines publisher confirms across batches with a driver of its own).
+//! - [`sink`]: the `Sink` contract, the one driver every sink runs under (in-flight window,
+//!   acknowledgements, health, backoff, retry), and the sinks: stdout, file, AMQP, and the
+//!   WebSocket relay (whose server `app` starts).
 //! - [`checkpoint`]: per-sink acknowledgements → the contiguous flush LSN.
-//! - [`ops`]: the shared status, the `/healthz` `/readyz` `/metrics` listener, systemd
-//!   notifications and the slot monitor.
+//! - [`status`]: the shared state every stage reports to, and every metric name (a leaf).
+//! - [`ops`]: the `/healthz` `/readyz` `/metrics` listener, systemd notifications and the slot
+//!   monitor.
 //! - [`http`]: the accept loop both HTTP listeners share: connection cap, header timeout.
-//! - [`app`]: wires the stages; [`config`] loads and validates settings; [`check`] verifies
-//!   the server side.
+//! - [`app`]: wires the stages and owns every task; [`shutdown`]: how a shutdown spends its
+//!   time; [`backoff`]: reconnection delays; [`config`] loads and validates settings;
+//!   [`check`] verifies the server side.
 
 pub mod app;
+pub mod backoff;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
@@ -29,5 +37,8 @@ pub mod http;
 pub mod lsn;
 pub mod map;
 pub mod ops;
+pub mod pipeline;
+pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod status;

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 use pglive::check::Level;
 use pglive::config::{self, Config, LogFormat};
 use pglive::lsn::Lsn;
+use pglive::pipeline::Stopped;
 use pglive::source::catalog;
-use pglive::source::stream::Stopped;
 
 #[derive(Parser)]
 #[command(
@@ -174,7 +174,8 @@ async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<ExitCode> {
         Some(_) => Some(pglive::ops::install_metrics().map_err(anyhow::Error::msg)?),
         None => None,
     };
-    match pglive::app::run(config, stop_at, shutdown, metrics).await? {
+    let listeners = pglive::app::Listeners::bind(&config, metrics).await?;
+    match pglive::app::run(config, listeners, stop_at, shutdown).await? {
         Stopped::Shutdown => tracing::info!("stopped"),
         Stopped::ReachedStopLsn(lsn) => tracing::info!(flush = %lsn, "reached the stop position"),
     }

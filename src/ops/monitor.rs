@@ -10,10 +10,10 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::{SlotStats, Status};
 use crate::config::{OnSlotLost, OpsConfig, PostgresConfig};
 use crate::lsn::Lsn;
 use crate::source::catalog;
+use crate::status::{SlotStats, Status};
 
 const POSITIONS: &str = "
 SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()

@@ -1,9 +1,48 @@
 //! systemd notifications (`Type=notify`): READY=1 once replication streams, STATUS= lines,
-//! STOPPING=1 on shutdown, and WATCHDOG=1 pings while the runtime is responsive. Without
-//! `NOTIFY_SOCKET` (not under systemd) every call does nothing.
+//! STOPPING=1 on shutdown — each read off the shared [`Status`] as it changes — and WATCHDOG=1
+//! pings while the runtime is responsive. Without `NOTIFY_SOCKET` (not under systemd) nothing
+//! is sent.
+
+use std::sync::Arc;
 
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
+
+use crate::status::{SourceState, Status};
+
+/// Tells systemd of every change of the source's state, and pings its watchdog, until `stop`.
+pub async fn run(status: Arc<Status>, stop: CancellationToken) {
+    let mut changes = status.watch();
+    let slot = status.slot.clone();
+    let watchdog = watchdog(stop.clone());
+    tokio::pin!(watchdog);
+    let mut ever_streamed = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            // Ends only at `stop`.
+            _ = &mut watchdog => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let state = changes.borrow_and_update().clone();
+                match state {
+                    SourceState::Streaming => {
+                        let line = format!("streaming from slot {slot}");
+                        if !std::mem::replace(&mut ever_streamed, true) {
+                            ready(&line);
+                        } else {
+                            self::status(&line);
+                        }
+                    }
+                    SourceState::NotStreaming(why) => self::status(&why),
+                    SourceState::Stopping => stopping(),
+                }
+            }
+        }
+    }
+}
 
 fn send(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -17,15 +56,15 @@ fn one_line(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
 
-pub fn ready(status: &str) {
+fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(&one_line(status))]);
 }
 
-pub fn status(status: &str) {
+fn status(status: &str) {
     send(&[NotifyState::Status(&one_line(status))]);
 }
 
-pub fn stopping() {
+fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
@@ -33,9 +72,9 @@ pub fn stopping() {
 /// from the single thread that runs the whole pipeline, so they stop when that thread is
 /// blocked or spinning, and systemd restarts the service. (A pipeline merely waiting on
 /// PostgreSQL or a sink is not stuck: readiness and the lag metrics report that.)
-pub async fn watchdog(stop: CancellationToken) {
+async fn watchdog(stop: CancellationToken) {
     let Some(timeout) = sd_notify::watchdog_enabled().filter(|t| !t.is_zero()) else {
-        return;
+        return std::future::pending().await;
     };
     let mut tick = tokio::time::interval(timeout / 2);
     loop {

@@ -1,13 +1,19 @@
 //! The file sink: appends one JSON event per line to a file (an audit trail, or a named pipe
 //! into another program). A batch is acknowledged once its lines are written and, for a
-//! regular file with `fsync = true`, on disk.
+//! regular file with `fsync = true`, on disk. A failed write (a full disk, a pipe whose reader
+//! left) is retried: the file is opened again and the unacknowledged lines appended again; a
+//! file pglive may not open or write stops the daemon.
 
+use std::io::ErrorKind;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt;
 
-use super::{Batch, Sink, SinkError};
+use super::{Batch, Delivery, Sink, SinkError, delivered};
+
+pub const NAME: &str = "file";
 
 pub struct FileSink {
     path: PathBuf,
@@ -60,19 +66,32 @@ impl FileSink {
     }
 
     fn error(&self, what: &str, e: std::io::Error) -> SinkError {
-        SinkError {
-            sink: "file",
-            message: format!("cannot {what} {}: {e}", self.path.display()),
+        let message = format!("cannot {what} {}: {e}", self.path.display());
+        match e.kind() {
+            // The path or its permissions are wrong: the operator must fix them.
+            ErrorKind::PermissionDenied
+            | ErrorKind::NotFound
+            | ErrorKind::IsADirectory
+            | ErrorKind::NotADirectory
+            | ErrorKind::ReadOnlyFilesystem
+            | ErrorKind::InvalidInput => SinkError::fatal(NAME, message),
+            _ => SinkError::retryable(NAME, message),
         }
     }
 }
 
 impl Sink for FileSink {
     fn name(&self) -> &'static str {
-        "file"
+        NAME
     }
 
-    async fn send(&mut self, batch: &Batch) -> Result<(), SinkError> {
+    async fn connect(&mut self) -> Result<(), SinkError> {
+        // After a failure: open the file again at the next batch.
+        self.file = None;
+        Ok(())
+    }
+
+    async fn send(&mut self, batch: Arc<Batch>) -> Result<Delivery, SinkError> {
         let mut out = match self.file.take() {
             Some(out) => out,
             None => self.open().await?,
@@ -88,7 +107,8 @@ impl Sink for FileSink {
         }
         .await;
         self.file = Some(out);
-        result.map_err(|e| self.error("write to", e))
+        result.map_err(|e| self.error("write to", e))?;
+        Ok(delivered())
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {
@@ -109,7 +129,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "earlier\n").unwrap();
-        let read = || {
+        let read = async || {
             std::fs::read(&path)
                 .unwrap()
                 .split(|&b| b == b'\n')
@@ -133,7 +153,10 @@ mod tests {
             seq: 1,
             events: Vec::new(),
         };
-        let err = sink.send(&batch).await.unwrap_err();
+        let Err(err) = sink.send(Arc::new(batch)).await else {
+            panic!("the batch was taken")
+        };
+        assert!(!err.retryable, "a missing directory needs the operator");
         assert!(
             err.to_string().contains("/nonexistent-dir/events.jsonl"),
             "{err}"

@@ -33,9 +33,6 @@ const SMALL_READ: usize = 16 * 1024;
 /// How long to let a busy stream gather before reading again.
 const READ_GATHER_PAUSE: Duration = Duration::from_millis(1);
 
-/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
-const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
 /// A backend message: its tag and its body (without the tag and length).
 pub struct Frame {
     pub tag: u8,
@@ -505,7 +502,7 @@ impl ReplicationConnection {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0)
-            - PG_EPOCH_OFFSET_MICROS;
+            - crate::event::PG_EPOCH_UNIX_MICROS;
         self.wbuf.put_u8(b'd');
         self.wbuf.put_i32(4 + 34);
         self.wbuf.put_u8(b'r');

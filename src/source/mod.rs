@@ -1,7 +1,8 @@
 //! The source: PostgreSQL logical replication. `conninfo` and `tls` describe how to connect,
 //! `transport` reaches the server (socket, TLS, the password rule), `conn` speaks the
 //! replication protocol, `catalog` does the SQL-side work over an ordinary
-//! connection, and `stream` runs the loop that feeds decoded, mapped events to the sinks.
+//! connection, and `stream` is one session's replication stream: messages in, status updates
+//! out.
 
 pub mod catalog;
 pub mod conn;

@@ -7,10 +7,11 @@
 //! every batch before it are confirmed: the contiguous prefix the checkpoint may advance over.
 //!
 //! On a lost connection or channel, a nack, or (with the default `on_reject = "retry"`) a
-//! returned unroutable message, the session ends: the sink reconnects with backoff and
-//! publishes again every message not yet confirmed, in order. Those messages are still held,
-//! because the batches they belong to are not acknowledged. Consumers may therefore see a
-//! message twice; `message_id` (the event's `meta.id`) is the same both times.
+//! returned unroutable message, the delivery fails as retryable: the driver reconnects with
+//! backoff and sends again every batch not yet acknowledged, and the sink publishes again
+//! every message of them not yet confirmed, in order (the confirmed start of the oldest batch
+//! is not published twice). Consumers may therefore see a message twice; `message_id` (the
+//! event's `meta.id`) is the same both times.
 
 mod routing;
 
@@ -20,7 +21,7 @@ use std::future::{Future, poll_fn};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -31,12 +32,14 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use lapin::{Event, ExchangeKind};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 pub use routing::{DEFAULT_TEMPLATE, MAX_ROUTING_KEY_BYTES, RoutingKey};
 
-use super::{Batch, Lane, SinkError};
-use crate::event::{EventId, LiveEvent};
+use super::{Batch, Delivery, Sink, SinkError};
+use crate::checkpoint::Seq;
+use crate::event::LiveEvent;
+use crate::status::SinkStatus;
 
 /// The sink's name in logs and errors.
 pub const NAME: &str = "amqp";
@@ -45,8 +48,6 @@ pub const DEFAULT_EXCHANGE: &str = "pglive";
 pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
 /// Bytes of message bodies awaiting their confirms at once.
 pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 16 << 20;
-/// The first reconnection delay; it doubles up to `max_backoff`.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// What to do when the broker nacks a message, or returns it as unroutable (`mandatory`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +176,7 @@ pub struct AmqpSinkConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Why a session ended.
+/// Why an attempt failed.
 #[derive(Debug)]
 enum Failure {
     /// Retrying cannot help (credentials, permissions, a missing exchange): stop the daemon.
@@ -184,47 +185,250 @@ enum Failure {
     Retry(String),
 }
 
-/// Publishes every batch from `queue` and acknowledges each on `lane` once
-/// the broker has confirmed all its messages. Returns when the queue is closed and everything
-/// in it is confirmed, or with an error retrying cannot fix.
-pub async fn drive(
-    config: AmqpSinkConfig,
-    lane: Lane,
-    mut queue: mpsc::Receiver<Arc<Batch>>,
-) -> Result<(), SinkError> {
-    let mut window = Window::default();
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let confirmed_before = window.confirmed_total;
-        let attempt = async {
-            let session = Session::open(&config, &lane).await?;
-            tracing::info!(broker = %config.url, exchange = %config.exchange, "publishing to AMQP");
-            session.run(&config, &mut window, &mut queue, &lane).await
-        };
-        match attempt.await {
-            Ok(()) => return Ok(()),
-            Err(Failure::Fatal(message)) => {
-                lane.status().error();
-                lane.status().unhealthy(message.clone());
-                return Err(SinkError {
-                    sink: NAME,
-                    message,
-                });
-            }
-            Err(Failure::Retry(message)) => {
-                lane.status().error();
-                lane.status()
-                    .unhealthy(format!("{}: {message}", config.url));
-                if window.confirmed_total > confirmed_before {
-                    backoff = FIRST_BACKOFF;
-                }
-                tracing::warn!(sink = NAME, broker = %config.url, error = %message, retry_in = ?backoff,
-                    unconfirmed = window.unconfirmed(), "AMQP publishing interrupted; will publish unconfirmed messages again");
-                window.rewind();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(config.max_backoff);
+/// Publishes each batch's events and delivers the batch once the broker has confirmed them
+/// all.
+pub struct AmqpSink {
+    config: Arc<AmqpSinkConfig>,
+    status: Arc<SinkStatus>,
+    session: Option<Session>,
+    window: Arc<Window>,
+    /// How many events of which batch the broker has confirmed, as the deliveries see them:
+    /// a batch sent again after a failure skips those.
+    progress: Arc<Mutex<(Seq, usize)>>,
+}
+
+impl AmqpSink {
+    /// `status`: where the broker's resource alarms are reported.
+    pub fn new(config: AmqpSinkConfig, status: Arc<SinkStatus>) -> AmqpSink {
+        AmqpSink {
+            window: Arc::new(Window::new(config.max_inflight, config.max_inflight_bytes)),
+            config: Arc::new(config),
+            status,
+            session: None,
+            progress: Arc::new(Mutex::new((0, 0))),
+        }
+    }
+
+    fn error(&self, failure: Failure) -> SinkError {
+        match failure {
+            Failure::Fatal(message) => SinkError::fatal(NAME, message),
+            Failure::Retry(message) => {
+                SinkError::retryable(NAME, format!("{}: {message}", self.config.url))
             }
         }
+    }
+}
+
+impl Sink for AmqpSink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn connect(&mut self) -> Result<(), SinkError> {
+        // A failed session's connection goes; its unconfirmed messages are published again.
+        self.session = None;
+        let session = Session::open(&self.config, &self.status)
+            .await
+            .map_err(|f| self.error(f))?;
+        tracing::info!(broker = %self.config.url, exchange = %self.config.exchange, "publishing to AMQP");
+        self.session = Some(session);
+        Ok(())
+    }
+
+    async fn send(&mut self, batch: Arc<Batch>) -> Result<Delivery, SinkError> {
+        let Some(session) = &self.session else {
+            return Err(SinkError::retryable(NAME, "not connected"));
+        };
+        let confirmed = {
+            let p = lock(&self.progress);
+            if p.0 == batch.seq { p.1 } else { 0 }
+        };
+        let mut publishing = Publishing {
+            batch: batch.clone(),
+            config: self.config.clone(),
+            progress: self.progress.clone(),
+            confirmed,
+            pending: VecDeque::new(),
+        };
+        let mut key = String::new();
+        for i in confirmed..batch.events.len() {
+            let bytes = batch.events[i].json.len();
+            // No room: wait for this batch's oldest message (earlier batches' deliveries are
+            // polled meanwhile), or for the deliveries to free some.
+            let permit = loop {
+                let freed = self.window.freed.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                if let Some(permit) = self.window.try_take(bytes) {
+                    break permit;
+                }
+                if publishing.pending.is_empty() {
+                    freed.await;
+                } else {
+                    publishing
+                        .confirm_oldest()
+                        .await
+                        .map_err(|f| self.error(f))?;
+                }
+            };
+            let event = &batch.events[i];
+            self.config.routing_key.render(
+                &mut key,
+                &event.channel,
+                &event.schema,
+                &event.table,
+                event.kind,
+            );
+            let publish = start_publish(
+                &session.channel,
+                self.config.exchange.as_str().into(),
+                key.as_str().into(),
+                self.config.mandatory,
+                batch.clone(),
+                i,
+            );
+            publishing.pending.push_back((permit, publish));
+        }
+        let url = self.config.url.clone();
+        Ok(Box::pin(async move {
+            while !publishing.pending.is_empty() {
+                publishing.confirm_oldest().await.map_err(|f| match f {
+                    Failure::Fatal(m) => SinkError::fatal(NAME, m),
+                    Failure::Retry(m) => SinkError::retryable(NAME, format!("{url}: {m}")),
+                })?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn max_in_flight(&self) -> usize {
+        // The window of messages bounds what is in flight.
+        usize::MAX
+    }
+
+    fn max_backoff(&self) -> Duration {
+        self.config.max_backoff
+    }
+
+    fn interrupted(&self) -> &'static str {
+        "AMQP publishing interrupted; will publish unconfirmed messages again"
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        if let Some(session) = self.session.take() {
+            let _ = session.conn.close(200, "pglive stopping".into()).await;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values: a panic elsewhere cannot leave them inconsistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One batch's published messages awaiting their confirms, oldest first.
+struct Publishing {
+    batch: Arc<Batch>,
+    config: Arc<AmqpSinkConfig>,
+    progress: Arc<Mutex<(Seq, usize)>>,
+    /// Events of the batch confirmed so far.
+    confirmed: usize,
+    pending: VecDeque<(Permit, InFlight)>,
+}
+
+impl Publishing {
+    /// Waits for the oldest pending message's confirm and judges it.
+    async fn confirm_oldest(&mut self) -> Result<(), Failure> {
+        let Some((_, publish)) = self.pending.front_mut() else {
+            return Ok(());
+        };
+        let result = publish.as_mut().await;
+        let id = self.batch.events[self.confirmed].id;
+        // Its place in the window is free from here.
+        self.pending.pop_front();
+        let config = &self.config;
+        let rejected = match result.map_err(|e| classify(&e, "publish"))? {
+            Confirmation::Ack(None) => None,
+            Confirmation::Ack(Some(returned)) => Some(format!(
+                "was returned unroutable by the broker ({} {}): no queue is bound to exchange {:?} for routing key {:?}",
+                returned.reply_code,
+                returned.reply_text,
+                config.exchange,
+                returned.delivery.routing_key
+            )),
+            Confirmation::Nack(_) => Some("was rejected by the broker (nack)".to_owned()),
+            Confirmation::NotRequested => {
+                return Err(Failure::Fatal(
+                    "the broker did not confirm a message although confirms are on".into(),
+                ));
+            }
+        };
+        if let Some(why) = rejected {
+            match config.on_reject {
+                OnReject::Retry => {
+                    return Err(Failure::Retry(format!(
+                        "message {id} {why}; nothing after it is acknowledged until it is taken (or set on_reject = \"skip\")"
+                    )));
+                }
+                OnReject::Skip => {
+                    tracing::error!(sink = NAME, message_id = %id, "message {why}; skipped (on_reject = \"skip\")");
+                }
+            }
+        }
+        self.confirmed += 1;
+        *lock(&self.progress) = (self.batch.seq, self.confirmed);
+        Ok(())
+    }
+}
+
+/// Messages (and bytes of their bodies) awaiting confirms, across every pending delivery:
+/// one more may be published while both are under their limits.
+struct Window {
+    max: usize,
+    max_bytes: usize,
+    /// (messages, bytes) in flight.
+    used: Mutex<(usize, usize)>,
+    freed: Notify,
+}
+
+/// One message's place in the [`Window`], until its confirm (or until it is dropped).
+struct Permit {
+    window: Arc<Window>,
+    bytes: usize,
+}
+
+impl Window {
+    fn new(max: usize, max_bytes: usize) -> Window {
+        Window {
+            max,
+            max_bytes,
+            used: Mutex::new((0, 0)),
+            freed: Notify::new(),
+        }
+    }
+
+    fn try_take(self: &Arc<Self>, bytes: usize) -> Option<Permit> {
+        let mut used = lock(&self.used);
+        if used.0 >= self.max || used.1 >= self.max_bytes {
+            return None;
+        }
+        used.0 += 1;
+        used.1 += bytes;
+        Some(Permit {
+            window: self.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut used = lock(&self.window.used);
+        used.0 -= 1;
+        used.1 -= self.bytes;
+        drop(used);
+        self.window.freed.notify_waiters();
     }
 }
 
@@ -304,7 +508,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>, lane: Lane) {
+async fn log_alarms(
+    mut events: Pin<Box<dyn Stream<Item = Event> + Send>>,
+    status: Arc<SinkStatus>,
+) {
     while let Some(event) = poll_fn(|cx| events.as_mut().poll_next(cx)).await {
         match event {
             Event::ConnectionBlocked(reason) => {
@@ -313,12 +520,11 @@ async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>, lane:
                     %reason,
                     "the broker blocked publishing (resource alarm); waiting for it to clear"
                 );
-                lane.status()
-                    .unhealthy(format!("the broker blocked publishing: {reason}"));
+                status.unhealthy(format!("the broker blocked publishing: {reason}"));
             }
             Event::ConnectionUnblocked => {
                 tracing::info!(sink = NAME, "the broker unblocked publishing");
-                lane.status().healthy();
+                status.healthy();
             }
             // Errors also fail the pending confirms, which end the session.
             _ => {}
@@ -327,13 +533,13 @@ async fn log_alarms(mut events: Pin<Box<dyn Stream<Item = Event> + Send>>, lane:
 }
 
 impl Session {
-    async fn open(config: &AmqpSinkConfig, lane: &Lane) -> Result<Session, Failure> {
+    async fn open(config: &AmqpSinkConfig, status: &Arc<SinkStatus>) -> Result<Session, Failure> {
         let conn = connect(config).await?;
-        // Healthy from here, unless the alarm listener hears otherwise.
-        lane.status().healthy();
+        // The alarm listener reports while the session lasts (the driver marks the sink
+        // healthy once it is open).
         let watch = AbortOnDrop(tokio::spawn(log_alarms(
             Box::pin(conn.events_listener()),
-            lane.clone(),
+            status.clone(),
         )));
         let channel = conn
             .create_channel()
@@ -373,87 +579,6 @@ impl Session {
             _watch: watch,
         })
     }
-
-    async fn run(
-        self,
-        config: &AmqpSinkConfig,
-        window: &mut Window,
-        queue: &mut mpsc::Receiver<Arc<Batch>>,
-        lane: &Lane,
-    ) -> Result<(), Failure> {
-        let mut inflight: VecDeque<(Sent, InFlight)> = VecDeque::new();
-        let mut key = String::new();
-        let mut open = true;
-        loop {
-            while let Some((batch, i)) = window.next_to_publish(config) {
-                let event = &batch.events[i];
-                config.routing_key.render(
-                    &mut key,
-                    &event.channel,
-                    &event.schema,
-                    &event.table,
-                    event.kind,
-                );
-                let sent = Sent {
-                    id: event.id,
-                    bytes: event.json.len(),
-                };
-                let publish = start_publish(
-                    &self.channel,
-                    config.exchange.as_str().into(),
-                    key.as_str().into(),
-                    config.mandatory,
-                    batch,
-                    i,
-                );
-                inflight.push_back((sent, publish));
-            }
-            if !open && window.batches.is_empty() {
-                let _ = self.conn.close(200, "pglive stopping".into()).await;
-                return Ok(());
-            }
-            tokio::select! {
-                biased;
-                result = async { inflight.front_mut().expect("not empty").1.as_mut().await },
-                    if !inflight.is_empty() =>
-                {
-                    let (sent, _) = inflight.pop_front().expect("not empty");
-                    let rejected = match result.map_err(|e| classify(&e, "publish"))? {
-                        Confirmation::Ack(None) => None,
-                        Confirmation::Ack(Some(returned)) => Some(format!(
-                            "was returned unroutable by the broker ({} {}): no queue is bound to exchange {:?} for routing key {:?}",
-                            returned.reply_code, returned.reply_text, config.exchange, returned.delivery.routing_key
-                        )),
-                        Confirmation::Nack(_) => Some("was rejected by the broker (nack)".to_owned()),
-                        Confirmation::NotRequested => {
-                            return Err(Failure::Fatal("the broker did not confirm a message although confirms are on".into()));
-                        }
-                    };
-                    if let Some(why) = rejected {
-                        let id = sent.id;
-                        match config.on_reject {
-                            OnReject::Retry => {
-                                return Err(Failure::Retry(format!(
-                                    "message {id} {why}; nothing after it is acknowledged until it is taken (or set on_reject = \"skip\")"
-                                )));
-                            }
-                            OnReject::Skip => {
-                                tracing::error!(sink = NAME, message_id = %id, "message {why}; skipped (on_reject = \"skip\")");
-                            }
-                        }
-                    }
-                    window.confirm(sent.bytes, lane);
-                }
-                batch = queue.recv(), if open && window.wants_batch(config) => match batch {
-                    Some(batch) => window.push(batch, lane),
-                    None => open = false,
-                },
-                // Unreachable (with nothing in flight, there is room for a batch, or nothing
-                // left to publish and the loop returned above); a retry is the safe answer.
-                else => return Err(Failure::Retry("nothing to publish or wait for".into())),
-            }
-        }
-    }
 }
 
 /// A message being published: resolves with the broker's confirmation.
@@ -491,101 +616,6 @@ pub fn start_publish(
         Poll::Pending => publish,
         // Finished already (an error, say): keep the result, never poll a finished future.
         Poll::Ready(result) => Box::pin(std::future::ready(result)),
-    }
-}
-
-/// A published message awaiting its confirm.
-struct Sent {
-    id: EventId,
-    bytes: usize,
-}
-
-/// The batches not yet fully confirmed, oldest first, and where publishing stands in them.
-#[derive(Default)]
-struct Window {
-    batches: VecDeque<Arc<Batch>>,
-    /// Events of the first batch already confirmed.
-    confirmed: usize,
-    /// The next event to publish: (index into `batches`, index into its events).
-    next: (usize, usize),
-    inflight: usize,
-    inflight_bytes: usize,
-    /// Messages confirmed since the start, to tell a session that made progress.
-    confirmed_total: u64,
-}
-
-impl Window {
-    /// The next event to publish, if the in-flight limits allow one more.
-    fn next_to_publish(&mut self, config: &AmqpSinkConfig) -> Option<(Arc<Batch>, usize)> {
-        if self.inflight >= config.max_inflight || self.inflight_bytes >= config.max_inflight_bytes
-        {
-            return None;
-        }
-        loop {
-            let (b, e) = self.next;
-            let batch = self.batches.get(b)?;
-            if let Some(event) = batch.events.get(e) {
-                self.next.1 += 1;
-                self.inflight += 1;
-                self.inflight_bytes += event.json.len();
-                return Some((batch.clone(), e));
-            }
-            self.next = (b + 1, 0);
-        }
-    }
-
-    /// Whether to take another batch: everything taken so far is published and there is room.
-    fn wants_batch(&self, config: &AmqpSinkConfig) -> bool {
-        let (b, e) = self.next;
-        let all_published = match self.batches.get(b) {
-            None => true,
-            Some(batch) => b + 1 == self.batches.len() && e >= batch.events.len(),
-        };
-        all_published
-            && self.inflight < config.max_inflight
-            && self.inflight_bytes < config.max_inflight_bytes
-    }
-
-    fn push(&mut self, batch: Arc<Batch>, lane: &Lane) {
-        self.batches.push_back(batch);
-        // A batch without events is delivered as soon as those before it are.
-        self.settle(lane);
-    }
-
-    /// The oldest in-flight message is confirmed.
-    fn confirm(&mut self, bytes: usize, lane: &Lane) {
-        self.inflight -= 1;
-        self.inflight_bytes -= bytes;
-        self.confirmed += 1;
-        self.confirmed_total += 1;
-        self.settle(lane);
-    }
-
-    /// Acknowledges and drops the leading batches whose events are all confirmed.
-    fn settle(&mut self, lane: &Lane) {
-        while let Some(front) = self.batches.front() {
-            if self.confirmed < front.events.len() {
-                break;
-            }
-            lane.ack(front);
-            self.batches.pop_front();
-            self.confirmed = 0;
-            self.next = match self.next {
-                (0, _) => (0, 0),
-                (b, e) => (b - 1, e),
-            };
-        }
-    }
-
-    /// After a failed session: everything unconfirmed is to be published again.
-    fn rewind(&mut self) {
-        self.next = (0, self.confirmed);
-        self.inflight = 0;
-        self.inflight_bytes = 0;
-    }
-
-    fn unconfirmed(&self) -> usize {
-        self.batches.iter().map(|b| b.events.len()).sum::<usize>() - self.confirmed
     }
 }
 

@@ -1,11 +1,9 @@
-//! The publishing window: which event goes out next, when a batch may be acknowledged, and
-//! what is published again after a failed session.
+//! The publishing window, the shared sink contract against the local broker, and broker
+//! URLs.
 
 use std::sync::Arc;
 
 use super::*;
-use crate::event::{EventKind, EventSource, Id};
-use crate::lsn::Lsn;
 
 fn config(max_inflight: usize, max_inflight_bytes: usize) -> AmqpSinkConfig {
     AmqpSinkConfig {
@@ -23,118 +21,87 @@ fn config(max_inflight: usize, max_inflight_bytes: usize) -> AmqpSinkConfig {
     }
 }
 
-/// Batch `seq` holding events with the given ids.
-fn batch(seq: u64, ids: &[i64]) -> Arc<Batch> {
-    let source = EventSource {
-        channel: "resources/t".into(),
-        schema: "public".into(),
-        table: "t".into(),
-        data_provider_name: None,
+#[test]
+fn the_window_bounds_messages_and_bytes_in_flight_until_confirmed() {
+    let w = Arc::new(Window::new(2, 1 << 20));
+    let a = w.try_take(10).unwrap();
+    let b = w.try_take(10).unwrap();
+    assert!(w.try_take(10).is_none(), "two messages at most");
+    drop(a);
+    let c = w.try_take(10).unwrap();
+    drop((b, c));
+    assert_eq!(*lock(&w.used), (0, 0), "every place given back");
+
+    // One message may pass the byte limit, but nothing starts while it is over.
+    let w = Arc::new(Window::new(100, 100));
+    let big = w.try_take(150).unwrap();
+    assert!(w.try_take(1).is_none());
+    drop(big);
+    assert!(w.try_take(1).is_some());
+}
+
+/// A queue bound to a new exchange on the local broker, for the sink's output.
+async fn broker_queue(name: &str) -> (AmqpSinkConfig, lapin::Channel) {
+    let mut c = config(4, 1 << 20);
+    c.exchange = name.to_owned();
+    let conn = connect(&c)
+        .await
+        .map_err(failure_message)
+        .expect("the contract test needs RabbitMQ on 127.0.0.1:5672 (scripts/test.sh starts it)");
+    let ch = conn.create_channel().await.unwrap();
+    let opts = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
     };
-    let events = ids
-        .iter()
-        .map(|&n| {
-            let id = EventId {
-                commit_lsn: Lsn(0x1000 + n as u64),
-                ordinal: 0,
-            };
-            LiveEvent::new(&source, EventKind::Created, Some(&[Id::Int(n)]), id, 1, 0)
-        })
-        .collect();
-    Arc::new(Batch { seq, events })
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(name.into(), opts, FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        name.into(),
+        name.into(),
+        "#".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    c.declare = false;
+    (c, ch)
 }
 
-/// Publishes what the window allows; returns the ids published, in order.
-fn publish(w: &mut Window, c: &AmqpSinkConfig) -> Vec<u64> {
-    std::iter::from_fn(|| w.next_to_publish(c))
-        .map(|(b, i)| b.events[i].id.commit_lsn.0 - 0x1000)
-        .collect()
-}
-
-fn confirm(w: &mut Window, n: usize, board: &Lane) {
-    for _ in 0..n {
-        let bytes = w.batches[0].events[w.confirmed].json.len();
-        w.confirm(bytes, board);
-    }
-}
-
-#[test]
-fn a_batch_is_acknowledged_only_when_all_its_messages_are_confirmed() {
-    let c = config(100, 1 << 20);
-    let board = Lane::single();
-    let mut w = Window::default();
-    w.push(batch(1, &[1, 2]), &board);
-    w.push(batch(2, &[3]), &board);
-    assert_eq!(publish(&mut w, &c), [1, 2, 3]);
-    confirm(&mut w, 1, &board);
-    assert_eq!(board.min_acked(), 0, "half of batch 1 is not batch 1");
-    confirm(&mut w, 1, &board);
-    assert_eq!(board.min_acked(), 1);
-    confirm(&mut w, 1, &board);
-    assert_eq!(board.min_acked(), 2);
-    assert!(w.batches.is_empty() && w.inflight == 0 && w.inflight_bytes == 0);
-}
-
-#[test]
-fn an_empty_batch_waits_for_the_batches_before_it() {
-    let c = config(100, 1 << 20);
-    let board = Lane::single();
-    let mut w = Window::default();
-    w.push(batch(1, &[1]), &board);
-    w.push(batch(2, &[]), &board);
-    assert_eq!(board.min_acked(), 0);
-    assert_eq!(publish(&mut w, &c), [1]);
-    confirm(&mut w, 1, &board);
-    assert_eq!(board.min_acked(), 2);
-    w.push(batch(3, &[]), &board);
-    assert_eq!(
-        board.min_acked(),
-        3,
-        "nothing before it: acknowledged at once"
-    );
-}
-
-#[test]
-fn the_window_bounds_messages_and_bytes_in_flight() {
-    let board = Lane::single();
-    let c = config(2, 1 << 20);
-    let mut w = Window::default();
-    w.push(batch(1, &[1, 2, 3]), &board);
-    assert_eq!(publish(&mut w, &c), [1, 2]);
-    assert!(
-        !w.wants_batch(&c),
-        "no new batch while this one is unpublished"
-    );
-    confirm(&mut w, 1, &board);
-    assert_eq!(publish(&mut w, &c), [3]);
-    assert!(!w.wants_batch(&c), "the window is full");
-    confirm(&mut w, 1, &board);
-    assert!(w.wants_batch(&c));
-
-    // One event's bytes fill a window of one byte: one message at a time.
-    let c = config(100, 1);
-    let mut w = Window::default();
-    w.push(batch(1, &[1, 2]), &board);
-    assert_eq!(publish(&mut w, &c), [1]);
-    confirm(&mut w, 1, &board);
-    assert_eq!(publish(&mut w, &c), [2]);
-}
-
-#[test]
-fn after_a_failure_everything_unconfirmed_is_published_again_in_order() {
-    let c = config(100, 1 << 20);
-    let board = Lane::single();
-    let mut w = Window::default();
-    w.push(batch(1, &[1, 2, 3]), &board);
-    w.push(batch(2, &[4, 5]), &board);
-    assert_eq!(publish(&mut w, &c), [1, 2, 3, 4, 5]);
-    confirm(&mut w, 1, &board);
-    assert_eq!(w.unconfirmed(), 4);
-    w.rewind();
-    assert_eq!(publish(&mut w, &c), [2, 3, 4, 5]);
-    confirm(&mut w, 4, &board);
-    assert_eq!(board.min_acked(), 2);
-    assert_eq!(w.unconfirmed(), 0);
+#[tokio::test]
+async fn meets_the_sink_contract_with_a_window_smaller_than_a_batch() {
+    let name = format!("pglive-contract-{}", std::process::id());
+    let (c, ch) = broker_queue(&name).await;
+    let sink = AmqpSink::new(c, crate::sink::Lane::single().status().clone());
+    let read = async || {
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(
+                name.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            out.push(m.delivery.data.clone());
+        }
+        out
+    };
+    crate::sink::contract::check(sink, read).await;
 }
 
 #[test]

@@ -34,16 +34,16 @@ use axum::routing::get;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::{Access, Auth, Grants, Refused};
 use hub::{Client, Hub};
 
-use super::{Batch, Lane, SinkError};
+use super::{Batch, Delivery, Sink, SinkError, delivered};
 use crate::event::EventId;
 use crate::http::{self, Slot};
+use crate::shutdown::CLOSE_HANDSHAKE_STEP;
 
 pub const NAME: &str = "websocket";
 pub const DEFAULT_PATH: &str = "/live";
@@ -115,80 +115,107 @@ struct Shared {
     sessions: TaskTracker,
 }
 
-/// Serves the relay and hands it every batch from `queue`, acknowledging each at once.
-/// Returns when the queue is closed, after closing every connection (close code 1001).
-pub async fn drive(
-    config: WsSinkConfig,
-    lane: Lane,
-    mut queue: mpsc::Receiver<Arc<Batch>>,
-) -> Result<(), SinkError> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| SinkError {
-            sink: NAME,
-            message: format!("cannot listen on {}: {e}", config.listen),
-        })?;
-    let shared = Arc::new(Shared {
-        hub: Hub::new(config.history, config.history_age),
-        channels: config.channels.iter().cloned().collect(),
-        config,
-        clients: metrics::gauge!("pglive_websocket_clients", "sink" => lane.status().label.clone()),
-        next_id: AtomicU64::new(1),
-        stop: CancellationToken::new(),
-        sessions: TaskTracker::new(),
-    });
-    let app = axum::Router::new()
-        .route(&shared.config.path, get(upgrade))
-        .with_state(shared.clone());
-    tracing::info!(listen = %shared.config.listen, path = %shared.config.path, "WebSocket relay listening");
-    let limits = http::Limits {
-        max_connections: shared.config.max_connections,
-        header_timeout: shared.config.header_timeout,
-    };
-    lane.status().healthy();
-    let server = tokio::spawn(http::serve(
-        listener,
-        app,
-        limits,
-        NAME,
-        shared.stop.clone(),
-        |tcp| {
+/// The relay: its hub of channels and clients, the sink that publishes into it, and its
+/// server, which `app` starts on a listener it bound.
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    /// `label`: the sink's metric label.
+    pub fn new(config: WsSinkConfig, label: &str) -> Relay {
+        Relay {
+            shared: Arc::new(Shared {
+                hub: Hub::new(config.history, config.history_age),
+                channels: config.channels.iter().cloned().collect(),
+                config,
+                clients: metrics::gauge!(crate::status::metric::WEBSOCKET_CLIENTS, "sink" => label.to_owned()),
+                next_id: AtomicU64::new(1),
+                stop: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The sink that publishes every event into the hub.
+    pub fn sink(&self) -> WebSocketSink {
+        WebSocketSink {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves clients on `listener` until `stop`, then closes every connection (close code
+    /// 1001) and waits, at most `close_within`, for their close handshakes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+        close_within: Duration,
+    ) {
+        let shared = self.shared;
+        let app = axum::Router::new()
+            .route(&shared.config.path, get(upgrade))
+            .with_state(shared.clone());
+        tracing::info!(listen = %shared.config.listen, path = %shared.config.path, "WebSocket relay listening");
+        let limits = http::Limits {
+            max_connections: shared.config.max_connections,
+            header_timeout: shared.config.header_timeout,
+        };
+        let server = http::serve(listener, app, limits, NAME, shared.stop.clone(), |tcp| {
             let _ = tcp.set_nodelay(true);
             // A bounded kernel buffer per client: a client that stops reading is noticed
             // after this much (and its queue) rather than after megabytes.
             let _ = socket2::SockRef::from(tcp).set_send_buffer_size(SOCKET_SEND_BUFFER);
-        },
-    ));
-    // Channels nobody reads keep their history only as long as it could serve a `since`.
-    let mut sweep = tokio::time::interval(shared.config.history_age.max(Duration::from_secs(1)));
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            batch = queue.recv() => {
-                let Some(batch) = batch else { break };
-                for event in &batch.events {
-                    // Event JSON is UTF-8 (serde_json wrote it); converting once shares it
-                    // among clients.
-                    let text = String::from_utf8_lossy(&event.json).into_owned();
-                    shared
-                        .hub
-                        .publish(&event.channel, event.id, Utf8Bytes::from(text));
-                }
-                lane.ack(&batch);
+        });
+        tokio::pin!(server);
+        // Channels nobody reads keep their history only as long as it could serve a `since`.
+        let mut sweep =
+            tokio::time::interval(shared.config.history_age.max(Duration::from_secs(1)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The accept loop runs until `shared.stop`.
+        let mut serving = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = &mut server, if serving => serving = false,
+                _ = sweep.tick() => shared.hub.sweep(),
             }
-            _ = sweep.tick() => shared.hub.sweep(),
         }
+        shared.stop.cancel();
+        // The accept loop ends at once; what it waits for are requests still being read, and
+        // each client's close handshake.
+        shared.sessions.close();
+        let _ = tokio::time::timeout(close_within, async {
+            if serving {
+                (&mut server).await;
+            }
+            shared.sessions.wait().await;
+        })
+        .await;
     }
-    shared.stop.cancel();
-    // The accept loop ends at once; what it waits for are requests still being read, and
-    // each client's close handshake (at most two seconds).
-    shared.sessions.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = server.await;
-        shared.sessions.wait().await;
-    })
-    .await;
-    Ok(())
+}
+
+/// Publishes every batch into the relay's hub: delivered once handed to the clients' queues.
+pub struct WebSocketSink {
+    shared: Arc<Shared>,
+}
+
+impl Sink for WebSocketSink {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn send(&mut self, batch: Arc<Batch>) -> Result<Delivery, SinkError> {
+        for event in &batch.events {
+            // Event JSON is UTF-8 (serde_json wrote it); converting once shares it among
+            // clients.
+            let text = String::from_utf8_lossy(&event.json).into_owned();
+            self.shared
+                .hub
+                .publish(&event.channel, event.id, Utf8Bytes::from(text));
+        }
+        Ok(delivered())
+    }
 }
 
 #[derive(Deserialize)]
@@ -388,12 +415,12 @@ async fn serve_client(mut socket: WebSocket, access: Access, shared: &Shared) {
             reason: Utf8Bytes::from_static(reason),
         };
         let _ = tokio::time::timeout(
-            Duration::from_secs(1),
+            CLOSE_HANDSHAKE_STEP,
             socket.send(Message::Close(Some(frame))),
         )
         .await;
         // Let the client answer the close, briefly.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_STEP, async {
             while let Some(Ok(m)) = socket.recv().await {
                 if matches!(m, Message::Close(_)) {
                     break;
