@@ -3,16 +3,17 @@
 //! says, for each problem, the setting or SQL that fixes it.
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use tokio_postgres::Client;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use crate::config::{Config, OnSlotLost, SinkConfig};
+use crate::config::{Config, OnSlotLost, PostgresConfig, SinkConfig};
 use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
-use crate::source::catalog;
+use crate::source::catalog::{self, SlotInfo};
 use crate::source::conn::{quote_ident, quote_literal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,32 +75,7 @@ impl fmt::Display for Finding {
 /// Runs every check. A connection failure is itself a finding (and ends the checks).
 pub async fn run(config: &Config) -> Vec<Finding> {
     let pg = &config.postgres;
-    // What the configuration itself weakens (unverified server, secrets others can read).
-    let mut out: Vec<Finding> = config
-        .warnings
-        .iter()
-        .map(|w| Finding {
-            level: Level::Warn,
-            what: w.to_string(),
-            fix: None,
-        })
-        .collect();
-    for (i, s) in config.sinks.iter().enumerate() {
-        out.push(sink(i, s).await);
-    }
-    if let Some(listen) = config.ops.listen {
-        out.push(match std::net::TcpListener::bind(listen) {
-            Ok(_) => Finding::ok(format!("ops endpoints can listen on {listen}")),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Finding::warn(
-                format!("ops.listen {listen} is in use (by a running pglive?)"),
-                "stop what listens there, or change ops.listen",
-            ),
-            Err(e) => Finding::fail(
-                format!("ops.listen: cannot listen on {listen}: {e}"),
-                "change ops.listen",
-            ),
-        });
-    }
+    let mut out = local(config).await;
     let client = match catalog::connect(&pg.conn, pg.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
@@ -118,6 +94,50 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// What needs no PostgreSQL: what the configuration itself weakens (unverified server, secrets
+/// others can read), each sink, and the ops listener.
+async fn local(config: &Config) -> Vec<Finding> {
+    let mut out: Vec<Finding> = config
+        .warnings
+        .iter()
+        .map(|w| Finding {
+            level: Level::Warn,
+            what: w.to_string(),
+            fix: None,
+        })
+        .collect();
+    for (i, s) in config.sinks.iter().enumerate() {
+        out.push(sink(i, s).await);
+    }
+    if let Some(listen) = config.ops.listen {
+        out.push(bind_probe(
+            listen,
+            "ops.listen",
+            format!("ops endpoints can listen on {listen}"),
+            format!("ops.listen {listen}"),
+            "ops.listen",
+        ));
+    }
+    out
+}
+
+/// Whether a listener can bind `addr` now (the probe's socket is closed at once). `ok` is the
+/// finding when it can; `in_use` names the address when something else holds it, `context`
+/// leads any other failure; `key` is the setting that moves the listener.
+fn bind_probe(addr: SocketAddr, key: &str, ok: String, in_use: String, context: &str) -> Finding {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Finding::ok(ok),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Finding::warn(
+            format!("{in_use} is in use (by a running pglive?)"),
+            format!("stop what listens there, or change {key}"),
+        ),
+        Err(e) => Finding::fail(
+            format!("{context}: cannot listen on {addr}: {e}"),
+            format!("change {key}"),
+        ),
+    }
 }
 
 /// Whether the broker of AMQP sink `index` takes the connection, and the exchange is usable.
@@ -156,80 +176,86 @@ async fn sink(index: usize, sink: &SinkConfig) -> Finding {
     match sink {
         SinkConfig::Stdout => Finding::ok(format!("sinks[{index}]: stdout")),
         SinkConfig::Amqp(amqp) => broker(index, amqp).await,
-        SinkConfig::WebSocket(ws) => match std::net::TcpListener::bind(ws.listen) {
-            Ok(_) => Finding::ok(format!(
+        SinkConfig::WebSocket(ws) => bind_probe(
+            ws.listen,
+            &format!("sinks[{index}].listen"),
+            format!(
                 "sinks[{index}]: the WebSocket relay can listen on {}",
                 ws.listen
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Finding::warn(
-                format!(
-                    "sinks[{index}]: {} is in use (by a running pglive?)",
-                    ws.listen
-                ),
-                format!("stop what listens there, or change sinks[{index}].listen"),
             ),
-            Err(e) => Finding::fail(
-                format!("sinks[{index}]: cannot listen on {}: {e}", ws.listen),
-                format!("change sinks[{index}].listen"),
-            ),
+            format!("sinks[{index}]: {}", ws.listen),
+            &format!("sinks[{index}]"),
+        ),
+        SinkConfig::File { path, .. } => file(index, path),
+    }
+}
+
+/// Whether file sink `index` can append to `path` (or create it), without writing to it.
+fn file(index: usize, path: &Path) -> Finding {
+    let shown = path.display();
+    let fix = format!("make {shown} writable by this user, or change sinks[{index}].path");
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_fifo() => Finding::ok(format!(
+            "sinks[{index}]: {shown} is a named pipe (events flow once a reader opens it)"
+        )),
+        Ok(_) => match std::fs::OpenOptions::new().append(true).open(path) {
+            Ok(_) => Finding::ok(format!("sinks[{index}]: {shown} is writable")),
+            Err(e) => Finding::fail(format!("sinks[{index}]: cannot write {shown}: {e}"), fix),
         },
-        SinkConfig::File { path, .. } => {
-            let shown = path.display();
-            let fix = format!("make {shown} writable by this user, or change sinks[{index}].path");
-            match std::fs::metadata(path) {
-                Ok(m) if m.file_type().is_fifo() => Finding::ok(format!(
-                    "sinks[{index}]: {shown} is a named pipe (events flow once a reader opens it)"
-                )),
-                Ok(_) => match std::fs::OpenOptions::new().append(true).open(path) {
-                    Ok(_) => Finding::ok(format!("sinks[{index}]: {shown} is writable")),
-                    Err(e) => {
-                        Finding::fail(format!("sinks[{index}]: cannot write {shown}: {e}"), fix)
-                    }
-                },
-                Err(_) => {
-                    // Not there yet: probe the directory with a file of our own.
-                    let dir = path
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(Path::new("."));
-                    let probe = dir.join(format!(".pglive-check-{}", std::process::id()));
-                    match std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&probe)
-                    {
-                        Ok(_) => {
-                            let _ = std::fs::remove_file(&probe);
-                            Finding::ok(format!("sinks[{index}]: {shown} can be created"))
-                        }
-                        Err(e) => Finding::fail(
-                            format!(
-                                "sinks[{index}]: cannot create files in {}: {e}",
-                                dir.display()
-                            ),
-                            fix,
-                        ),
-                    }
+        Err(_) => {
+            // Not there yet: probe the directory with a file of our own.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let probe = dir.join(format!(".pglive-check-{}", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+            {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    Finding::ok(format!("sinks[{index}]: {shown} can be created"))
                 }
+                Err(e) => Finding::fail(
+                    format!(
+                        "sinks[{index}]: cannot create files in {}: {e}",
+                        dir.display()
+                    ),
+                    fix,
+                ),
             }
         }
     }
 }
 
+/// The checks against the server, in order: its settings, the role, each mapped table, the
+/// publication, the slot, and what bounds the WAL the slot holds.
 async fn checks(
     config: &Config,
     client: &Client,
     out: &mut Vec<Finding>,
 ) -> Result<(), SourceError> {
-    let pg = &config.postgres;
-    let setting = |name: &'static str| async move {
-        client
-            .query_one("SELECT current_setting($1)", &[&name])
-            .await
-            .map(|r| r.get::<_, String>(0))
-    };
+    server_settings(client, out).await?;
+    role(client, out).await?;
+    tables(config, client, out).await?;
+    publication(config, client, out).await?;
+    slot(&config.postgres, client, out).await?;
+    wal_retention(client, out).await
+}
 
-    let wal_level = setting("wal_level").await?;
+/// The value of the server setting `name`.
+async fn setting(client: &Client, name: &str) -> Result<String, tokio_postgres::Error> {
+    client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .map(|r| r.get::<_, String>(0))
+}
+
+/// Logical decoding is on, and the server allows replication connections and slots.
+async fn server_settings(client: &Client, out: &mut Vec<Finding>) -> Result<(), SourceError> {
+    let wal_level = setting(client, "wal_level").await?;
     out.push(if wal_level == "logical" {
         Finding::ok("wal_level is logical")
     } else {
@@ -239,7 +265,7 @@ async fn checks(
         )
     });
     for name in ["max_wal_senders", "max_replication_slots"] {
-        let value = setting(name).await?;
+        let value = setting(client, name).await?;
         if value.parse::<i64>().unwrap_or(0) < 1 {
             out.push(Finding::fail(
                 format!("{name} is {value}"),
@@ -247,7 +273,11 @@ async fn checks(
             ));
         }
     }
+    Ok(())
+}
 
+/// The role may replicate.
+async fn role(client: &Client, out: &mut Vec<Finding>) -> Result<(), SourceError> {
     let row = client
         .query_one(
             "SELECT current_user::text, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
@@ -263,7 +293,16 @@ async fn checks(
             format!("ALTER ROLE {} WITH REPLICATION;", quote_ident(&user)),
         )
     });
+    Ok(())
+}
 
+/// Each mapped table exists, and its changes can name their rows.
+async fn tables(
+    config: &Config,
+    client: &Client,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let pg = &config.postgres;
     for (i, t) in config.tables.iter().enumerate() {
         let name = format!("{}.{}", t.schema, t.name);
         let quoted = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
@@ -294,7 +333,29 @@ async fn checks(
             )),
         });
     }
+    Ok(())
+}
 
+/// Something `run` needs is missing: with auto_setup, `run` creates it, so this is a warning
+/// (and `check` before `run`, systemd's ExecStartPre, lets the first start go ahead).
+fn missing(pg: &PostgresConfig, what: String, fix: String) -> Finding {
+    if pg.auto_setup {
+        Finding::warn(
+            format!("{what}: `pglive run` will create it (postgres.auto_setup)"),
+            fix,
+        )
+    } else {
+        Finding::fail(what, fix)
+    }
+}
+
+/// The publication exists, covers every mapped table, and publishes every kind of change.
+async fn publication(
+    config: &Config,
+    client: &Client,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let pg = &config.postgres;
     let table_list = config
         .tables
         .iter()
@@ -302,20 +363,9 @@ async fn checks(
         .collect::<Vec<_>>()
         .join(", ");
     let publication = quote_ident(&pg.publication);
-    // With auto_setup, `run` creates what is missing: a warning, so that `check` before `run`
-    // (systemd's ExecStartPre) lets the first start go ahead.
-    let missing = |what: String, fix: String| {
-        if pg.auto_setup {
-            Finding::warn(
-                format!("{what}: `pglive run` will create it (postgres.auto_setup)"),
-                fix,
-            )
-        } else {
-            Finding::fail(what, fix)
-        }
-    };
     match catalog::publication_tables(client, &pg.publication).await? {
         None => out.push(missing(
+            pg,
             format!("publication {} does not exist", pg.publication),
             format!("pglive setup --config <file>   (or: CREATE PUBLICATION {publication} FOR TABLE {table_list};)"),
         )),
@@ -355,79 +405,121 @@ async fn checks(
             }
         }
     }
+    Ok(())
+}
 
-    let slot_lit = quote_literal(&pg.slot);
-    match catalog::slot(client, &pg.slot).await? {
-        None => out.push(missing(
+/// The slot exists, is a pgoutput slot of this database, and is usable.
+async fn slot(
+    pg: &PostgresConfig,
+    client: &Client,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let Some(slot) = catalog::slot(client, &pg.slot).await? else {
+        let slot_lit = quote_literal(&pg.slot);
+        out.push(missing(
+            pg,
             format!("replication slot {} does not exist", pg.slot),
             format!("pglive setup --config <file>   (or: SELECT pg_create_logical_replication_slot({slot_lit}, 'pgoutput');)"),
-        )),
-        Some(slot) => {
-            let db = client.query_one("SELECT current_database()::text", &[]).await?;
-            let db: String = db.get(0);
-            if slot.slot_type != "logical" || slot.plugin.as_deref() != Some("pgoutput") {
-                out.push(Finding::fail(
-                    format!(
-                        "replication slot {} is a {} slot with plugin {}, not a pgoutput logical slot",
-                        pg.slot,
-                        slot.slot_type,
-                        slot.plugin.as_deref().unwrap_or("none")
-                    ),
-                    format!("use another postgres.slot, or drop it: SELECT pg_drop_replication_slot({slot_lit});"),
-                ));
-            } else if slot.database.as_deref() != Some(db.as_str()) {
-                out.push(Finding::fail(
-                    format!(
-                        "replication slot {} belongs to database {}, not {db}",
-                        pg.slot,
-                        slot.database.as_deref().unwrap_or("?")
-                    ),
-                    "use another postgres.slot for this database".to_owned(),
-                ));
-            } else if slot.is_lost() {
-                let what = format!(
-                    "replication slot {} was invalidated (wal_status lost): PostgreSQL removed WAL it still needed because it held more than max_slot_wal_keep_size, so the changes committed after its confirmed position {} are lost",
-                    pg.slot,
-                    slot.confirmed_flush.map(|l| l.to_string()).unwrap_or_else(|| "?".into())
-                );
-                out.push(match pg.on_slot_lost {
-                    OnSlotLost::Fail => Finding::fail(
-                        what,
-                        "`pglive teardown` then `pglive setup` (clients keep stale data until they refetch), or set postgres.on_slot_lost = \"recreate\": `pglive run` then recreates the slot and sends every mapped channel an event of type \"*\" so that clients refetch",
-                    ),
-                    OnSlotLost::Recreate => Finding::warn(
-                        what,
-                        "nothing: with postgres.on_slot_lost = \"recreate\", `pglive run` recreates the slot and sends every mapped channel an event of type \"*\" so that clients refetch",
-                    ),
-                });
-            } else if let Some(pid) = slot.active_pid {
-                out.push(Finding::warn(
-                    format!("replication slot {} is in use by process {pid}: `pglive run` will stand by until it is released", pg.slot),
-                    format!("nothing, if that is another pglive (this one is its standby); otherwise stop that consumer: SELECT pg_terminate_backend({pid});"),
-                ));
-            } else {
-                out.push(Finding::ok(format!(
-                    "replication slot {} (pgoutput) is ready at {}",
-                    pg.slot,
-                    slot.confirmed_flush.map(|l| l.to_string()).unwrap_or_default()
-                )));
-            }
-            match slot.wal_status.as_deref() {
-                Some("extended") => out.push(Finding::warn(
-                    format!("replication slot {} holds more WAL than max_wal_size (wal_status extended): its consumer is behind", pg.slot),
-                    "let pglive catch up (see pglive_replication_lag_bytes); make sure the disk has room for the WAL it holds",
-                )),
-                Some("unreserved") => out.push(Finding::warn(
-                    format!("replication slot {} is about to lose WAL it needs (wal_status unreserved): changes will be lost at the next checkpoint", pg.slot),
-                    "start pglive now so that it catches up, or raise max_slot_wal_keep_size",
-                )),
-                _ => {}
-            }
-        }
-    }
+        ));
+        return Ok(());
+    };
+    let db = client
+        .query_one("SELECT current_database()::text", &[])
+        .await?;
+    out.push(slot_state(pg, &slot, &db.get::<_, String>(0)));
+    out.extend(slot_wal_status(pg, &slot));
+    Ok(())
+}
 
+/// Whether `slot` is one `run` can stream from: a pgoutput slot of database `db`, not
+/// invalidated, not in use.
+fn slot_state(pg: &PostgresConfig, slot: &SlotInfo, db: &str) -> Finding {
+    let slot_lit = quote_literal(&pg.slot);
+    if slot.slot_type != "logical" || slot.plugin.as_deref() != Some("pgoutput") {
+        Finding::fail(
+            format!(
+                "replication slot {} is a {} slot with plugin {}, not a pgoutput logical slot",
+                pg.slot,
+                slot.slot_type,
+                slot.plugin.as_deref().unwrap_or("none")
+            ),
+            format!(
+                "use another postgres.slot, or drop it: SELECT pg_drop_replication_slot({slot_lit});"
+            ),
+        )
+    } else if slot.database.as_deref() != Some(db) {
+        Finding::fail(
+            format!(
+                "replication slot {} belongs to database {}, not {db}",
+                pg.slot,
+                slot.database.as_deref().unwrap_or("?")
+            ),
+            "use another postgres.slot for this database".to_owned(),
+        )
+    } else if slot.is_lost() {
+        let what = format!(
+            "replication slot {} was invalidated (wal_status lost): PostgreSQL removed WAL it still needed because it held more than max_slot_wal_keep_size, so the changes committed after its confirmed position {} are lost",
+            pg.slot,
+            slot.confirmed_flush
+                .map(|l| l.to_string())
+                .unwrap_or_else(|| "?".into())
+        );
+        match pg.on_slot_lost {
+            OnSlotLost::Fail => Finding::fail(
+                what,
+                "`pglive teardown` then `pglive setup` (clients keep stale data until they refetch), or set postgres.on_slot_lost = \"recreate\": `pglive run` then recreates the slot and sends every mapped channel an event of type \"*\" so that clients refetch",
+            ),
+            OnSlotLost::Recreate => Finding::warn(
+                what,
+                "nothing: with postgres.on_slot_lost = \"recreate\", `pglive run` recreates the slot and sends every mapped channel an event of type \"*\" so that clients refetch",
+            ),
+        }
+    } else if let Some(pid) = slot.active_pid {
+        Finding::warn(
+            format!(
+                "replication slot {} is in use by process {pid}: `pglive run` will stand by until it is released",
+                pg.slot
+            ),
+            format!(
+                "nothing, if that is another pglive (this one is its standby); otherwise stop that consumer: SELECT pg_terminate_backend({pid});"
+            ),
+        )
+    } else {
+        Finding::ok(format!(
+            "replication slot {} (pgoutput) is ready at {}",
+            pg.slot,
+            slot.confirmed_flush
+                .map(|l| l.to_string())
+                .unwrap_or_default()
+        ))
+    }
+}
+
+/// A warning when the slot holds more WAL than it should.
+fn slot_wal_status(pg: &PostgresConfig, slot: &SlotInfo) -> Option<Finding> {
+    match slot.wal_status.as_deref() {
+        Some("extended") => Some(Finding::warn(
+            format!(
+                "replication slot {} holds more WAL than max_wal_size (wal_status extended): its consumer is behind",
+                pg.slot
+            ),
+            "let pglive catch up (see pglive_replication_lag_bytes); make sure the disk has room for the WAL it holds",
+        )),
+        Some("unreserved") => Some(Finding::warn(
+            format!(
+                "replication slot {} is about to lose WAL it needs (wal_status unreserved): changes will be lost at the next checkpoint",
+                pg.slot
+            ),
+            "start pglive now so that it catches up, or raise max_slot_wal_keep_size",
+        )),
+        _ => None,
+    }
+}
+
+/// What bounds the WAL the slot holds, and how soon a standby can take it over.
+async fn wal_retention(client: &Client, out: &mut Vec<Finding>) -> Result<(), SourceError> {
     // Without a cap, a slot nobody reads keeps WAL until the disk is full.
-    let keep = setting("max_slot_wal_keep_size").await?;
+    let keep = setting(client, "max_slot_wal_keep_size").await?;
     out.push(if keep == "-1" {
         Finding::warn(
             "max_slot_wal_keep_size is unlimited: if pglive stops for long, the slot keeps WAL until the disk fills and PostgreSQL stops",
@@ -438,7 +530,7 @@ async fn checks(
     });
     // A consumer whose host vanished keeps the slot until this timeout ends its session: only
     // then can a standby take over.
-    if setting("wal_sender_timeout").await? == "0" {
+    if setting(client, "wal_sender_timeout").await? == "0" {
         out.push(Finding::warn(
             "wal_sender_timeout is 0: if the machine running pglive dies, PostgreSQL keeps its session, and the slot, until TCP gives up (hours), so a standby cannot take over",
             "ALTER SYSTEM SET wal_sender_timeout = '60s';  -- then SELECT pg_reload_conf();",

@@ -3,6 +3,10 @@
 
 use super::*;
 
+use std::path::PathBuf;
+
+use crate::sink::amqp::{self, AmqpSinkConfig, OnReject, RoutingKey};
+use crate::sink::websocket::{self, Auth, WsSinkConfig};
 use crate::source::conninfo::{Host, SslMode};
 
 const URL: &str = "postgres://pglive:s3cret-pw@db.example:6543/app";

@@ -1,0 +1,140 @@
+//! `type = "amqp"`: a RabbitMQ exchange, its routing keys, and how many messages may await
+//! their confirms.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::SinkConfig;
+use crate::config::issues::Issues;
+use crate::config::raw::{RawDuration, at_least_one, duration, read_secret_file};
+use crate::config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF};
+use crate::map::TableRule;
+use crate::sink::amqp::{self, AmqpSinkConfig, AmqpUrl, OnReject, RoutingKey};
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::config) struct RawAmqp {
+    url: String,
+    password_file: Option<PathBuf>,
+    exchange: Option<String>,
+    declare: Option<bool>,
+    routing_key: Option<String>,
+    mandatory: Option<bool>,
+    on_reject: Option<String>,
+    max_inflight: Option<u64>,
+    max_inflight_bytes: Option<u64>,
+    connect_timeout: Option<RawDuration>,
+    max_backoff: Option<RawDuration>,
+    ca_file: Option<PathBuf>,
+}
+
+impl RawAmqp {
+    /// The sink of `sinks[index]`, whose routing key must suit every mapped table; none when
+    /// its URL or routing key is unusable (reported).
+    pub(super) fn resolve(
+        self,
+        issues: &mut Issues,
+        index: usize,
+        tables: &[TableRule],
+    ) -> Option<SinkConfig> {
+        let key = |k: &str| format!("sinks[{index}].{k}");
+        let password = self.password_file.as_deref().and_then(|file| {
+            read_secret_file(file)
+                .map_err(|e| issues.push(key("password_file"), e))
+                .ok()
+        });
+        let url = AmqpUrl::parse(&self.url, password.as_deref())
+            .map_err(|e| issues.push(key("url"), e))
+            .ok();
+        let exchange = self
+            .exchange
+            .unwrap_or_else(|| amqp::DEFAULT_EXCHANGE.into());
+        if exchange.len() > 255 {
+            issues.push(key("exchange"), "must be at most 255 bytes");
+        }
+        let routing_key = routing_key(issues, &key("routing_key"), self.routing_key, tables);
+        let mut positive =
+            |k: &str, v: Option<u64>, default: usize| at_least_one(issues, &key(k), v, default);
+        let max_inflight = positive(
+            "max_inflight",
+            self.max_inflight,
+            amqp::DEFAULT_MAX_INFLIGHT,
+        );
+        let max_inflight_bytes = positive(
+            "max_inflight_bytes",
+            self.max_inflight_bytes,
+            amqp::DEFAULT_MAX_INFLIGHT_BYTES,
+        );
+        let connect_timeout = duration(
+            issues,
+            &key("connect_timeout"),
+            &self.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let max_backoff = duration(
+            issues,
+            &key("max_backoff"),
+            &self.max_backoff,
+            DEFAULT_MAX_BACKOFF,
+        );
+        if let Some(ca) = self.ca_file.as_ref().filter(|p| !p.is_file()) {
+            issues.push(
+                key("ca_file"),
+                format!("{} is not a readable file", ca.display()),
+            );
+        }
+        let on_reject = on_reject(issues, &key("on_reject"), self.on_reject.as_deref());
+        Some(SinkConfig::Amqp(Box::new(AmqpSinkConfig {
+            url: url?,
+            exchange,
+            declare: self.declare.unwrap_or(true),
+            routing_key: routing_key?,
+            mandatory: self.mandatory.unwrap_or(true),
+            on_reject,
+            max_inflight,
+            max_inflight_bytes,
+            connect_timeout,
+            max_backoff,
+            ca_file: self.ca_file,
+        })))
+    }
+}
+
+/// The routing-key template (at `key`), checked against every mapped table.
+fn routing_key(
+    issues: &mut Issues,
+    key: &str,
+    template: Option<String>,
+    tables: &[TableRule],
+) -> Option<RoutingKey> {
+    match RoutingKey::parse(template.as_deref().unwrap_or(amqp::DEFAULT_TEMPLATE)) {
+        Ok(rk) => {
+            for rule in tables {
+                if let Err(e) = rk.check(&rule.channel, &rule.schema, &rule.name) {
+                    issues.push(key, e);
+                }
+            }
+            Some(rk)
+        }
+        Err(e) => {
+            issues.push(key, e);
+            None
+        }
+    }
+}
+
+/// What to do with a message no queue takes (at `key`).
+fn on_reject(issues: &mut Issues, key: &str, policy: Option<&str>) -> OnReject {
+    match policy {
+        None | Some("retry") => OnReject::Retry,
+        Some("skip") => OnReject::Skip,
+        Some(other) => {
+            issues.push(
+                key,
+                format!("{other:?} is not a policy; use \"retry\" or \"skip\""),
+            );
+            OnReject::Retry
+        }
+    }
+}

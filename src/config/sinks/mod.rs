@@ -1,0 +1,133 @@
+//! `[[sinks]]`: where events go. Each sink type has a file of its own with its raw keys and
+//! the resolver that checks them; this one dispatches on `type` and checks what concerns
+//! several sinks at once (two sinks writing to the same place, a relay on the ops port).
+
+mod amqp;
+mod file;
+mod websocket;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::OpsConfig;
+use super::issues::{Issue, Issues};
+use crate::map::TableRule;
+use crate::sink::amqp::AmqpSinkConfig;
+use crate::sink::websocket::WsSinkConfig;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkConfig {
+    /// One JSON event per line on standard output.
+    Stdout,
+    /// One JSON event per line appended to `path`; synced to disk per batch when `fsync`.
+    File { path: PathBuf, fsync: bool },
+    /// Persistent messages to a RabbitMQ exchange, with publisher confirms.
+    Amqp(Box<AmqpSinkConfig>),
+    /// A WebSocket relay served by pglive.
+    WebSocket(Box<WsSinkConfig>),
+}
+
+impl SinkConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::File { .. } => "file",
+            SinkConfig::Amqp(_) => crate::sink::amqp::NAME,
+            SinkConfig::WebSocket(_) => crate::sink::websocket::NAME,
+        }
+    }
+}
+
+/// A `[[sinks]]` entry as written, by its `type`.
+// Parsed once at start-up; boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub(super) enum RawSink {
+    Stdout {},
+    File(file::RawFile),
+    Amqp(amqp::RawAmqp),
+    Websocket(websocket::RawWebsocket),
+}
+
+impl RawSink {
+    /// The sink of `sinks[index]`; none when it cannot be built (reported).
+    fn resolve(
+        self,
+        issues: &mut Issues,
+        index: usize,
+        tables: &[TableRule],
+    ) -> Option<SinkConfig> {
+        match self {
+            RawSink::Stdout {} => Some(SinkConfig::Stdout),
+            RawSink::File(raw) => Some(raw.resolve(issues, index)),
+            RawSink::Amqp(raw) => raw.resolve(issues, index, tables),
+            RawSink::Websocket(raw) => raw.resolve(issues, index, tables),
+        }
+    }
+}
+
+/// Resolves the `[[sinks]]` entries that parsed; `present` says whether the file has the
+/// section at all (an empty one was reported already).
+pub(super) fn resolve_sinks(
+    issues: &mut Issues,
+    sinks: Vec<(usize, RawSink)>,
+    present: bool,
+    tables: &[TableRule],
+    ops: &OpsConfig,
+) -> Vec<SinkConfig> {
+    let mut resolved: Vec<SinkConfig> = Vec::new();
+    if sinks.is_empty() && !present {
+        issues.push(
+            "sinks",
+            "no sinks configured; add at least one [[sinks]] entry, e.g. type = \"stdout\"",
+        );
+    }
+    for (i, raw) in sinks {
+        let Some(sink) = raw.resolve(issues, i, tables) else {
+            continue;
+        };
+        if let Some(what) = resolved.iter().find_map(|other| conflict(&sink, other)) {
+            issues.push(format!("sinks[{i}].type"), what);
+        }
+        if let (SinkConfig::WebSocket(ws), Some(ops)) = (&sink, ops.listen)
+            && ws.listen == ops
+        {
+            issues.push(
+                format!("sinks[{i}].listen"),
+                format!("{ops} is also ops.listen; use another port for one of them"),
+            );
+        }
+        resolved.push(sink);
+    }
+    resolved
+}
+
+/// Why `sink` cannot go with `other`, configured before it: both write to the same place.
+fn conflict(sink: &SinkConfig, other: &SinkConfig) -> Option<String> {
+    match (sink, other) {
+        (SinkConfig::Stdout, SinkConfig::Stdout) => {
+            Some("only one stdout sink is allowed".to_owned())
+        }
+        (SinkConfig::File { path: a, .. }, SinkConfig::File { path: b, .. }) if a == b => Some(
+            format!("another file sink already writes to {}", a.display()),
+        ),
+        (SinkConfig::WebSocket(a), SinkConfig::WebSocket(b)) if a.listen == b.listen => Some(
+            format!("another websocket sink already listens on {}", a.listen),
+        ),
+        _ => None,
+    }
+}
+
+/// What weakens sinks that are otherwise valid.
+pub(super) fn warnings(sinks: &[SinkConfig]) -> Vec<Issue> {
+    sinks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match s {
+            SinkConfig::WebSocket(ws) => websocket::warning(i, ws),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,110 @@
+//! `[[tables]]` and `[events]`: which tables become which channels, and how their changes
+//! become events (what `map` is given).
+
+use serde::{Deserialize, Serialize};
+
+use super::DEFAULT_MAX_IDS_PER_EVENT;
+use super::issues::Issues;
+use super::raw::at_least_one;
+use crate::map::{MapOptions, TableRule};
+use crate::sink::websocket;
+
+#[derive(Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEvents {
+    coalesce: Option<bool>,
+    max_ids_per_event: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTable {
+    name: String,
+    channel: Option<String>,
+    ids_as_strings: Option<bool>,
+    data_provider_name: Option<String>,
+}
+
+/// Resolves `[events]`; a missing section gives the defaults.
+pub(super) fn resolve_events(issues: &mut Issues, raw: RawEvents) -> MapOptions {
+    let max_ids_per_event = at_least_one(
+        issues,
+        "events.max_ids_per_event",
+        raw.max_ids_per_event,
+        DEFAULT_MAX_IDS_PER_EVENT,
+    );
+    MapOptions {
+        coalesce: raw.coalesce.unwrap_or(true),
+        max_ids_per_event,
+    }
+}
+
+/// Resolves the `[[tables]]` entries that parsed; `present` says whether the file has the
+/// section at all (an empty one was reported already).
+pub(super) fn resolve_tables(
+    issues: &mut Issues,
+    tables: Vec<(usize, RawTable)>,
+    present: bool,
+) -> Vec<TableRule> {
+    let mut rules: Vec<TableRule> = Vec::new();
+    if tables.is_empty() && !present {
+        issues.push(
+            "tables",
+            "no tables mapped; add at least one [[tables]] entry with a `name`",
+        );
+    }
+    for (i, t) in tables {
+        let key = format!("tables[{i}]");
+        let (schema, name) = match parse_table_name(&t.name) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                issues.push(format!("{key}.name"), e);
+                continue;
+            }
+        };
+        if rules.iter().any(|r| r.schema == schema && r.name == name) {
+            issues.push(
+                format!("{key}.name"),
+                format!("table {schema}.{name} is mapped more than once"),
+            );
+        }
+        let channel = t.channel.unwrap_or_else(|| format!("resources/{name}"));
+        if channel.is_empty() {
+            issues.push(format!("{key}.channel"), "must not be empty");
+        } else if channel.len() > websocket::MAX_CHANNEL_BYTES {
+            issues.push(
+                format!("{key}.channel"),
+                format!("must be at most {} bytes", websocket::MAX_CHANNEL_BYTES),
+            );
+        }
+        if t.data_provider_name.as_deref() == Some("") {
+            issues.push(format!("{key}.data_provider_name"), "must not be empty");
+        }
+        rules.push(TableRule {
+            schema,
+            name,
+            channel,
+            ids_as_strings: t.ids_as_strings.unwrap_or(false),
+            data_provider_name: t.data_provider_name,
+        });
+    }
+    rules
+}
+
+/// `schema.table` or `table` (schema `public`). Names are taken literally, as in the catalog.
+fn parse_table_name(text: &str) -> Result<(String, String), String> {
+    let parts: Vec<&str> = text.split('.').collect();
+    let (schema, name) = match parts.as_slice() {
+        [name] => ("public", *name),
+        [schema, name] => (*schema, *name),
+        _ => return Err(format!("{text:?} is not `schema.table` or `table`")),
+    };
+    for part in [schema, name] {
+        if part.is_empty() || part.len() > 63 || part.contains('\0') {
+            return Err(format!(
+                "{text:?}: each part must be 1 to 63 bytes (schema.table or table)"
+            ));
+        }
+    }
+    Ok((schema.to_owned(), name.to_owned()))
+}
