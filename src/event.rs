@@ -182,8 +182,10 @@ impl LiveEvent {
     }
 }
 
-/// Seconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
-const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+/// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch: PostgreSQL timestamps
+/// count from there.
+pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+const PG_EPOCH_UNIX_SECS: i64 = PG_EPOCH_UNIX_MICROS / 1_000_000;
 
 /// Formats a PostgreSQL timestamp (µs since 2000-01-01 UTC) as RFC 3339 UTC with microseconds:
 /// `2026-11-29T10:00:00.123456Z`.
