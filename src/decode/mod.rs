@@ -201,17 +201,8 @@ pub fn decode(buf: &[u8]) -> Result<LogicalMessage<'_>, DecodeError> {
     let mut r = Reader::new(buf);
     let tag = r.u8("message tag").map_err(|_| DecodeError::Empty)?;
     let msg = match tag {
-        b'B' => LogicalMessage::Begin(Begin {
-            final_lsn: Lsn(r.u64("begin final LSN")?),
-            commit_time: r.i64("begin commit time")?,
-            xid: r.u32("begin xid")?,
-        }),
-        b'C' => LogicalMessage::Commit(Commit {
-            flags: r.u8("commit flags")?,
-            commit_lsn: Lsn(r.u64("commit LSN")?),
-            end_lsn: Lsn(r.u64("commit end LSN")?),
-            commit_time: r.i64("commit time")?,
-        }),
+        b'B' => LogicalMessage::Begin(Begin::read(&mut r)?),
+        b'C' => LogicalMessage::Commit(Commit::read(&mut r)?),
         b'O' => LogicalMessage::Origin {
             commit_lsn: Lsn(r.u64("origin commit LSN")?),
             name: r.cstr("origin name")?,
@@ -222,71 +213,104 @@ pub fn decode(buf: &[u8]) -> Result<LogicalMessage<'_>, DecodeError> {
             namespace: r.cstr("type namespace")?,
             name: r.cstr("type name")?,
         },
-        b'I' => {
-            let relation = r.u32("insert relation OID")?;
-            expect_marker(&mut r, b'N')?;
-            LogicalMessage::Insert {
-                relation,
-                new: Tuple::read(&mut r)?,
-            }
-        }
-        b'U' => {
-            let relation = r.u32("update relation OID")?;
-            let (old, marker) = match r.u8("update tuple marker")? {
-                b'K' => (Some(OldTuple::Key(Tuple::read(&mut r)?)), None),
-                b'O' => (Some(OldTuple::Full(Tuple::read(&mut r)?)), None),
-                other => (None, Some(other)),
-            };
-            let marker = match marker {
-                Some(m) => m,
-                None => r.u8("update new tuple marker")?,
-            };
-            if marker != b'N' {
-                return Err(DecodeError::UnexpectedTupleMarker(char::from(marker)));
-            }
-            LogicalMessage::Update {
-                relation,
-                old,
-                new: Tuple::read(&mut r)?,
-            }
-        }
-        b'D' => {
-            let relation = r.u32("delete relation OID")?;
-            let old = match r.u8("delete tuple marker")? {
-                b'K' => OldTuple::Key(Tuple::read(&mut r)?),
-                b'O' => OldTuple::Full(Tuple::read(&mut r)?),
-                other => return Err(DecodeError::UnexpectedTupleMarker(char::from(other))),
-            };
-            LogicalMessage::Delete { relation, old }
-        }
-        b'T' => {
-            let count = r.u32("truncate relation count")?;
-            let options = r.u8("truncate options")?;
-            // Bound the allocation by what the buffer can hold, not by the claimed count.
-            let mut relations = Vec::with_capacity((count as usize).min(r.remaining() / 4));
-            for _ in 0..count {
-                relations.push(r.u32("truncate relation OID")?);
-            }
-            LogicalMessage::Truncate { options, relations }
-        }
-        b'M' => {
-            let flags = r.u8("message flags")?;
-            let lsn = Lsn(r.u64("message LSN")?);
-            let prefix = r.cstr("message prefix")?;
-            let content = r.counted("message content")?;
-            LogicalMessage::Message {
-                transactional: flags & 1 == 1,
-                lsn,
-                prefix,
-                content,
-            }
-        }
+        b'I' => read_insert(&mut r)?,
+        b'U' => read_update(&mut r)?,
+        b'D' => read_delete(&mut r)?,
+        b'T' => read_truncate(&mut r)?,
+        b'M' => read_message(&mut r)?,
         other => return Err(DecodeError::UnknownTag(char::from(other))),
     };
     match r.remaining() {
         0 => Ok(msg),
         n => Err(DecodeError::TrailingBytes(n)),
     }
+}
+
+impl Begin {
+    fn read(r: &mut Reader<'_>) -> Result<Begin, DecodeError> {
+        Ok(Begin {
+            final_lsn: Lsn(r.u64("begin final LSN")?),
+            commit_time: r.i64("begin commit time")?,
+            xid: r.u32("begin xid")?,
+        })
+    }
+}
+
+impl Commit {
+    fn read(r: &mut Reader<'_>) -> Result<Commit, DecodeError> {
+        Ok(Commit {
+            flags: r.u8("commit flags")?,
+            commit_lsn: Lsn(r.u64("commit LSN")?),
+            end_lsn: Lsn(r.u64("commit end LSN")?),
+            commit_time: r.i64("commit time")?,
+        })
+    }
+}
+
+fn read_insert<'a>(r: &mut Reader<'a>) -> Result<LogicalMessage<'a>, DecodeError> {
+    let relation = r.u32("insert relation OID")?;
+    expect_marker(r, b'N')?;
+    Ok(LogicalMessage::Insert {
+        relation,
+        new: Tuple::read(r)?,
+    })
+}
+
+/// An UPDATE: the old key or row when the server sends one (`'K'`, `'O'`), then the new row.
+fn read_update<'a>(r: &mut Reader<'a>) -> Result<LogicalMessage<'a>, DecodeError> {
+    let relation = r.u32("update relation OID")?;
+    let (old, marker) = match r.u8("update tuple marker")? {
+        b'K' => (Some(OldTuple::Key(Tuple::read(r)?)), None),
+        b'O' => (Some(OldTuple::Full(Tuple::read(r)?)), None),
+        other => (None, Some(other)),
+    };
+    let marker = match marker {
+        Some(m) => m,
+        None => r.u8("update new tuple marker")?,
+    };
+    if marker != b'N' {
+        return Err(DecodeError::UnexpectedTupleMarker(char::from(marker)));
+    }
+    Ok(LogicalMessage::Update {
+        relation,
+        old,
+        new: Tuple::read(r)?,
+    })
+}
+
+fn read_delete<'a>(r: &mut Reader<'a>) -> Result<LogicalMessage<'a>, DecodeError> {
+    let relation = r.u32("delete relation OID")?;
+    let old = match r.u8("delete tuple marker")? {
+        b'K' => OldTuple::Key(Tuple::read(r)?),
+        b'O' => OldTuple::Full(Tuple::read(r)?),
+        other => return Err(DecodeError::UnexpectedTupleMarker(char::from(other))),
+    };
+    Ok(LogicalMessage::Delete { relation, old })
+}
+
+fn read_truncate<'a>(r: &mut Reader<'a>) -> Result<LogicalMessage<'a>, DecodeError> {
+    let count = r.u32("truncate relation count")?;
+    let options = r.u8("truncate options")?;
+    // Bound the allocation by what the buffer can hold, not by the claimed count.
+    let mut relations = Vec::with_capacity((count as usize).min(r.remaining() / 4));
+    for _ in 0..count {
+        relations.push(r.u32("truncate relation OID")?);
+    }
+    Ok(LogicalMessage::Truncate { options, relations })
+}
+
+/// A logical message (`pg_logical_emit_message`).
+fn read_message<'a>(r: &mut Reader<'a>) -> Result<LogicalMessage<'a>, DecodeError> {
+    let flags = r.u8("message flags")?;
+    let lsn = Lsn(r.u64("message LSN")?);
+    let prefix = r.cstr("message prefix")?;
+    let content = r.counted("message content")?;
+    Ok(LogicalMessage::Message {
+        transactional: flags & 1 == 1,
+        lsn,
+        prefix,
+        content,
+    })
 }
 
 fn expect_marker(r: &mut Reader<'_>, want: u8) -> Result<(), DecodeError> {

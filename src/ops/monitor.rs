@@ -33,11 +33,16 @@ fn ticker(every: std::time::Duration) -> Interval {
 /// Runs until `stop`. Connection problems are logged at debug level and retried at the next
 /// tick: the replication source reports them where they matter.
 pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: CancellationToken) {
-    let mut client: Option<Client> = None;
     let mut poll = ticker(pg.status_interval);
     let mut heartbeat = pg.heartbeat_interval.map(ticker);
-    let mut heartbeat_failed = false;
-    let mut last_wal_status: Option<String> = None;
+    let mut monitor = Monitor {
+        pg,
+        ops,
+        status,
+        client: None,
+        heartbeat_failed: false,
+        last_wal_status: None,
+    };
     loop {
         let beat = async {
             match heartbeat.as_mut() {
@@ -47,35 +52,59 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = poll.tick() => {}
-            _ = beat => {
-                // Only the instance that streams writes heartbeats (a standby would double them).
-                if !status.is_streaming() {
-                    continue;
+            _ = poll.tick() => monitor.poll().await,
+            _ = beat => monitor.heartbeat().await,
+        }
+    }
+}
+
+/// What the monitor keeps between ticks.
+struct Monitor {
+    pg: PostgresConfig,
+    ops: OpsConfig,
+    status: Arc<Status>,
+    /// Its connection; `None` until (re)opened.
+    client: Option<Client>,
+    /// The last heartbeat failed: its warning is not repeated until one succeeds.
+    heartbeat_failed: bool,
+    /// The slot's `wal_status` as last read, to log changes only.
+    last_wal_status: Option<String>,
+}
+
+impl Monitor {
+    /// Writes a heartbeat, if this instance is the one streaming.
+    async fn heartbeat(&mut self) {
+        // Only the instance that streams writes heartbeats (a standby would double them).
+        if !self.status.is_streaming() {
+            return;
+        }
+        let Some(c) = connected(&mut self.client, &self.pg).await else {
+            return;
+        };
+        match within(&self.pg, c.execute(HEARTBEAT, &[])).await {
+            Ok(_) => self.heartbeat_failed = false,
+            Err(e) => {
+                if !self.heartbeat_failed {
+                    tracing::warn!(error = %e, "cannot write the heartbeat (pg_logical_emit_message); the role needs EXECUTE on it and a writable primary");
                 }
-                let Some(c) = connected(&mut client, &pg).await else { continue };
-                match within(&pg, c.execute(HEARTBEAT, &[])).await {
-                    Ok(_) => heartbeat_failed = false,
-                    Err(e) => {
-                        if !heartbeat_failed {
-                            tracing::warn!(error = %e, "cannot write the heartbeat (pg_logical_emit_message); the role needs EXECUTE on it and a writable primary");
-                        }
-                        heartbeat_failed = true;
-                        client = None;
-                    }
-                }
-                continue;
+                self.heartbeat_failed = true;
+                self.client = None;
             }
         }
-        let Some(c) = connected(&mut client, &pg).await else {
-            continue;
+    }
+
+    /// Reads the server's WAL position and the slot's state into `status`, and warns about
+    /// what they show.
+    async fn poll(&mut self) {
+        let Some(c) = connected(&mut self.client, &self.pg).await else {
+            return;
         };
-        let row = match within(&pg, c.query_one(POSITIONS, &[&pg.slot])).await {
+        let row = match within(&self.pg, c.query_one(POSITIONS, &[&self.pg.slot])).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, "slot monitor query failed");
-                client = None;
-                continue;
+                self.client = None;
+                return;
             }
         };
         let lsn = |i: usize| {
@@ -83,39 +112,52 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
                 .and_then(|s| s.parse::<Lsn>().ok())
         };
         if let Some(end) = lsn(0) {
-            status.saw_server_end(end);
+            self.status.saw_server_end(end);
         }
         let stats = SlotStats {
             wal_status: row.get(2),
             safe_wal_size: row.get(3),
         };
-        if stats.wal_status != last_wal_status {
-            match stats.wal_status.as_deref() {
-                Some("extended") => {
-                    tracing::warn!(slot = %pg.slot, "the slot holds more WAL than max_wal_size (wal_status extended): pglive is falling behind")
-                }
-                Some("unreserved") => {
-                    tracing::error!(slot = %pg.slot, safe_wal_size = ?stats.safe_wal_size, "the slot's WAL is about to be removed (wal_status unreserved): changes will be lost at the next checkpoint unless pglive catches up")
-                }
-                Some("lost") => match pg.on_slot_lost {
-                    OnSlotLost::Fail => {
-                        tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; pglive cannot stream from it (postgres.on_slot_lost = \"fail\")")
-                    }
-                    OnSlotLost::Recreate => {
-                        tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; pglive recreates it and tells clients to refetch (postgres.on_slot_lost = \"recreate\")")
-                    }
-                },
-                _ => {}
-            }
-            last_wal_status = stats.wal_status.clone();
+        self.report_wal_status(&stats);
+        self.status.set_slot(lsn(1), stats);
+        self.report_lag();
+    }
+
+    /// Logs a change of the slot's `wal_status` to one that puts changes at risk.
+    fn report_wal_status(&mut self, stats: &SlotStats) {
+        if stats.wal_status == self.last_wal_status {
+            return;
         }
-        status.set_slot(lsn(1), stats);
+        let pg = &self.pg;
+        match stats.wal_status.as_deref() {
+            Some("extended") => {
+                tracing::warn!(slot = %pg.slot, "the slot holds more WAL than max_wal_size (wal_status extended): pglive is falling behind")
+            }
+            Some("unreserved") => {
+                tracing::error!(slot = %pg.slot, safe_wal_size = ?stats.safe_wal_size, "the slot's WAL is about to be removed (wal_status unreserved): changes will be lost at the next checkpoint unless pglive catches up")
+            }
+            Some("lost") => match pg.on_slot_lost {
+                OnSlotLost::Fail => {
+                    tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; pglive cannot stream from it (postgres.on_slot_lost = \"fail\")")
+                }
+                OnSlotLost::Recreate => {
+                    tracing::error!(slot = %pg.slot, "the slot was invalidated (wal_status lost): changes were lost; pglive recreates it and tells clients to refetch (postgres.on_slot_lost = \"recreate\")")
+                }
+            },
+            _ => {}
+        }
+        self.last_wal_status = stats.wal_status.clone();
+    }
+
+    /// Sets the lag warning from the thresholds, logging when it turns on or off.
+    fn report_lag(&self) {
+        let status = &self.status;
         let (bytes, secs) = (status.lag_bytes(), status.lag_seconds());
-        let over = bytes.is_some_and(|b| b > ops.lag_warning_bytes)
-            || secs > ops.lag_warning_age.as_secs_f64();
+        let over = bytes.is_some_and(|b| b > self.ops.lag_warning_bytes)
+            || secs > self.ops.lag_warning_age.as_secs_f64();
         let was = status.set_lag_warning(over);
         if over && !was {
-            tracing::warn!(lag_bytes = ?bytes, lag_seconds = secs, slot = %pg.slot,
+            tracing::warn!(lag_bytes = ?bytes, lag_seconds = secs, slot = %self.pg.slot,
                 "replication lag is above ops.lag_warning_bytes / ops.lag_warning_age: PostgreSQL keeps the WAL meanwhile");
         } else if was && !over {
             tracing::info!(

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::conn::{quote_ident, quote_literal};
 use super::conninfo::ConnInfo;
 use super::error::SourceError;
+use super::sql::{quote_ident, quote_literal};
 use super::transport::{self, AuthGuard, Established};
 use crate::lsn::Lsn;
 use crate::map::TableRule;
@@ -264,6 +264,15 @@ pub async fn ensure_setup(
     missing_slot: MissingSlot,
 ) -> Result<Vec<String>, SourceError> {
     let mut done = Vec::new();
+    let any_partitioned = check_tables(client, tables).await?;
+    ensure_publication(client, publication, tables, any_partitioned, &mut done).await?;
+    ensure_slot(client, slot_name, missing_slot, &mut done).await?;
+    Ok(done)
+}
+
+/// Fails unless every mapped table exists and can publish UPDATE and DELETE; returns whether
+/// any of them is partitioned.
+async fn check_tables(client: &Client, tables: &[TableRule]) -> Result<bool, SourceError> {
     let mut any_partitioned = false;
     for t in tables {
         let identity = table_identity(client, &t.schema, &t.name).await?;
@@ -283,11 +292,23 @@ pub async fn ensure_setup(
             return Err(SourceError::Fatal(problem));
         }
     }
+    Ok(any_partitioned)
+}
+
+/// Creates the publication for `tables`, or adds those it lacks. A partitioned table's
+/// changes must be published under its own name, not its partitions': then the publication
+/// publishes via the partition root.
+async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableRule],
+    any_partitioned: bool,
+    done: &mut Vec<String>,
+) -> Result<(), SourceError> {
     let names: Vec<String> = tables
         .iter()
         .map(|t| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name)))
         .collect();
-    // A partitioned table's changes must be published under its own name, not its partitions'.
     let via_root = if any_partitioned {
         " WITH (publish_via_partition_root = true)"
     } else {
@@ -319,52 +340,70 @@ pub async fn ensure_setup(
             ));
         }
         Some(present) => {
-            let all_tables: bool = client
-                .query_one(
-                    "SELECT puballtables FROM pg_publication WHERE pubname = $1",
-                    &[&publication],
-                )
-                .await?
-                .get(0);
-            let missing: Vec<&String> = tables
+            let missing: Vec<&str> = tables
                 .iter()
                 .zip(&names)
                 .filter(|(t, _)| !present.iter().any(|(s, n)| *s == t.schema && *n == t.name))
-                .map(|(_, n)| n)
+                .map(|(_, n)| n.as_str())
                 .collect();
-            if !missing.is_empty() && !all_tables {
-                let list = missing
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                client
-                    .batch_execute(&format!(
-                        "ALTER PUBLICATION {} ADD TABLE {list}",
-                        quote_ident(publication)
-                    ))
-                    .await?;
-                done.push(format!("added {list} to publication {publication}"));
-            }
+            add_tables(client, publication, &missing, done).await?;
         }
     }
-    if missing_slot != MissingSlot::Leave && slot(client, slot_name).await?.is_none() {
-        if missing_slot == MissingSlot::Fail {
-            return Err(SourceError::Fatal(format!(
-                "replication slot {slot_name} no longer exists: it was dropped while pglive was \
-                 running, so changes since then may be lost; recreate it with `pglive setup` \
-                 (changes from then on) and restart"
-            )));
-        }
+    Ok(())
+}
+
+/// Adds `missing` (quoted names) to an existing publication, unless it is `FOR ALL TABLES`.
+async fn add_tables(
+    client: &Client,
+    publication: &str,
+    missing: &[&str],
+    done: &mut Vec<String>,
+) -> Result<(), SourceError> {
+    let all_tables: bool = client
+        .query_one(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?
+        .get(0);
+    if !missing.is_empty() && !all_tables {
+        let list = missing.join(", ");
         client
-            .query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&slot_name],
-            )
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} ADD TABLE {list}",
+                quote_ident(publication)
+            ))
             .await?;
-        done.push(format!("created replication slot {slot_name} (pgoutput)"));
+        done.push(format!("added {list} to publication {publication}"));
     }
-    Ok(done)
+    Ok(())
+}
+
+/// Creates the slot if it does not exist, as `missing_slot` says.
+async fn ensure_slot(
+    client: &Client,
+    slot_name: &str,
+    missing_slot: MissingSlot,
+    done: &mut Vec<String>,
+) -> Result<(), SourceError> {
+    if missing_slot == MissingSlot::Leave || slot(client, slot_name).await?.is_some() {
+        return Ok(());
+    }
+    if missing_slot == MissingSlot::Fail {
+        return Err(SourceError::Fatal(format!(
+            "replication slot {slot_name} no longer exists: it was dropped while pglive was \
+             running, so changes since then may be lost; recreate it with `pglive setup` \
+             (changes from then on) and restart"
+        )));
+    }
+    client
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot_name],
+        )
+        .await?;
+    done.push(format!("created replication slot {slot_name} (pgoutput)"));
+    Ok(())
 }
 
 /// Drops the slot and the publication, whichever exist. Returns a line per change made. A slot

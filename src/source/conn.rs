@@ -7,17 +7,18 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use fallible_iterator::FallibleIterator;
-use postgres_protocol::authentication::sasl::{
-    ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256,
-};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::conninfo::{ChannelBindingMode, ConnInfo};
+mod auth;
+
+use self::auth::Authenticator;
+use super::conninfo::ConnInfo;
 use super::error::{PgError, SourceError};
-use super::transport::{self, Io, Link, PasswordRequest, check_password_request};
+use super::transport::{self, Io, Link};
+// `sql` is where quoting lives; callers that name it here keep working.
+pub use super::sql::{quote_ident, quote_literal};
 use crate::lsn::Lsn;
 
 /// Session settings sent in the startup packet. The walsender honours them, and they decide the
@@ -103,6 +104,8 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
+    /// Sends the startup message, authenticates, and reads the session's parameters until
+    /// the server is ready for queries.
     async fn startup(
         &mut self,
         info: &ConnInfo,
@@ -118,146 +121,12 @@ impl ReplicationConnection {
             ("options", SESSION_OPTIONS),
         ];
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)
-            .map_err(|e| SourceError::Protocol(e.to_string()))?;
+            .map_err(protocol_error)?;
         self.flush_wbuf().await?;
-
-        let password = || {
-            info.password.as_deref().ok_or_else(|| {
-                SourceError::Fatal(
-                    transport::NoPassword {
-                        user: info.user.clone(),
-                    }
-                    .to_string(),
-                )
-            })
-        };
-        let require_binding = info.channel_binding == ChannelBindingMode::Require;
-        let no_binding = || {
-            SourceError::Fatal(
-                "channel_binding=require, but the server does not authenticate with \
-                 SCRAM-SHA-256-PLUS on this connection"
-                    .into(),
-            )
-        };
-        let mut scram: Option<ScramSha256> = None;
-        // SCRAM-PLUS was chosen, and the server's final signature then verified.
-        let mut plus_started = false;
-        let mut scram_verified = false;
+        let mut auth = Authenticator::new(info, link, binding);
         loop {
             let frame = self.read_frame().await?;
-            let mut raw = BytesMut::with_capacity(frame.body.len() + 5);
-            raw.put_u8(frame.tag);
-            raw.put_i32(frame.body.len() as i32 + 4);
-            raw.put_slice(&frame.body);
-            let msg = Message::parse(&mut raw)
-                .map_err(|e| SourceError::Protocol(e.to_string()))?
-                .ok_or_else(|| SourceError::Protocol("incomplete startup message".into()))?;
-            match msg {
-                Message::AuthenticationOk => {
-                    if scram.is_some() {
-                        return Err(SourceError::Fatal(
-                            "the server ended SCRAM authentication without proving it knows the password".into(),
-                        ));
-                    }
-                    if require_binding && !(plus_started && scram_verified) {
-                        return Err(no_binding());
-                    }
-                }
-                // Under channel_binding=require no password is revealed to a server that has
-                // not been bound to the TLS session.
-                Message::AuthenticationCleartextPassword
-                | Message::AuthenticationMd5Password(_)
-                    if require_binding =>
-                {
-                    return Err(no_binding());
-                }
-                Message::AuthenticationCleartextPassword => {
-                    let password = password()?;
-                    check_password_request(info, link, PasswordRequest::Cleartext)
-                        .map_err(|e| SourceError::Fatal(e.to_string()))?;
-                    frontend::password_message(password.as_bytes(), &mut self.wbuf)
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
-                    self.flush_wbuf().await?;
-                }
-                Message::AuthenticationMd5Password(body) => {
-                    let password = password()?;
-                    check_password_request(info, link, PasswordRequest::Md5)
-                        .map_err(|e| SourceError::Fatal(e.to_string()))?;
-                    let hash = postgres_protocol::authentication::md5_hash(
-                        info.user.as_bytes(),
-                        password.as_bytes(),
-                        body.salt(),
-                    );
-                    frontend::password_message(hash.as_bytes(), &mut self.wbuf)
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
-                    self.flush_wbuf().await?;
-                }
-                Message::AuthenticationSasl(body) => {
-                    let mut plain = false;
-                    let mut plus = false;
-                    let mut mechanisms = body.mechanisms();
-                    while let Some(m) = mechanisms
-                        .next()
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?
-                    {
-                        plain |= m == SCRAM_SHA_256;
-                        plus |= m == SCRAM_SHA_256_PLUS;
-                    }
-                    let want_binding = info.channel_binding != ChannelBindingMode::Disable;
-                    let (mechanism, cb) = match (&binding, plus && want_binding) {
-                        (Some(data), true) => {
-                            plus_started = true;
-                            (
-                                SCRAM_SHA_256_PLUS,
-                                ChannelBinding::tls_server_end_point(data.clone()),
-                            )
-                        }
-                        // We could bind but the server cannot: say so ('y'), which also
-                        // detects a downgrade by a man in the middle.
-                        (Some(_), false) if want_binding => {
-                            (SCRAM_SHA_256, ChannelBinding::unrequested())
-                        }
-                        _ => (SCRAM_SHA_256, ChannelBinding::unsupported()),
-                    };
-                    if require_binding && !plus_started {
-                        return Err(no_binding());
-                    }
-                    if !plain && !plus_started {
-                        return Err(SourceError::Fatal(
-                            "the server offers no SASL mechanism pglive supports".into(),
-                        ));
-                    }
-                    let s = ScramSha256::new(password()?.as_bytes(), cb);
-                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf)
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
-                    self.flush_wbuf().await?;
-                    scram = Some(s);
-                }
-                Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| {
-                        SourceError::Protocol("SASL continue before SASL start".into())
-                    })?;
-                    s.update(body.data()).map_err(|e| {
-                        SourceError::Fatal(format!("SCRAM authentication failed: {e}"))
-                    })?;
-                    frontend::sasl_response(s.message(), &mut self.wbuf)
-                        .map_err(|e| SourceError::Protocol(e.to_string()))?;
-                    self.flush_wbuf().await?;
-                }
-                Message::AuthenticationSaslFinal(body) => {
-                    scram
-                        .take()
-                        .ok_or_else(|| {
-                            SourceError::Protocol("SASL final before SASL start".into())
-                        })?
-                        .finish(body.data())
-                        .map_err(|e| {
-                            SourceError::Fatal(format!(
-                                "the server's SCRAM signature is invalid: {e}"
-                            ))
-                        })?;
-                    scram_verified = true;
-                }
+            match startup_message(&frame)? {
                 Message::ParameterStatus(body) => {
                     if body.name().ok() == Some("server_version") {
                         self.server_version = body.value().unwrap_or_default().to_owned();
@@ -266,22 +135,11 @@ impl ReplicationConnection {
                 Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
                 Message::ReadyForQuery(_) => return Ok(()),
                 Message::ErrorResponse(_) => return Err(PgError::from_body(&frame.body).into()),
-                Message::AuthenticationKerberosV5
-                | Message::AuthenticationScmCredential
-                | Message::AuthenticationGss
-                | Message::AuthenticationSspi
-                | Message::AuthenticationGssContinue(_) => {
-                    return Err(SourceError::Fatal(
-                        "the server asks for an authentication method pglive does not support \
-                         (use trust, password, md5 or scram-sha-256)"
-                            .into(),
-                    ));
-                }
-                _ => {
-                    return Err(SourceError::Protocol(format!(
-                        "unexpected message {:?} during startup",
-                        char::from(frame.tag)
-                    )));
+                msg => {
+                    auth.answer(msg, frame.tag, &mut self.wbuf)?;
+                    if !self.wbuf.is_empty() {
+                        self.flush_wbuf().await?;
+                    }
                 }
             }
         }
@@ -298,7 +156,7 @@ impl ReplicationConnection {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, SourceError> {
-        frontend::query(sql, &mut self.wbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        frontend::query(sql, &mut self.wbuf).map_err(protocol_error)?;
         self.flush_wbuf().await?;
         let mut rows = Vec::new();
         let mut error = None;
@@ -344,7 +202,7 @@ impl ReplicationConnection {
             quote_ident(slot),
             quote_literal(&quote_ident(publication)),
         );
-        frontend::query(&sql, &mut self.wbuf).map_err(|e| SourceError::Protocol(e.to_string()))?;
+        frontend::query(&sql, &mut self.wbuf).map_err(protocol_error)?;
         self.flush_wbuf().await?;
         loop {
             let frame = self.read_frame().await?;
@@ -556,6 +414,21 @@ impl ReplicationConnection {
     }
 }
 
+/// A frame of the startup phase as a typed backend message.
+fn startup_message(frame: &Frame) -> Result<Message, SourceError> {
+    let mut raw = BytesMut::with_capacity(frame.body.len() + 5);
+    raw.put_u8(frame.tag);
+    raw.put_i32(frame.body.len() as i32 + 4);
+    raw.put_slice(&frame.body);
+    Message::parse(&mut raw)
+        .map_err(protocol_error)?
+        .ok_or_else(|| SourceError::Protocol("incomplete startup message".into()))
+}
+
+fn protocol_error(e: impl ToString) -> SourceError {
+    SourceError::Protocol(e.to_string())
+}
+
 fn checked_get(b: &mut Bytes, n: usize) -> Result<&mut Bytes, SourceError> {
     if b.remaining() < n {
         return Err(SourceError::Protocol(
@@ -563,16 +436,6 @@ fn checked_get(b: &mut Bytes, n: usize) -> Result<&mut Bytes, SourceError> {
         ));
     }
     Ok(b)
-}
-
-/// `"name"` with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'` with embedded quotes doubled.
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

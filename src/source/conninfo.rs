@@ -74,6 +74,19 @@ pub enum ChannelBindingMode {
     Require,
 }
 
+impl ChannelBindingMode {
+    fn parse(text: &str) -> Result<ChannelBindingMode, ConnInfoError> {
+        match text {
+            "disable" => Ok(ChannelBindingMode::Disable),
+            "prefer" => Ok(ChannelBindingMode::Prefer),
+            "require" => Ok(ChannelBindingMode::Require),
+            _ => Err(ConnInfoError(
+                "unknown channel_binding; use disable, prefer or require".into(),
+            )),
+        }
+    }
+}
+
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
@@ -164,34 +177,70 @@ fn decode(part: &str, what: &str) -> Result<String, ConnInfoError> {
         .map_err(|_| ConnInfoError(format!("the {what} is not valid percent-encoded UTF-8")))
 }
 
+/// Parses the URL and refuses what shows a password written unencoded (or no connection
+/// URL at all).
+fn parse_url(text: &str, hint: &str) -> Result<url::Url, ConnInfoError> {
+    let url = url::Url::parse(text).map_err(|e| {
+        ConnInfoError(format!(
+            "not a URL ({e}); expected postgres://user:password@host:port/database; {hint}"
+        ))
+    })?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(ConnInfoError(format!(
+            "scheme {:?} is not postgres:// or postgresql://",
+            url.scheme()
+        )));
+    }
+    if url.fragment().is_some() {
+        return Err(ConnInfoError(format!(
+            "the URL has a #fragment, which connection URLs do not use; {hint}"
+        )));
+    }
+    // A database name with `@` is legal but rare; an unencoded password holding `/` puts
+    // its tail, host included, into the path.
+    if url.path().contains('@') {
+        return Err(ConnInfoError(format!(
+            "the database name contains an unencoded @ (write a real one as %40); {hint}"
+        )));
+    }
+    Ok(url)
+}
+
+/// The error for a query parameter pglive does not take. The name is shown only when it
+/// cannot be a piece of a password.
+fn unsupported_parameter(name: &str, hint: &str) -> ConnInfoError {
+    const SUPPORTED: &str = "supported: sslmode, sslrootcert, sslcert, sslkey, \
+         channel_binding, application_name, host, port, user, password, dbname, \
+         connect_timeout";
+    ConnInfoError(if LIBPQ_PARAMETERS.contains(&name) {
+        format!("unsupported URL parameter {name:?} ({SUPPORTED})")
+    } else {
+        format!(
+            "the URL has an unknown parameter (not shown: it may be part of a \
+             password; {SUPPORTED}); {hint}"
+        )
+    })
+}
+
 impl ConnInfo {
     /// Parses `postgres://user:password@host:port/dbname?param=value&…`.
     pub fn parse(text: &str) -> Result<ConnInfo, ConnInfoError> {
         let hint = percent_hint("postgres.password_file");
-        let url = url::Url::parse(text).map_err(|e| {
-            ConnInfoError(format!(
-                "not a URL ({e}); expected postgres://user:password@host:port/database; {hint}"
-            ))
-        })?;
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(ConnInfoError(format!(
-                "scheme {:?} is not postgres:// or postgresql://",
-                url.scheme()
-            )));
+        let url = parse_url(text, &hint)?;
+        let mut info = ConnInfo::from_url(&url)?;
+        let mut sslmode_set = false;
+        for (key, value) in url.query_pairs() {
+            info.set_parameter(&key, value.into_owned(), &hint)?;
+            sslmode_set |= key == "sslmode";
         }
-        if url.fragment().is_some() {
-            return Err(ConnInfoError(format!(
-                "the URL has a #fragment, which connection URLs do not use; {hint}"
-            )));
-        }
-        // A database name with `@` is legal but rare; an unencoded password holding `/` puts
-        // its tail, host included, into the path.
-        if url.path().contains('@') {
-            return Err(ConnInfoError(format!(
-                "the database name contains an unencoded @ (write a real one as %40); {hint}"
-            )));
-        }
-        let mut info = ConnInfo {
+        info.complete(sslmode_set)?;
+        info.check_tls()?;
+        Ok(info)
+    }
+
+    /// What the URL's user info, host, port and path say; defaults for the rest.
+    fn from_url(url: &url::Url) -> Result<ConnInfo, ConnInfoError> {
+        Ok(ConnInfo {
             host: match url.host() {
                 Some(url::Host::Ipv6(a)) => Host::Tcp(a.to_string()),
                 Some(h) => Host::Tcp(h.to_string()),
@@ -209,121 +258,99 @@ impl ConnInfo {
             application_name: "pglive".into(),
             connect_timeout: None,
             allow_insecure_password: false,
-        };
-        let mut sslmode_set = false;
-        for (key, value) in url.query_pairs() {
-            let value = value.into_owned();
-            match key.as_ref() {
-                "sslmode" => {
-                    info.sslmode = SslMode::parse(&value).map_err(ConnInfoError)?;
-                    sslmode_set = true;
-                }
-                "sslrootcert" => info.sslrootcert = Some(PathBuf::from(value)),
-                "sslcert" => info.sslcert = Some(PathBuf::from(value)),
-                "sslkey" => info.sslkey = Some(PathBuf::from(value)),
-                "channel_binding" => {
-                    info.channel_binding = match value.as_str() {
-                        "disable" => ChannelBindingMode::Disable,
-                        "prefer" => ChannelBindingMode::Prefer,
-                        "require" => ChannelBindingMode::Require,
-                        _ => {
-                            return Err(ConnInfoError(
-                                "unknown channel_binding; use disable, prefer or require".into(),
-                            ));
-                        }
-                    }
-                }
-                "application_name" => info.application_name = value,
-                "host" => {
-                    info.host = if value.starts_with('/') {
-                        Host::Unix(PathBuf::from(value))
-                    } else {
-                        Host::Tcp(value)
-                    }
-                }
-                "port" => {
-                    info.port = value.parse().map_err(|_| {
-                        ConnInfoError("the port parameter is not a port number".into())
-                    })?
-                }
-                "user" => info.user = value,
-                "password" => info.password = Some(value),
-                "dbname" => info.dbname = value,
-                "connect_timeout" => {
-                    let secs: u64 = value.parse().map_err(|_| {
-                        ConnInfoError("connect_timeout is not a number of seconds".into())
-                    })?;
-                    info.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
-                }
-                other => {
-                    const SUPPORTED: &str = "supported: sslmode, sslrootcert, sslcert, sslkey, \
-                         channel_binding, application_name, host, port, user, password, dbname, \
-                         connect_timeout";
-                    // The name is shown only when it cannot be a piece of a password.
-                    return Err(ConnInfoError(if LIBPQ_PARAMETERS.contains(&other) {
-                        format!("unsupported URL parameter {other:?} ({SUPPORTED})")
-                    } else {
-                        format!(
-                            "the URL has an unknown parameter (not shown: it may be part of a \
-                             password; {SUPPORTED}); {hint}"
-                        )
-                    }));
+        })
+    }
+
+    /// Applies one `key=value` of the URL's query; `hint` ends the error for a name that may
+    /// be part of a password.
+    fn set_parameter(&mut self, key: &str, value: String, hint: &str) -> Result<(), ConnInfoError> {
+        match key {
+            "sslmode" => self.sslmode = SslMode::parse(&value).map_err(ConnInfoError)?,
+            "sslrootcert" => self.sslrootcert = Some(PathBuf::from(value)),
+            "sslcert" => self.sslcert = Some(PathBuf::from(value)),
+            "sslkey" => self.sslkey = Some(PathBuf::from(value)),
+            "channel_binding" => self.channel_binding = ChannelBindingMode::parse(&value)?,
+            "application_name" => self.application_name = value,
+            "host" => {
+                self.host = if value.starts_with('/') {
+                    Host::Unix(PathBuf::from(value))
+                } else {
+                    Host::Tcp(value)
                 }
             }
+            "port" => {
+                self.port = value
+                    .parse()
+                    .map_err(|_| ConnInfoError("the port parameter is not a port number".into()))?
+            }
+            "user" => self.user = value,
+            "password" => self.password = Some(value),
+            "dbname" => self.dbname = value,
+            "connect_timeout" => {
+                let secs: u64 = value.parse().map_err(|_| {
+                    ConnInfoError("connect_timeout is not a number of seconds".into())
+                })?;
+                self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            other => return Err(unsupported_parameter(other, hint)),
         }
-        if info.user.is_empty() {
+        Ok(())
+    }
+
+    /// Fills in what the URL left out (the database is named after the user; verify-full
+    /// under the system's roots) and refuses what cannot work without it.
+    fn complete(&mut self, sslmode_set: bool) -> Result<(), ConnInfoError> {
+        if self.user.is_empty() {
             return Err(ConnInfoError(
                 "no user name; write it as postgres://USER@host/database".into(),
             ));
         }
-        if info.dbname.is_empty() {
-            info.dbname = info.user.clone();
+        if self.dbname.is_empty() {
+            self.dbname = self.user.clone();
         }
         // As libpq 16: the system's roots trust any public CA, so only a host name check makes
         // a certificate mean something.
-        if info.sslrootcert.as_deref() == Some(std::path::Path::new("system")) {
+        if self.sslrootcert.as_deref() == Some(std::path::Path::new("system")) {
             if !sslmode_set {
-                info.sslmode = SslMode::VerifyFull;
-            } else if info.sslmode != SslMode::VerifyFull {
+                self.sslmode = SslMode::VerifyFull;
+            } else if self.sslmode != SslMode::VerifyFull {
                 return Err(ConnInfoError(format!(
                     "sslrootcert=system requires sslmode=verify-full, not sslmode={} (any public \
                      CA can sign a certificate for another host name)",
-                    info.sslmode.name()
+                    self.sslmode.name()
                 )));
             }
         }
-        if matches!(info.host, Host::Unix(_)) && info.sslmode.verifies_certificate() {
+        Ok(())
+    }
+
+    /// Refuses TLS settings that contradict each other or the host.
+    fn check_tls(&self) -> Result<(), ConnInfoError> {
+        if matches!(self.host, Host::Unix(_)) && self.sslmode.verifies_certificate() {
             return Err(ConnInfoError(format!(
                 "sslmode={} needs a TCP host, not a Unix socket",
-                info.sslmode.name()
+                self.sslmode.name()
             )));
         }
-        if info.channel_binding == ChannelBindingMode::Require && info.sslmode == SslMode::Disable {
+        if self.channel_binding == ChannelBindingMode::Require && self.sslmode == SslMode::Disable {
             return Err(ConnInfoError(
                 "channel_binding=require needs TLS, but sslmode=disable".into(),
             ));
         }
-        match (&info.sslcert, &info.sslkey) {
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(ConnInfoError(
-                    "sslcert and sslkey go together: set both (the client certificate and its \
-                     private key) or neither"
-                        .into(),
-                ));
-            }
-            (Some(_), Some(_)) if info.sslmode == SslMode::Disable => {
-                return Err(ConnInfoError(
-                    "sslcert needs TLS, but sslmode=disable".into(),
-                ));
-            }
-            (Some(_), Some(_)) if matches!(info.host, Host::Unix(_)) => {
-                return Err(ConnInfoError(
-                    "sslcert needs a TCP host: a Unix socket does not use TLS".into(),
-                ));
-            }
-            _ => {}
+        match (&self.sslcert, &self.sslkey) {
+            (Some(_), None) | (None, Some(_)) => Err(ConnInfoError(
+                "sslcert and sslkey go together: set both (the client certificate and its \
+                 private key) or neither"
+                    .into(),
+            )),
+            (Some(_), Some(_)) if self.sslmode == SslMode::Disable => Err(ConnInfoError(
+                "sslcert needs TLS, but sslmode=disable".into(),
+            )),
+            (Some(_), Some(_)) if matches!(self.host, Host::Unix(_)) => Err(ConnInfoError(
+                "sslcert needs a TCP host: a Unix socket does not use TLS".into(),
+            )),
+            _ => Ok(()),
         }
-        Ok(info)
     }
 
     /// Settings for an ordinary (non-replication) `tokio-postgres` session over a stream that

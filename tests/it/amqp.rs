@@ -416,7 +416,7 @@ fn an_unreachable_broker_is_retried_and_a_cut_connection_resumed() {
     let db = table_t("amqp_unreachable");
     let mq = Vhost::new("unreachable");
     mq.queue("pglive", "q", "#");
-    let port = Relay::free_port();
+    let port = crate::support::cluster::free_port();
     let config = format!(
         "{}{}",
         db.config(&["name = \"t\""], "[events]\ncoalesce = false"),

@@ -283,16 +283,7 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A free port with nothing listening on it yet.
-    pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    /// Starts relaying `port` to the broker.
+    /// Starts relaying `port` (see `cluster::free_port`) to the broker.
     pub fn start(port: u16) -> Relay {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let open = std::sync::Arc::new(Mutex::new(Vec::new()));

@@ -53,6 +53,7 @@ fn bindir() -> PathBuf {
     )
 }
 
+/// A free port with nothing listening on it yet.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
