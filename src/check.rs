@@ -14,7 +14,7 @@ use crate::config::{Config, OnSlotLost, PostgresConfig, SinkConfig};
 use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog::{self, SlotInfo};
-use crate::source::conn::{quote_ident, quote_literal};
+use crate::source::sql::{quote_ident, quote_literal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {

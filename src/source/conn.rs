@@ -18,7 +18,7 @@ use super::conninfo::ConnInfo;
 use super::error::{PgError, SourceError};
 use super::transport::{self, Io, Link};
 // `sql` is where quoting lives; callers that name it here keep working.
-pub use super::sql::{quote_ident, quote_literal};
+use super::sql::{quote_ident, quote_literal};
 use crate::lsn::Lsn;
 
 /// Session settings sent in the startup packet. The walsender honours them, and they decide the

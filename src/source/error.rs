@@ -70,8 +70,10 @@ pub enum SourceError {
     Closed,
     #[error("timed out {what} after {after:?}")]
     Timeout { what: &'static str, after: Duration },
-    #[error("TLS: {0}")]
-    Tls(String),
+    /// The TLS handshake failed; `certificate`: because the server's certificate did not
+    /// verify (which trying again cannot fix).
+    #[error("TLS: {message}")]
+    Tls { message: String, certificate: bool },
     #[error(transparent)]
     TlsSetup(#[from] super::tls::TlsSetupError),
     #[error("server error: {0}")]
@@ -186,7 +188,7 @@ impl SourceError {
             | SourceError::SinkGone(_)
             | SourceError::SlotLost { .. } => false,
             // A certificate that does not verify will not verify next time either.
-            SourceError::Tls(e) => !e.contains("invalid peer certificate"),
+            SourceError::Tls { certificate, .. } => !certificate,
             SourceError::Io { .. }
             | SourceError::Closed
             | SourceError::Timeout { .. }

@@ -107,7 +107,7 @@ pub async fn connect(info: &ConnInfo) -> Result<Transport, SourceError> {
             let stream = tokio_rustls::TlsConnector::from(Arc::clone(&setup.config))
                 .connect(name, tcp)
                 .await
-                .map_err(|e| SourceError::Tls(e.to_string()))?;
+                .map_err(tls_error)?;
             let binding = stream
                 .get_ref()
                 .1
@@ -439,6 +439,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Bound<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A failed handshake, noting whether the server's certificate is what failed.
+fn tls_error(e: std::io::Error) -> SourceError {
+    let certificate = matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_))
+    );
+    SourceError::Tls {
+        message: e.to_string(),
+        certificate,
     }
 }
 

@@ -326,9 +326,9 @@ async fn authentication_and_verification_failures_are_clear_and_final() {
     let err = identify(&u)
         .await
         .expect_err("require with a root certificate verifies the chain");
-    assert!(matches!(err, SourceError::Tls(_)), "{err}");
+    assert!(matches!(err, SourceError::Tls { .. }), "{err}");
     let err = control(&u).await.expect_err("the control connection too");
-    assert!(matches!(err, SourceError::Tls(_)), "{err}");
+    assert!(matches!(err, SourceError::Tls { .. }), "{err}");
     let u = url(
         c,
         "postgres",
@@ -349,7 +349,7 @@ async fn authentication_and_verification_failures_are_clear_and_final() {
         identify(&u).await.expect_err("unknown CA must fail"),
         control(&u).await.expect_err("unknown CA must fail"),
     ] {
-        assert!(matches!(err, SourceError::Tls(_)), "{err}");
+        assert!(matches!(err, SourceError::Tls { .. }), "{err}");
         assert!(
             !err.is_retryable(),
             "a certificate that does not verify is final: {err}"

@@ -8,6 +8,7 @@ mod cli;
 mod deploy;
 mod durability;
 mod events;
+mod layout;
 mod ops;
 mod slot;
 mod websocket;

@@ -731,3 +731,51 @@ fn oversized_request_headers_are_refused_without_holding_memory() {
     // Held whole, 300 × 100 KiB would be 30 MiB.
     assert!(grown < 8 * 1024, "RSS grew by {grown} KiB");
 }
+
+/// The daemon run in-process (`app::run`) on a relay listener the test bound to port 0: no
+/// binary, no free-port probe. Events reach a client; cancelling the shutdown token closes it
+/// with 1001 and `run` returns `Shutdown`.
+#[test]
+fn the_daemon_runs_in_process_on_listeners_bound_by_the_caller() {
+    use pglive::app::{Listeners, run};
+    use pglive::pipeline::Stopped;
+    use tokio_util::sync::CancellationToken;
+
+    let db = TestDb::new("ws_inprocess");
+    tables(&db);
+    let text = db.config(&["name = \"posts\""], "[events]\ncoalesce = false");
+    // The relay alone: the stdout sink would write into the test's output.
+    let text = text.replace(
+        "[[sinks]]\ntype = \"stdout\"\n",
+        &format!(
+            "[[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:1\"\njwt_secret = \"{SECRET}\"\n"
+        ),
+    );
+    setup(&text);
+    let config = pglive::config::from_toml(&text).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("ws://{}/live", listener.local_addr().unwrap());
+    let listeners = Listeners {
+        ops: None,
+        relays: vec![(0, listener)],
+    };
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let daemon = std::thread::spawn(move || runtime.block_on(run(config, listeners, None, stop)));
+    let mut client = connect(&with_token(&url, &["resources/posts"]));
+    client.subscribe("resources/posts");
+    assert_eq!(client.next()["op"], "subscribed");
+    // The slot holds what is written from its creation on, whenever streaming starts.
+    inserts(&db, "posts", 1..=3);
+    assert_eq!(ids(&client.until_events(3)), [1, 2, 3]);
+    shutdown.cancel();
+    assert_eq!(client.close_code(), Some(1001));
+    let stopped = daemon.join().unwrap().expect("a clean stop");
+    assert_eq!(stopped, Stopped::Shutdown);
+}

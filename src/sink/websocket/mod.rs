@@ -156,7 +156,8 @@ impl Relay {
         let app = axum::Router::new()
             .route(&shared.config.path, get(upgrade))
             .with_state(shared.clone());
-        tracing::info!(listen = %shared.config.listen, path = %shared.config.path, "WebSocket relay listening");
+        let listen = listener.local_addr().unwrap_or(shared.config.listen);
+        tracing::info!(%listen, path = %shared.config.path, "WebSocket relay listening");
         let limits = http::Limits {
             max_connections: shared.config.max_connections,
             header_timeout: shared.config.header_timeout,
@@ -348,24 +349,7 @@ async fn serve_client(mut socket: WebSocket, access: Access, shared: &Shared) {
             _ = &mut stop => break Some((CLOSE_GOING_AWAY, "pglive is stopping")),
             _ = &mut expiry => break Some((CLOSE_POLICY, "token expired")),
             frame = frames.recv() => match frame {
-                Some(_) if session.client.take_overflow() => {
-                    // Too slow: drop what is queued and tell it to refetch every channel.
-                    while frames.try_recv().is_ok() {}
-                    let mut names: Vec<&String> = session.channels.iter().collect();
-                    names.sort();
-                    names.into_iter().map(|c| Message::Text(control("resync", c))).collect()
-                }
-                Some(f) => {
-                    // Whatever else is queued goes out in the same write.
-                    let mut out = vec![Message::Text(f)];
-                    while out.len() < WRITE_BATCH {
-                        match frames.try_recv() {
-                            Ok(f) => out.push(Message::Text(f)),
-                            Err(_) => break,
-                        }
-                    }
-                    out
-                }
+                Some(first) => outgoing(first, &mut frames, &session),
                 None => break None,
             },
             incoming = socket.recv() => {
@@ -410,25 +394,57 @@ async fn serve_client(mut socket: WebSocket, access: Access, shared: &Shared) {
     shared.hub.leave(id, &session.channels);
     if let Some((code, reason)) = closing {
         tracing::debug!(client = id, code, reason, "closing a WebSocket client");
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(
-            CLOSE_HANDSHAKE_STEP,
-            socket.send(Message::Close(Some(frame))),
-        )
-        .await;
-        // Let the client answer the close, briefly.
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE_STEP, async {
-            while let Some(Ok(m)) = socket.recv().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
+        close(socket, code, reason).await;
     }
+}
+
+/// The frames to write now: `first` and whatever else is queued, or, for a client that fell
+/// too far behind, `resync` for each of its channels instead.
+fn outgoing(
+    first: Utf8Bytes,
+    frames: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
+    session: &Session,
+) -> Vec<Message> {
+    if session.client.take_overflow() {
+        // Too slow: drop what is queued and tell it to refetch every channel.
+        while frames.try_recv().is_ok() {}
+        let mut names: Vec<&String> = session.channels.iter().collect();
+        names.sort();
+        return names
+            .into_iter()
+            .map(|c| Message::Text(control("resync", c)))
+            .collect();
+    }
+    // Whatever else is queued goes out in the same write.
+    let mut out = vec![Message::Text(first)];
+    while out.len() < WRITE_BATCH {
+        match frames.try_recv() {
+            Ok(f) => out.push(Message::Text(f)),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Sends a close frame and lets the client answer it, briefly.
+async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = tokio::time::timeout(
+        CLOSE_HANDSHAKE_STEP,
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_STEP, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Handles one client request; returns its direct replies (errors, `authenticated`). Replies
