@@ -140,22 +140,26 @@ fn start_sinks(
         let lane = Lane::new(index, board.clone(), status);
         let label = &status.sink(index).label;
         match sink_config {
-            SinkConfig::Stdout => spawn(&mut drivers, StdoutSink::new(), lane, rx),
+            SinkConfig::Stdout => spawn(&mut drivers, StdoutSink::new(), lane, rx, None),
             SinkConfig::File { path, fsync } => {
-                spawn(&mut drivers, FileSink::new(path.clone(), *fsync), lane, rx)
+                let sink = FileSink::new(path.clone(), *fsync);
+                spawn(&mut drivers, sink, lane, rx, None)
             }
             SinkConfig::Amqp(amqp) => {
                 let sink = AmqpSink::new((**amqp).clone(), lane.status().clone());
-                spawn(&mut drivers, sink, lane, rx)
+                spawn(&mut drivers, sink, lane, rx, None)
             }
             SinkConfig::WebSocket(ws) => {
                 let relay = Relay::new((**ws).clone(), label);
-                spawn(&mut drivers, relay.sink(), lane, rx);
+                // Its clients are closed as soon as it has published everything, while other
+                // sinks may still be draining.
+                let stop = relays_stop.child_token();
+                spawn(&mut drivers, relay.sink(), lane, rx, Some(stop.clone()));
                 let at = relays.iter().position(|(i, _)| *i == index);
                 let listener = at.map(|at| relays.swap_remove(at).1);
                 let listener = listener.expect("Listeners::bind binds every relay");
                 let close_within = ShutdownBudget::new(config.ops.shutdown_timeout).relay_close();
-                tasks.spawn(relay.serve(listener, relays_stop.clone(), close_within));
+                tasks.spawn(relay.serve(listener, stop, close_within));
             }
         }
         queues.push(Queue {
@@ -170,14 +174,17 @@ fn start_sinks(
     }
 }
 
+/// Runs `sink`'s driver; `done` is cancelled when it returns.
 fn spawn<S: Sink>(
     drivers: &mut JoinSet<Result<(), RunError>>,
     sink: S,
     lane: Lane,
     queue: mpsc::Receiver<Arc<sink::Batch>>,
+    done: Option<CancellationToken>,
 ) {
     let index = lane.index;
     drivers.spawn(async move {
+        let _done = done.map(CancellationToken::drop_guard);
         sink::drive(sink, lane, queue)
             .await
             .map_err(|error| RunError::Sink { index, error })
@@ -272,8 +279,10 @@ pub async fn run(
     }
     root.cancel();
     tasks.close();
-    // The ops listener and the monitor end at once; the relays were given their time.
-    let _ = tokio::time::timeout_at(deadline.max(Instant::now()), tasks.wait()).await;
+    // The ops listener and the monitor end at once; relays close their clients within
+    // `relay_close` of their own driver's end, or now.
+    let relays_by = deadline.max(Instant::now() + budget.relay_close());
+    let _ = tokio::time::timeout_at(relays_by, tasks.wait()).await;
     // A sink failure is the root cause of a pipeline stopping for "sink gone".
     match (result, sink_error) {
         (_, Some(e)) => Err(e),

@@ -241,6 +241,7 @@ pub struct Status {
     /// Streaming or why not; the last reason before stopping is kept in `reason`.
     source: watch::Sender<SourceState>,
     reason: Mutex<Result<(), String>>,
+    ever_streamed: AtomicBool,
     stopping: AtomicBool,
     sinks: Vec<Arc<SinkStatus>>,
     /// The flush position pglive last reported (and the slot's own, from the monitor).
@@ -264,6 +265,7 @@ impl Status {
             slot: slot.to_owned(),
             source: watch::Sender::new(SourceState::NotStreaming("starting".into())),
             reason: Mutex::new(Err("starting".to_owned())),
+            ever_streamed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             sinks: sinks
                 .into_iter()
@@ -292,10 +294,6 @@ impl Status {
     }
 
     fn set_source(&self, state: Result<(), String>) {
-        if self.stopping.load(Ordering::Acquire) {
-            *lock(&self.reason) = state;
-            return;
-        }
         let next = match &state {
             Ok(()) => SourceState::Streaming,
             Err(why) => SourceState::NotStreaming(why.clone()),
@@ -312,7 +310,13 @@ impl Status {
 
     /// Replication is streaming: ready, if the sinks are.
     pub fn streaming(&self) {
+        self.ever_streamed.store(true, Ordering::Release);
         self.set_source(Ok(()));
+    }
+
+    /// Whether replication has streamed at least once (systemd's READY=1).
+    pub fn has_streamed(&self) -> bool {
+        self.ever_streamed.load(Ordering::Acquire)
     }
 
     /// Replication is not streaming, and why.
@@ -325,6 +329,10 @@ impl Status {
         if !self.stopping.swap(true, Ordering::AcqRel) {
             self.source.send_replace(SourceState::Stopping);
         }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     pub fn is_streaming(&self) -> bool {
@@ -442,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn watchers_hear_each_change_once_and_stopping_last() {
+    fn watchers_hear_each_change_once() {
         let status = Status::new("s", vec![]);
         let mut rx = status.watch();
         status.not_streaming("standing by");
@@ -459,9 +467,13 @@ mod tests {
         status.streaming();
         assert_eq!(*rx.borrow_and_update(), SourceState::Streaming);
         status.stopping();
-        status.not_streaming("stopped");
         assert_eq!(*rx.borrow_and_update(), SourceState::Stopping);
-        assert!(!status.is_streaming());
+        status.not_streaming("stopped");
+        assert_eq!(
+            *rx.borrow_and_update(),
+            SourceState::NotStreaming("stopped".into())
+        );
+        assert!(status.is_stopping() && !status.is_streaming());
     }
 
     #[test]

@@ -16,7 +16,12 @@ pub async fn run(status: Arc<Status>, stop: CancellationToken) {
     let slot = status.slot.clone();
     let watchdog = watchdog(stop.clone());
     tokio::pin!(watchdog);
-    let mut ever_streamed = false;
+    // Streaming may have begun before this task first ran.
+    let mut ready_sent = status.has_streamed();
+    if ready_sent {
+        ready(&format!("streaming from slot {slot}"));
+    }
+    let mut stopping_sent = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -27,17 +32,27 @@ pub async fn run(status: Arc<Status>, stop: CancellationToken) {
                     return;
                 }
                 let state = changes.borrow_and_update().clone();
-                match state {
-                    SourceState::Streaming => {
-                        let line = format!("streaming from slot {slot}");
-                        if !std::mem::replace(&mut ever_streamed, true) {
-                            ready(&line);
-                        } else {
-                            self::status(&line);
-                        }
+                // READY=1 once, as soon as replication has streamed, even if the state moved
+                // on before this task saw it.
+                if !ready_sent && status.has_streamed() {
+                    ready_sent = true;
+                    ready(&format!("streaming from slot {slot}"));
+                    if state == SourceState::Streaming {
+                        continue;
                     }
+                }
+                // STOPPING=1 once, likewise.
+                if !stopping_sent && status.is_stopping() {
+                    stopping_sent = true;
+                    stopping();
+                    if state == SourceState::Stopping {
+                        continue;
+                    }
+                }
+                match state {
+                    SourceState::Streaming => self::status(&format!("streaming from slot {slot}")),
                     SourceState::NotStreaming(why) => self::status(&why),
-                    SourceState::Stopping => stopping(),
+                    SourceState::Stopping => {}
                 }
             }
         }

@@ -36,7 +36,7 @@ use crate::source::catalog;
 use crate::source::stream::{Message, ReplicationStream, Wake};
 use crate::status::Status;
 use outbox::Outbox;
-use setup::Setup;
+use setup::{Setup, SlotState};
 
 /// A session that streamed this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
@@ -62,9 +62,7 @@ pub struct Pipeline {
     budget: ShutdownBudget,
     stop_at: Option<Lsn>,
     shutdown: CancellationToken,
-    /// Whether the slot is known to exist (a session streamed from it, or another process
-    /// holds it): from then on a missing slot is an error, not something to create.
-    slot_known: bool,
+    slot: SlotState,
     /// Totals since start, for the log.
     transactions: u64,
     events: u64,
@@ -93,7 +91,7 @@ impl Pipeline {
             budget: parts.budget,
             stop_at,
             shutdown,
-            slot_known: false,
+            slot: SlotState::default(),
             transactions: 0,
             events: 0,
             txn_commit_time: 0,
@@ -157,7 +155,7 @@ impl Pipeline {
         *standing_by = true;
         // The slot exists: should it disappear (teardown), that is an error, not something
         // to create again.
-        self.slot_known = true;
+        self.slot.known = true;
     }
 
     /// One session: connect, stream until shutdown, the stop position or an error.
@@ -170,13 +168,14 @@ impl Pipeline {
         // Nothing is confirmed before streaming starts: a shutdown meanwhile (a connection
         // attempt, slot creation waiting for open transactions) simply ends the session.
         let shutdown = self.shutdown.clone();
-        let session = tokio::select! {
-            s = setup.open(&mut self.slot_known, *standing_by) => s?,
+        let opened = tokio::select! {
+            s = setup.open(&mut self.slot, *standing_by) => s,
             _ = shutdown.cancelled() => return Ok(Stopped::Shutdown),
         };
-        if session.new_slot {
+        if std::mem::take(&mut self.slot.made) {
             self.outbox.forget_positions();
         }
+        let session = opened?;
         let cfg = &self.config;
         if std::mem::take(standing_by) {
             tracing::info!(slot = %cfg.slot, "replication slot released; taking over");

@@ -18,8 +18,17 @@ use crate::status::Status;
 pub(super) struct Session {
     pub control: Client,
     pub stream: ReplicationStream,
-    /// The slot was made anew in this session: positions of the old one mean nothing.
-    pub new_slot: bool,
+}
+
+/// What the pipeline knows of its slot across sessions.
+#[derive(Debug, Default)]
+pub(super) struct SlotState {
+    /// The slot is known to exist (a session streamed from it, or another process holds it):
+    /// from then on a missing slot is an error, not something to create.
+    pub known: bool,
+    /// The slot was made anew since the pipeline last looked: positions of the old one mean
+    /// nothing for it (set even when the session then fails to start).
+    pub made: bool,
 }
 
 /// What opening a session needs to know.
@@ -30,14 +39,12 @@ pub(super) struct Setup<'a> {
 }
 
 impl Setup<'_> {
-    /// Connects both sessions and starts replication. `slot_known`: the slot is known to exist
-    /// (a session streamed from it, or another process holds it), so a missing slot is an
-    /// error, not something to create; set when the slot is found. `standing_by`: check first
-    /// that the slot is free, so as not to open a replication session every few seconds only
-    /// to be refused.
+    /// Connects both sessions and starts replication. `standing_by`: check first that the
+    /// slot is free, so as not to open a replication session every few seconds only to be
+    /// refused.
     pub async fn open(
         &self,
-        slot_known: &mut bool,
+        slot: &mut SlotState,
         standing_by: bool,
     ) -> Result<Session, SourceError> {
         let pg = self.pg;
@@ -52,7 +59,7 @@ impl Setup<'_> {
                 pid,
             });
         }
-        let new_slot = self.ensure_slot(&control, slot_known).await?;
+        self.ensure_slot(&control, slot).await?;
         let sender_timeout = catalog::wal_sender_timeout(&control).await?;
         let status_interval = match sender_timeout {
             Some(t) => pg.status_interval.min(t / 2),
@@ -64,24 +71,23 @@ impl Setup<'_> {
             .saturating_mul(3)
             .max(sender_timeout.unwrap_or_default().saturating_mul(2));
         let conn = self.start(&control).await?;
-        *slot_known = true;
+        slot.known = true;
         Ok(Session {
             control,
             stream: ReplicationStream::new(conn, status_interval, read_timeout),
-            new_slot,
         })
     }
 
-    /// The publication and slot as configured; returns whether the slot was made anew.
+    /// The publication and slot as configured.
     async fn ensure_slot(
         &self,
         control: &Client,
-        slot_known: &mut bool,
-    ) -> Result<bool, SourceError> {
+        state: &mut SlotState,
+    ) -> Result<(), SourceError> {
         let pg = self.pg;
         let recreate = pg.on_slot_lost == OnSlotLost::Recreate;
         if pg.auto_setup {
-            let missing_slot = match (*slot_known, recreate) {
+            let missing_slot = match (state.known, recreate) {
                 (true, _) => MissingSlot::Fail,
                 // Made below with a refetch marker, so that a slot whose recreation failed
                 // after its drop (killed, timed out) still starts with the `*` events.
@@ -102,17 +108,14 @@ impl Setup<'_> {
         }
         match catalog::slot(control, &pg.slot).await? {
             Some(slot) if slot.is_lost() => {
-                self.slot_lost(control, slot.confirmed_flush, slot_known)
-                    .await?;
-                Ok(true)
+                self.slot_lost(control, slot.confirmed_flush, state).await
             }
-            None if pg.auto_setup && recreate && !*slot_known => {
+            None if pg.auto_setup && recreate && !state.known => {
                 tracing::info!(slot = %pg.slot,
                     "creating the replication slot with a refetch marker (postgres.on_slot_lost = \"recreate\"): every mapped channel first gets an event of type \"*\"");
-                self.make_slot(control, slot_known).await?;
-                Ok(true)
+                self.make_slot(control, state).await
             }
-            _ => Ok(false),
+            _ => Ok(()),
         }
     }
 
@@ -158,7 +161,7 @@ impl Setup<'_> {
         &self,
         control: &Client,
         confirmed: Option<crate::lsn::Lsn>,
-        slot_known: &mut bool,
+        state: &mut SlotState,
     ) -> Result<(), SourceError> {
         let slot = self.pg.slot.clone();
         if self.pg.on_slot_lost == OnSlotLost::Fail {
@@ -172,13 +175,13 @@ impl Setup<'_> {
         self.status.not_streaming(format!(
             "recreating replication slot {slot}: it was invalidated (wal_status lost)"
         ));
-        self.make_slot(control, slot_known).await?;
+        self.make_slot(control, state).await?;
         self.status.slot_recreated();
         Ok(())
     }
 
     /// Makes the slot anew (dropping it if it is lost), starting at the refetch marker.
-    async fn make_slot(&self, control: &Client, slot_known: &mut bool) -> Result<(), SourceError> {
+    async fn make_slot(&self, control: &Client, state: &mut SlotState) -> Result<(), SourceError> {
         let slot = &self.pg.slot;
         let e = match catalog::recreate_slot(control, slot, &self.pg.publication).await {
             Ok(at) => {
@@ -192,6 +195,7 @@ impl Setup<'_> {
                     None => tracing::warn!(slot = %slot, consistent_point = %at.consistent_point,
                         "made the replication slot, but could not move it to the refetch marker: the * events may follow a few transactions"),
                 }
+                state.made = true;
                 return Ok(());
             }
             Err(e) => e,
@@ -202,12 +206,13 @@ impl Setup<'_> {
             Some(info) if !info.is_lost() => {
                 tracing::warn!(slot = %slot, error = %e,
                     "recreating the replication slot did not finish here, but the slot is usable again; streaming from it");
+                state.made = true;
                 Ok(())
             }
             // Dropped, not made again (the creation timed out waiting for running
             // transactions, say): the next attempt makes it, marker included.
             None => {
-                *slot_known = false;
+                state.known = false;
                 tracing::warn!(slot = %slot, error = %e,
                     "making the replication slot failed; trying again");
                 Err(e)

@@ -57,6 +57,7 @@ pub async fn drive<S: Sink>(
         let attempt = async {
             sink.connect().await?;
             lane.status().healthy();
+            sink.connected();
             session(&mut sink, &lane, &mut queue, &mut window).await
         };
         let error = match attempt.await {

@@ -27,6 +27,8 @@ struct OpenFile {
     file: File,
     /// Sync each batch to disk (a regular file with `fsync = true`).
     sync: bool,
+    /// For a regular file, its length: where a failed batch's partial lines are cut off.
+    len: Option<u64>,
 }
 
 impl FileSink {
@@ -62,7 +64,16 @@ impl FileSink {
             let synced = async { File::open(dir).await?.sync_all().await }.await;
             synced.map_err(|e| self.error("sync the directory of", e))?;
         }
-        Ok(OpenFile { file, sync })
+        let len = match regular {
+            true => Some(
+                file.metadata()
+                    .await
+                    .map_err(|e| self.error("inspect", e))?
+                    .len(),
+            ),
+            false => None,
+        };
+        Ok(OpenFile { file, sync, len })
     }
 
     fn error(&self, what: &str, e: std::io::Error) -> SinkError {
@@ -106,9 +117,23 @@ impl Sink for FileSink {
             Ok(())
         }
         .await;
-        self.file = Some(out);
-        result.map_err(|e| self.error("write to", e))?;
-        Ok(delivered())
+        match result {
+            Ok(()) => {
+                out.len = out.len.map(|l| l + self.buf.len() as u64);
+                self.file = Some(out);
+                Ok(delivered())
+            }
+            Err(e) => {
+                // The batch is sent again: cut off what of it was written (a regular file),
+                // so that no half line stays behind. The file is opened again then.
+                if let Some(len) = out.len
+                    && out.file.metadata().await.is_ok_and(|m| m.len() > len)
+                {
+                    let _ = out.file.set_len(len).await;
+                }
+                Err(self.error("write to", e))
+            }
+        }
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {
@@ -129,7 +154,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "earlier\n").unwrap();
-        let read = async || {
+        let read = async |_| {
             std::fs::read(&path)
                 .unwrap()
                 .split(|&b| b == b'\n')

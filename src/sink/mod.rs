@@ -106,6 +106,10 @@ pub trait Sink: Send + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// Called after `connect`, once the driver has marked the sink healthy: a sink that
+    /// reports health changes of its own (a broker's alarms) starts doing so here.
+    fn connected(&mut self) {}
+
     /// Takes `batch`; see the trait's contract.
     fn send(
         &mut self,
@@ -210,9 +214,9 @@ pub(crate) mod contract {
     }
 
     /// Drives `sink` through three batches (and an empty one) and checks that every batch is
-    /// acknowledged, in order, and that `output()` then holds every event, once, in order,
-    /// byte for byte.
-    pub(crate) async fn check<S: Sink>(sink: S, output: impl AsyncFnOnce() -> Vec<Vec<u8>>) {
+    /// acknowledged, in order, and that `output(n)` then holds every event (`n` of them),
+    /// once, in order, byte for byte.
+    pub(crate) async fn check<S: Sink>(sink: S, output: impl AsyncFnOnce(usize) -> Vec<Vec<u8>>) {
         let lane = Lane::single();
         let (tx, rx) = mpsc::channel(4);
         let driver = tokio::spawn(drive(sink, lane.clone(), rx));
@@ -226,6 +230,6 @@ pub(crate) mod contract {
         drop(tx);
         driver.await.unwrap().unwrap();
         assert_eq!(lane.min_acked(), 4, "every batch acknowledged");
-        assert_eq!(output().await, expected);
+        assert_eq!(output(expected.len()).await, expected);
     }
 }

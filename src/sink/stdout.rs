@@ -69,7 +69,7 @@ mod tests {
     async fn meets_the_sink_contract() {
         let (writer, mut reader) = tokio::io::duplex(1 << 20);
         let sink = StdoutSink::with_writer(writer);
-        let read = async || {
+        let read = async |_| {
             // The driver dropped the sink, and with it the writer: this reads to the end.
             let mut all = Vec::new();
             reader.read_to_end(&mut all).await.unwrap();

@@ -193,8 +193,10 @@ pub struct AmqpSink {
     session: Option<Session>,
     window: Arc<Window>,
     /// How many events of which batch the broker has confirmed, as the deliveries see them:
-    /// a batch sent again after a failure skips those.
+    /// the oldest batch, sent again after a failure, skips those.
     progress: Arc<Mutex<(Seq, usize)>>,
+    /// Connected, and no batch sent yet.
+    resuming: bool,
 }
 
 impl AmqpSink {
@@ -206,6 +208,7 @@ impl AmqpSink {
             status,
             session: None,
             progress: Arc::new(Mutex::new((0, 0))),
+            resuming: false,
         }
     }
 
@@ -227,21 +230,36 @@ impl Sink for AmqpSink {
     async fn connect(&mut self) -> Result<(), SinkError> {
         // A failed session's connection goes; its unconfirmed messages are published again.
         self.session = None;
-        let session = Session::open(&self.config, &self.status)
+        let session = Session::open(&self.config)
             .await
             .map_err(|f| self.error(f))?;
         tracing::info!(broker = %self.config.url, exchange = %self.config.exchange, "publishing to AMQP");
         self.session = Some(session);
+        // The first batch sent is the oldest unacknowledged one: it may skip what the broker
+        // confirmed of it before.
+        self.resuming = true;
         Ok(())
     }
 
+    fn connected(&mut self) {
+        if let Some(session) = self.session.as_mut()
+            && let Some(events) = session.events.take()
+        {
+            let watch = tokio::spawn(log_alarms(events, self.status.clone()));
+            session._watch = Some(AbortOnDrop(watch));
+        }
+    }
+
     async fn send(&mut self, batch: Arc<Batch>) -> Result<Delivery, SinkError> {
-        let Some(session) = &self.session else {
+        let Some(channel) = self.session.as_ref().map(|s| s.channel.clone()) else {
             return Err(SinkError::retryable(NAME, "not connected"));
         };
-        let confirmed = {
-            let p = lock(&self.progress);
-            if p.0 == batch.seq { p.1 } else { 0 }
+        let confirmed = match std::mem::take(&mut self.resuming) {
+            true => {
+                let p = lock(&self.progress);
+                if p.0 == batch.seq { p.1 } else { 0 }
+            }
+            false => 0,
         };
         let mut publishing = Publishing {
             batch: batch.clone(),
@@ -280,7 +298,7 @@ impl Sink for AmqpSink {
                 event.kind,
             );
             let publish = start_publish(
-                &session.channel,
+                &channel,
                 self.config.exchange.as_str().into(),
                 key.as_str().into(),
                 self.config.mandatory,
@@ -495,9 +513,11 @@ async fn connect(config: &AmqpSinkConfig) -> Result<Connection, Failure> {
 struct Session {
     conn: Connection,
     channel: Channel,
+    /// The connection's events from its start, until the alarm listener takes them.
+    events: Option<Pin<Box<dyn Stream<Item = Event> + Send>>>,
     /// Logs the broker's resource alarms. While one is raised, publishing waits in
     /// `basic_publish`, so this runs beside the publishing loop.
-    _watch: AbortOnDrop,
+    _watch: Option<AbortOnDrop>,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -533,14 +553,11 @@ async fn log_alarms(
 }
 
 impl Session {
-    async fn open(config: &AmqpSinkConfig, status: &Arc<SinkStatus>) -> Result<Session, Failure> {
+    async fn open(config: &AmqpSinkConfig) -> Result<Session, Failure> {
         let conn = connect(config).await?;
-        // The alarm listener reports while the session lasts (the driver marks the sink
-        // healthy once it is open).
-        let watch = AbortOnDrop(tokio::spawn(log_alarms(
-            Box::pin(conn.events_listener()),
-            status.clone(),
-        )));
+        // Listened to from here, so that an alarm raised while the session opens is heard;
+        // reported once the driver has marked the sink healthy (`Sink::connected`).
+        let events: Pin<Box<dyn Stream<Item = Event> + Send>> = Box::pin(conn.events_listener());
         let channel = conn
             .create_channel()
             .await
@@ -576,7 +593,8 @@ impl Session {
         Ok(Session {
             conn,
             channel,
-            _watch: watch,
+            events: Some(events),
+            _watch: None,
         })
     }
 }

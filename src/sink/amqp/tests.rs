@@ -87,7 +87,7 @@ async fn meets_the_sink_contract_with_a_window_smaller_than_a_batch() {
     let name = format!("pglive-contract-{}", std::process::id());
     let (c, ch) = broker_queue(&name).await;
     let sink = AmqpSink::new(c, crate::sink::Lane::single().status().clone());
-    let read = async || {
+    let read = async |_| {
         let mut out = Vec::new();
         while let Some(m) = ch
             .basic_get(

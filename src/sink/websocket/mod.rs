@@ -587,3 +587,60 @@ fn renew(token: Option<&str>, session: &mut Session, shared: &Shared) -> Vec<Mes
     )));
     replies
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    use super::*;
+
+    fn config() -> WsSinkConfig {
+        WsSinkConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            path: DEFAULT_PATH.into(),
+            auth: Auth::Anonymous,
+            allowed_origins: vec!["https://app.example".into()],
+            channels: vec!["resources/t".into()],
+            history: DEFAULT_HISTORY,
+            history_age: DEFAULT_HISTORY_AGE,
+            client_queue: DEFAULT_CLIENT_QUEUE,
+            max_connections: 10,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            header_timeout: crate::http::DEFAULT_HEADER_TIMEOUT,
+        }
+    }
+
+    #[tokio::test]
+    async fn meets_the_sink_contract_for_a_subscribed_client() {
+        let relay = Relay::new(config(), "websocket");
+        let sink = relay.sink();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}{DEFAULT_PATH}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(relay.serve(listener, stop.clone(), Duration::from_secs(1)));
+        let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let subscribe = json!({"op": "subscribe", "channel": "resources/t"}).to_string();
+        client.send(WsMessage::text(subscribe)).await.unwrap();
+        let reply = client.next().await.unwrap().unwrap();
+        assert!(reply.to_text().unwrap().contains("subscribed"), "{reply:?}");
+        let read = async |n| {
+            let mut events = Vec::new();
+            while events.len() < n {
+                let next = tokio::time::timeout(Duration::from_secs(10), client.next());
+                let frame = next
+                    .await
+                    .expect("every event within 10 s")
+                    .unwrap()
+                    .unwrap();
+                events.push(frame.into_data().to_vec());
+            }
+            events
+        };
+        crate::sink::contract::check(sink, read).await;
+        stop.cancel();
+        server.await.unwrap();
+    }
+}
