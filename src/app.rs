@@ -150,16 +150,16 @@ fn start_sinks(
                 spawn(&mut drivers, sink, lane, rx, None)
             }
             SinkConfig::WebSocket(ws) => {
-                let relay = Relay::new((**ws).clone(), label);
                 // Its clients are closed as soon as it has published everything, while other
                 // sinks may still be draining.
                 let stop = relays_stop.child_token();
-                spawn(&mut drivers, relay.sink(), lane, rx, Some(stop.clone()));
+                let relay = Relay::new((**ws).clone(), label, stop.clone());
+                spawn(&mut drivers, relay.sink(), lane, rx, Some(stop));
                 let at = relays.iter().position(|(i, _)| *i == index);
                 let listener = at.map(|at| relays.swap_remove(at).1);
                 let listener = listener.expect("Listeners::bind binds every relay");
                 let close_within = ShutdownBudget::new(config.ops.shutdown_timeout).relay_close();
-                tasks.spawn(relay.serve(listener, stop, close_within));
+                tasks.spawn(relay.serve(listener, close_within));
             }
         }
         queues.push(Queue {

@@ -122,8 +122,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// `label`: the sink's metric label.
-    pub fn new(config: WsSinkConfig, label: &str) -> Relay {
+    /// `label`: the sink's metric label; `stop`: when to close every connection.
+    pub fn new(config: WsSinkConfig, label: &str, stop: CancellationToken) -> Relay {
         Relay {
             shared: Arc::new(Shared {
                 hub: Hub::new(config.history, config.history_age),
@@ -131,7 +131,7 @@ impl Relay {
                 config,
                 clients: metrics::gauge!(crate::status::metric::WEBSOCKET_CLIENTS, "sink" => label.to_owned()),
                 next_id: AtomicU64::new(1),
-                stop: CancellationToken::new(),
+                stop,
                 sessions: TaskTracker::new(),
             }),
         }
@@ -144,14 +144,9 @@ impl Relay {
         }
     }
 
-    /// Serves clients on `listener` until `stop`, then closes every connection (close code
-    /// 1001) and waits, at most `close_within`, for their close handshakes.
-    pub async fn serve(
-        self,
-        listener: tokio::net::TcpListener,
-        stop: CancellationToken,
-        close_within: Duration,
-    ) {
+    /// Serves clients on `listener` until the relay's `stop`, then closes every connection
+    /// (close code 1001) and waits, at most `close_within`, for their close handshakes.
+    pub async fn serve(self, listener: tokio::net::TcpListener, close_within: Duration) {
         let shared = self.shared;
         let app = axum::Router::new()
             .route(&shared.config.path, get(upgrade))
@@ -177,12 +172,11 @@ impl Relay {
         let mut serving = true;
         loop {
             tokio::select! {
-                _ = stop.cancelled() => break,
+                _ = shared.stop.cancelled() => break,
                 _ = &mut server, if serving => serving = false,
                 _ = sweep.tick() => shared.hub.sweep(),
             }
         }
-        shared.stop.cancel();
         // The accept loop ends at once; what it waits for are requests still being read, and
         // each client's close handshake.
         shared.sessions.close();
@@ -615,12 +609,12 @@ mod tests {
 
     #[tokio::test]
     async fn meets_the_sink_contract_for_a_subscribed_client() {
-        let relay = Relay::new(config(), "websocket");
+        let stop = CancellationToken::new();
+        let relay = Relay::new(config(), "websocket", stop.clone());
         let sink = relay.sink();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}{DEFAULT_PATH}", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(relay.serve(listener, stop.clone(), Duration::from_secs(1)));
+        let server = tokio::spawn(relay.serve(listener, Duration::from_secs(1)));
         let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         let subscribe = json!({"op": "subscribe", "channel": "resources/t"}).to_string();
         client.send(WsMessage::text(subscribe)).await.unwrap();
