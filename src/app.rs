@@ -29,6 +29,7 @@ use crate::shutdown::ShutdownBudget;
 use crate::sink::amqp::AmqpSink;
 use crate::sink::file::FileSink;
 use crate::sink::stdout::StdoutSink;
+use crate::sink::webhook::WebhookSink;
 use crate::sink::websocket::Relay;
 use crate::sink::{self, Lane, Sink, SinkError};
 use crate::status::Status;
@@ -107,6 +108,7 @@ fn sink_labels(sinks: &[SinkConfig]) -> Vec<(String, Option<String>)> {
             };
             let starting = match s {
                 SinkConfig::Amqp(_) => Some("connecting to the broker".to_owned()),
+                SinkConfig::Webhook(_) => Some("connecting to the receiver".to_owned()),
                 SinkConfig::WebSocket(_) | SinkConfig::Stdout | SinkConfig::File { .. } => None,
             };
             (label, starting)
@@ -147,6 +149,10 @@ fn start_sinks(
             }
             SinkConfig::Amqp(amqp) => {
                 let sink = AmqpSink::new((**amqp).clone(), lane.status().clone());
+                spawn(&mut drivers, sink, lane, rx, None)
+            }
+            SinkConfig::Webhook(hook) => {
+                let sink = WebhookSink::new((**hook).clone(), lane.status());
                 spawn(&mut drivers, sink, lane, rx, None)
             }
             SinkConfig::WebSocket(ws) => {

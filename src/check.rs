@@ -187,6 +187,23 @@ async fn sink(index: usize, sink: &SinkConfig) -> Finding {
             &format!("sinks[{index}]"),
         ),
         SinkConfig::File { path, .. } => file(index, path),
+        SinkConfig::Webhook(hook) => receiver(index, hook).await,
+    }
+}
+
+/// Whether webhook sink `index` reaches its receiver (TCP, and TLS for `https://`). Whether
+/// the receiver accepts the signature shows only with a real request, which `check` does not
+/// send.
+async fn receiver(index: usize, hook: &crate::sink::webhook::WebhookSinkConfig) -> Finding {
+    let shown = crate::sink::webhook::shown(&hook.url);
+    match crate::sink::webhook::probe(hook).await {
+        Ok(()) => Finding::ok(format!("sinks[{index}]: reached the receiver at {shown}")),
+        Err(e) => Finding::fail(
+            format!("sinks[{index}]: cannot reach the receiver at {shown}: {e}"),
+            format!(
+                "check sinks[{index}].url, sinks[{index}].ca_file and that the receiver is running"
+            ),
+        ),
     }
 }
 

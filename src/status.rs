@@ -20,6 +20,8 @@ pub mod metric {
     pub const SINK_ERRORS: &str = "pglive_sink_errors_total";
     pub const SINK_INFLIGHT: &str = "pglive_sink_inflight_events";
     pub const SINK_HEALTHY: &str = "pglive_sink_healthy";
+    /// Requests a receiver rejected and the sink skipped (`on_rejected = "skip"`).
+    pub const SINK_REJECTED: &str = "pglive_sink_rejected_total";
     /// The commit → acknowledged latency histogram.
     pub const COMMIT_TO_ACK: &str = "pglive_commit_to_ack_seconds";
     pub const STREAMING: &str = "pglive_streaming";
@@ -61,6 +63,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         SINK_HEALTHY,
         "1 when the sink can deliver (connected, not blocked)."
+    );
+    describe_counter!(
+        SINK_REJECTED,
+        "Requests the receiver rejected and the sink skipped (on_rejected = \"skip\"): their events were not delivered there."
     );
     describe_histogram!(
         COMMIT_TO_ACK,

@@ -1550,3 +1550,95 @@ fn verifying_the_server_needs_its_ca() {
         );
     }
 }
+
+// ---- webhook sinks ----
+
+const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn hook(sink: &str) -> String {
+    minimal(&format!("\n[[sinks]]\ntype = \"webhook\"\n{sink}\n"))
+}
+
+#[test]
+fn a_webhook_sink_takes_the_documented_defaults_and_every_key() {
+    let c = match ok(&hook(&format!(
+        "url = \"https://hooks.example.com/in\"\nsecret = \"{WHSEC}\""
+    )))
+    .sinks
+    .pop()
+    {
+        Some(SinkConfig::Webhook(c)) => *c,
+        other => panic!("expected a webhook sink, got {other:?}"),
+    };
+    assert_eq!(c.timeout, crate::sink::webhook::DEFAULT_TIMEOUT);
+    assert_eq!(c.batch_max_events, 1);
+    assert_eq!(c.batch_max_bytes, 1 << 20);
+    assert_eq!(c.on_rejected, crate::sink::webhook::OnRejected::Fail);
+    assert!(c.headers.is_empty() && c.ca_file.is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "Bearer from-file\n").unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, format!("{WHSEC}\n")).unwrap();
+    let c = match ok(&hook(&format!(
+        "url = \"http://127.0.0.1:9/in\"\nsecret_file = \"{}\"\nheaders = {{ \"X-Team\" = \"a\" }}\n\
+         header_files = {{ Authorization = \"{}\" }}\ntimeout = \"2s\"\nbatch_max_events = 50\n\
+         batch_max_bytes = 4096\non_rejected = \"skip\"\nmax_backoff = \"5s\"",
+        secret.display(),
+        token.display()
+    )))
+    .sinks
+    .pop()
+    {
+        Some(SinkConfig::Webhook(c)) => *c,
+        other => panic!("expected a webhook sink, got {other:?}"),
+    };
+    let headers: Vec<(String, String)> = c
+        .headers
+        .iter()
+        .map(|h| (h.name.to_string(), h.value.to_str().unwrap().to_owned()))
+        .collect();
+    assert!(headers.contains(&("authorization".into(), "Bearer from-file".into())));
+    assert!(headers.contains(&("x-team".into(), "a".into())));
+    assert_eq!(c.timeout, Duration::from_secs(2));
+    assert_eq!((c.batch_max_events, c.batch_max_bytes), (50, 4096));
+    assert_eq!(c.on_rejected, crate::sink::webhook::OnRejected::Skip);
+    assert!(
+        !format!("{c:?}").contains("from-file"),
+        "header values are not shown"
+    );
+}
+
+#[test]
+fn webhook_problems_name_their_keys_and_never_quote_secrets() {
+    let issue = only_issue(&hook("url = \"https://h/in\""), "sinks[1].secret");
+    assert!(issue.message.contains("whsec_"), "{issue}");
+    let issue = only_issue(
+        &hook("url = \"https://h/in\"\nsecret = \"whsec_notbase64!!SECRETPART\""),
+        "sinks[1].secret",
+    );
+    assert!(!issue.message.contains("SECRETPART"), "{issue}");
+    let issue = only_issue(
+        &hook(&format!(
+            "url = \"https://user:PASSWORD@h/in\"\nsecret = \"{WHSEC}\""
+        )),
+        "sinks[1].url",
+    );
+    assert!(!issue.message.contains("PASSWORD"), "{issue}");
+    let list = issues(&hook(&format!(
+        "url = \"ftp://h/\"\nsecret = \"{WHSEC}\"\nheaders = {{ \"webhook-id\" = \"x\", \"bad name\" = \"y\" }}\n\
+         on_rejected = \"ignore\"\nbatch_max_events = 0"
+    )));
+    assert_eq!(
+        keys(&list),
+        [
+            "sinks[1].url",
+            "sinks[1].headers.bad name",
+            "sinks[1].headers.webhook-id",
+            "sinks[1].batch_max_events",
+            "sinks[1].on_rejected"
+        ],
+        "{list:#?}"
+    );
+}

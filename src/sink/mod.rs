@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod driver;
 pub mod file;
 pub mod stdout;
+pub mod webhook;
 pub mod websocket;
 
 use std::future::Future;

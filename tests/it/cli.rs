@@ -269,6 +269,15 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "jwt_leeway",
         "header_timeout",
         "max_subscriptions",
+        // webhook
+        "secret",
+        "secret_file",
+        "headers",
+        "header_files",
+        "timeout",
+        "batch_max_events",
+        "batch_max_bytes",
+        "on_rejected",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

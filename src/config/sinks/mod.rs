@@ -4,6 +4,7 @@
 
 mod amqp;
 mod file;
+mod webhook;
 mod websocket;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use super::OpsConfig;
 use super::issues::{Issue, Issues};
 use crate::map::TableRule;
 use crate::sink::amqp::AmqpSinkConfig;
+use crate::sink::webhook::WebhookSinkConfig;
 use crate::sink::websocket::WsSinkConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub enum SinkConfig {
     Amqp(Box<AmqpSinkConfig>),
     /// A WebSocket relay served by pglive.
     WebSocket(Box<WsSinkConfig>),
+    /// Signed HTTP POSTs to a URL.
+    Webhook(Box<WebhookSinkConfig>),
 }
 
 impl SinkConfig {
@@ -35,6 +39,7 @@ impl SinkConfig {
             SinkConfig::File { .. } => "file",
             SinkConfig::Amqp(_) => crate::sink::amqp::NAME,
             SinkConfig::WebSocket(_) => crate::sink::websocket::NAME,
+            SinkConfig::Webhook(_) => crate::sink::webhook::NAME,
         }
     }
 }
@@ -49,6 +54,7 @@ pub(super) enum RawSink {
     File(file::RawFile),
     Amqp(amqp::RawAmqp),
     Websocket(websocket::RawWebsocket),
+    Webhook(webhook::RawWebhook),
 }
 
 impl RawSink {
@@ -64,6 +70,7 @@ impl RawSink {
             RawSink::File(raw) => Some(raw.resolve(issues, index)),
             RawSink::Amqp(raw) => raw.resolve(issues, index, tables),
             RawSink::Websocket(raw) => raw.resolve(issues, index, tables),
+            RawSink::Webhook(raw) => raw.resolve(issues, index),
         }
     }
 }

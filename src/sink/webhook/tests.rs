@@ -1,0 +1,135 @@
+//! Signing, splitting a batch into requests, judging answers, and the shared sink contract
+//! against a receiver in the test.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+
+use super::*;
+use crate::sink::contract::event;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[test]
+fn signs_the_specification_test_vector() {
+    let secret = Secret::parse(SECRET).unwrap();
+    assert_eq!(
+        secret.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#
+        ),
+        "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    );
+    assert!(Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+    assert!(
+        Secret::parse("whsec_c2hvcnQ=")
+            .unwrap_err()
+            .contains("24 to 64")
+    );
+    assert!(!format!("{secret:?}").contains("MfKQ"));
+}
+
+#[test]
+fn a_batch_becomes_requests_within_both_limits() {
+    let events: Vec<LiveEvent> = (1..=5).map(event).collect();
+    let one = requests(&events, 1, 1 << 20);
+    assert_eq!(one.len(), 5);
+    assert_eq!(
+        one[0].1.as_ref(),
+        events[0].json.as_ref(),
+        "one event: the object itself"
+    );
+    assert_eq!(one[2].0, events[2].id.to_string());
+    let arrays = requests(&events, 2, 1 << 20);
+    assert_eq!(arrays.len(), 3);
+    let first: serde_json::Value = serde_json::from_slice(&arrays[0].1).unwrap();
+    assert_eq!(first.as_array().unwrap().len(), 2);
+    assert_eq!(
+        arrays[1].0,
+        events[2].id.to_string(),
+        "the id of its first event"
+    );
+    // A byte limit below one event: each goes alone.
+    assert_eq!(requests(&events, 100, 10).len(), 5);
+    let all = requests(&events, 100, 1 << 20);
+    assert_eq!(all.len(), 1);
+}
+
+#[test]
+fn answers_are_delivered_retried_or_rejected() {
+    assert!(judge(StatusCode::NO_CONTENT, None, b"").is_ok());
+    for code in [408, 429, 500, 503] {
+        let status = StatusCode::from_u16(code).unwrap();
+        assert!(
+            matches!(judge(status, None, b""), Err(Failure::Retry(..))),
+            "{code}"
+        );
+    }
+    let long = "x".repeat(500);
+    match judge(StatusCode::BAD_REQUEST, None, long.as_bytes()) {
+        Err(Failure::Rejected(m)) => {
+            assert!(
+                m.contains("400") && m.contains(&"x".repeat(200)) && !m.contains(&long),
+                "{m}"
+            )
+        }
+        _ => panic!("a 400 is a rejection"),
+    }
+    assert!(matches!(
+        judge(StatusCode::FOUND, None, b""),
+        Err(Failure::Rejected(_))
+    ));
+    let mut headers = hyper::HeaderMap::new();
+    headers.insert(hyper::header::RETRY_AFTER, "7".parse().unwrap());
+    assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+    headers.insert(hyper::header::RETRY_AFTER, "999999".parse().unwrap());
+    assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+}
+
+/// Bodies received, after checking each request's signature.
+type Received = Arc<Mutex<Vec<Vec<u8>>>>;
+
+async fn receive(State(got): State<Received>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let secret = Secret::parse(SECRET).unwrap();
+    let header = |n: &str| headers.get(n).unwrap().to_str().unwrap().to_owned();
+    let ts: u64 = header("webhook-timestamp").parse().unwrap();
+    assert_eq!(
+        header("webhook-signature"),
+        secret.sign(&header("webhook-id"), ts, &body)
+    );
+    assert_eq!(header("x-extra"), "yes");
+    got.lock().unwrap().push(body.to_vec());
+    StatusCode::NO_CONTENT
+}
+
+#[tokio::test]
+async fn meets_the_sink_contract_against_a_receiver() {
+    let got: Received = Arc::default();
+    let app = axum::Router::new()
+        .route("/hook", post(receive))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = WebhookSinkConfig {
+        url: format!("http://{addr}/hook?token=t").parse().unwrap(),
+        secret: Secret::parse(SECRET).unwrap(),
+        headers: vec![Header {
+            name: HeaderName::from_static("x-extra"),
+            value: HeaderValue::from_static("yes"),
+        }],
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+        batch_max_events: 1,
+        batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+        on_rejected: OnRejected::Fail,
+        max_backoff: Duration::from_millis(10),
+    };
+    let lane = crate::sink::Lane::single();
+    let sink = WebhookSink::new(config, lane.status());
+    crate::sink::contract::check(sink, async |_| got.lock().unwrap().clone()).await;
+    server.abort();
+}
