@@ -11,4 +11,5 @@ mod events;
 mod layout;
 mod ops;
 mod slot;
+mod webhook;
 mod websocket;
