@@ -381,3 +381,59 @@ fn on_rejected_skip_logs_and_goes_on() {
         db.confirmed_flush().unwrap_or(0) >= end
     });
 }
+
+/// `https://`: the receiver's certificate is verified against `ca_file`; `check` says whether
+/// the receiver is reachable; a certificate the CA did not sign stops pglive with a clear error.
+#[test]
+fn https_verifies_the_receiver_against_ca_file() {
+    use crate::support::broker::tls_front_to;
+    use crate::support::pglive;
+
+    let hook = Receiver::start("", "");
+    let db = TestDb::new("webhook_tls");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let certs = &db.cluster.dir;
+    let port = tls_front_to(
+        &certs.join("server.crt"),
+        &certs.join("server.key"),
+        format!("127.0.0.1:{}", hook.port),
+    );
+    let config = |ca: &std::path::Path| {
+        let sink = hook
+            .sink(&format!("ca_file = \"{}\"", ca.display()))
+            .replace(&hook.url(), &format!("https://localhost:{port}/hook"));
+        format!("{}{sink}", db.config(&["name = \"t\""], ""))
+    };
+    let trusted = config(&db.cluster.ca_cert());
+    setup(&trusted);
+    let (code, out, _) = pglive(&["check"], &trusted);
+    assert!(
+        out.contains("ok    sinks[1]: reached the receiver at https://localhost:"),
+        "{code} {out}"
+    );
+    let d = Daemon::run(&trusted);
+    insert_txn(&db, 1, 3);
+    let requests = hook.wait("the rows over TLS", |r| accepted_ids(r).len() >= 3);
+    assert_eq!(accepted_ids(&requests), (1..=3).collect());
+    drop(d);
+
+    let untrusted = config(&db.cluster.other_ca_cert());
+    let (code, out, _) = pglive(&["check"], &untrusted);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  sinks[1]: cannot reach the receiver"),
+        "{out}"
+    );
+    let mut d = Daemon::run(&untrusted);
+    let status = d.wait_exit(std::time::Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a certificate problem is not retried"
+    );
+    let err = d.stderr();
+    assert!(
+        err.contains("sinks[1] (webhook)") && err.contains("set ca_file"),
+        "{err}"
+    );
+}

@@ -323,6 +323,12 @@ impl Relay {
 /// A TLS front for the broker (as a load balancer terminating `amqps://` would be), with the
 /// given certificate and key, on a port of its own. Returns the port.
 pub fn tls_front(cert: &std::path::Path, key: &std::path::Path) -> u16 {
+    tls_front_to(cert, key, HOST.to_owned())
+}
+
+/// A TLS front with `cert` and `key` on a free port, forwarding every connection to `target`
+/// (`host:port`); returns its port.
+pub fn tls_front_to(cert: &std::path::Path, key: &std::path::Path, target: String) -> u16 {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -352,11 +358,12 @@ pub fn tls_front(cert: &std::path::Path, key: &std::path::Path) -> u16 {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
+                let target = target.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let Ok(mut broker) = tokio::net::TcpStream::connect(HOST).await else {
+                    let Ok(mut broker) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
                     let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
