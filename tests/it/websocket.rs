@@ -668,10 +668,8 @@ fn audience_issuer_and_grant_shapes_are_enforced_at_the_upgrade() {
     ] {
         assert_eq!(WsClient::connect(&url, &[]).err(), Some(401), "{what}");
     }
-    assert!(
-        d.stderr().contains("resources/post*"),
-        "a malformed grant is logged as the error it is"
-    );
+    // A malformed grant is logged as the error it is (the log may trail the 401 a little).
+    d.wait_log("the grant \"resources/post*\" uses `*`");
     assert!(!d.stderr().contains("allowed_origins: empty"));
 }
 
