@@ -1,6 +1,6 @@
 //! Acknowledgements → the flush position confirmed to PostgreSQL. Sink drivers record the
-//! sequence number of each batch they have delivered; the source records which WAL position
-//! each batch makes safe; the flush LSN is the highest position whose batch, and every batch
+//! sequence number of each batch they have delivered (the [`AckBoard`]); the pipeline's outbox
+//! records which WAL position each batch makes safe (the [`Checkpoint`]); the flush LSN is the highest position whose batch, and every batch
 //! before it, every sink has acknowledged.
 
 use std::collections::VecDeque;

@@ -123,8 +123,9 @@ pub fn unix_micros_now() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain values: a panic elsewhere cannot leave them inconsistent.
+/// Locks a mutex that holds plain values: a panic elsewhere cannot leave them inconsistent,
+/// so a poisoned lock is taken as it is.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

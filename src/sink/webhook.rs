@@ -30,11 +30,12 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::Sha256;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Batch, Delivery, Sink, SinkError, delivered};
 use crate::checkpoint::Seq;
 use crate::event::LiveEvent;
-use crate::status::{SinkStatus, metric};
+use crate::status::{SinkStatus, lock, metric};
 
 pub const NAME: &str = "webhook";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -150,15 +151,7 @@ pub struct WebhookSink {
 
 struct Connection {
     sender: SendRequest<Full<Bytes>>,
-    _driver: AbortOnDrop,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _driver: AbortOnDropHandle<()>,
 }
 
 impl WebhookSink {
@@ -285,13 +278,14 @@ fn host_header(url: &url::Url) -> String {
     }
 }
 
-/// The URL without its query (which may hold a token), for messages.
+/// The URL for messages and logs: its origin only, since receivers often take a token in
+/// the path or query (`/services/T0/B0/<token>`), which must not reach a log.
 pub fn shown(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if shown.query().is_some() {
-        shown.set_query(Some("…"));
-    }
-    shown.to_string()
+    let rest = match (url.path(), url.query()) {
+        ("/", None) => "",
+        _ => "/…",
+    };
+    format!("{}{rest}", url.origin().ascii_serialization())
 }
 
 /// The requests of a batch: (webhook-id, body) for runs of at most `max_events` events and
@@ -396,13 +390,8 @@ async fn open(
 
 /// A certificate that does not verify will not verify next time either.
 fn tls_failure(e: std::io::Error) -> Failure {
-    let certificate = matches!(
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::InvalidCertificate(_))
-    );
     let what = format!("TLS: {e}");
-    match certificate {
+    match crate::source::tls::certificate_refused(&e) {
         true => Failure::Fatal(format!(
             "{what} — the receiver's certificate is not trusted: set ca_file to the CA that signed it, and make sure the URL's host is a name in the certificate"
         )),
@@ -422,7 +411,7 @@ where
     });
     Ok(Connection {
         sender,
-        _driver: AbortOnDrop(driver),
+        _driver: AbortOnDropHandle::new(driver),
     })
 }
 
@@ -433,11 +422,6 @@ pub async fn probe(config: &WebhookSinkConfig) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(Failure::Retry(m, _) | Failure::Rejected(m) | Failure::Fatal(m)) => Err(m),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain values: a panic elsewhere cannot leave them inconsistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Sink for WebhookSink {

@@ -50,6 +50,16 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Whether a failed TLS handshake failed because the peer's certificate did not verify
+/// (which trying again cannot fix), as opposed to the connection failing.
+pub fn certificate_refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_))
+    )
+}
+
 /// The mode in effect: as in libpq, with a root certificate at hand (sslrootcert, or
 /// ~/.postgresql/root.crt), sslmode=require verifies the chain like verify-ca.
 pub fn effective_mode(info: &ConnInfo) -> SslMode {

@@ -444,11 +444,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Bound<S> {
 
 /// A failed handshake, noting whether the server's certificate is what failed.
 fn tls_error(e: std::io::Error) -> SourceError {
-    let certificate = matches!(
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        Some(rustls::Error::InvalidCertificate(_))
-    );
+    let certificate = super::tls::certificate_refused(&e);
     SourceError::Tls {
         message: e.to_string(),
         certificate,

@@ -33,13 +33,14 @@ use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use lapin::{Event, ExchangeKind};
 use tokio::sync::Notify;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use routing::{DEFAULT_TEMPLATE, MAX_ROUTING_KEY_BYTES, RoutingKey};
 
 use super::{Batch, Delivery, Sink, SinkError};
 use crate::checkpoint::Seq;
 use crate::event::LiveEvent;
-use crate::status::SinkStatus;
+use crate::status::{SinkStatus, lock};
 
 /// The sink's name in logs and errors.
 pub const NAME: &str = "amqp";
@@ -246,7 +247,7 @@ impl Sink for AmqpSink {
             && let Some(events) = session.events.take()
         {
             let watch = tokio::spawn(log_alarms(events, self.status.clone()));
-            session._watch = Some(AbortOnDrop(watch));
+            session._watch = Some(AbortOnDropHandle::new(watch));
         }
     }
 
@@ -338,11 +339,6 @@ impl Sink for AmqpSink {
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Plain values: a panic elsewhere cannot leave them inconsistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One batch's published messages awaiting their confirms, oldest first.
@@ -517,15 +513,7 @@ struct Session {
     events: Option<Pin<Box<dyn Stream<Item = Event> + Send>>>,
     /// Logs the broker's resource alarms. While one is raised, publishing waits in
     /// `basic_publish`, so this runs beside the publishing loop.
-    _watch: Option<AbortOnDrop>,
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _watch: Option<AbortOnDropHandle<()>>,
 }
 
 async fn log_alarms(
@@ -684,15 +672,12 @@ fn describe(e: &lapin::Error) -> String {
 /// Sorts a broker error into "fix the configuration" and "try again".
 fn classify(e: &lapin::Error, doing: &str) -> Failure {
     let what = format!("cannot {doing}: {}", describe(e));
-    if let lapin::ErrorKind::IOError(io) = e.kind() {
-        let tls = io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if let Some(rustls::Error::InvalidCertificate(_)) = tls {
-            return Failure::Fatal(format!(
-                "{what} — the broker's certificate is not trusted: set ca_file to the CA that signed it, and make sure the URL's host is a name in the certificate"
-            ));
-        }
+    if let lapin::ErrorKind::IOError(io) = e.kind()
+        && crate::source::tls::certificate_refused(io)
+    {
+        return Failure::Fatal(format!(
+            "{what} — the broker's certificate is not trusted: set ca_file to the CA that signed it, and make sure the URL's host is a name in the certificate"
+        ));
     }
     match amqp_code(e) {
         // ACCESS_REFUSED (credentials, or permissions on the vhost or exchange), NOT_ALLOWED

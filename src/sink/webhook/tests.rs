@@ -133,3 +133,13 @@ async fn meets_the_sink_contract_against_a_receiver() {
     crate::sink::contract::check(sink, async |_| got.lock().unwrap().clone()).await;
     server.abort();
 }
+
+#[test]
+fn logs_and_errors_show_the_receiver_without_its_path_or_query() {
+    let url: url::Url = "https://hooks.example.com/services/T0/B0/SECRETPATH?token=SECRETQ"
+        .parse()
+        .unwrap();
+    assert_eq!(shown(&url), "https://hooks.example.com/…");
+    let bare: url::Url = "http://127.0.0.1:8080/".parse().unwrap();
+    assert_eq!(shown(&bare), "http://127.0.0.1:8080");
+}
