@@ -11,28 +11,16 @@
 #             one keep-alive connection, as the sink does (batch_max_events = 1)
 #
 #   scripts/bench-sinks.sh                 # 50,000 changes, 100-row transactions, 3 rounds
-#   CHANGES=20000 ROUNDS=1 scripts/bench-sinks.sh
+#   CHANGES=20000 ROUNDS=1 SINKS="webhook" scripts/bench-sinks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CHANGES=${CHANGES:-50000}
 TXN=${TXN:-100}
 ROUNDS=${ROUNDS:-3}
-SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+SINKS=${SINKS:-webhook}
 
 . scripts/bench-common.sh
-cargo build --release --locked --quiet --example webhook_bench
-hook_tool=$(dirname "$bin")/examples/webhook_bench
-
-"$hook_tool" serve >"$work/hook.port" &
-hook_pid=$!
-at_exit "kill $hook_pid 2>/dev/null"
-for _ in $(seq 1 100); do [ -s "$work/hook.port" ] && break; sleep 0.1; done
-hook_url="http://127.0.0.1:$(cat "$work/hook.port")/hook"
-hook_count() {
-  python3 -c "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
-    "http://127.0.0.1:$(cat "$work/hook.port")/count"
-}
 
 q -c "CREATE TABLE bench (id bigint PRIMARY KEY, qty int, name text)"
 q -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
@@ -40,6 +28,12 @@ q -c "CREATE PUBLICATION bench_pub FOR TABLE bench"
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1/$2:,.0f}')"; }
 secs() { python3 -c "print(f'{$(now) - $1:.3f}')"; }
+
+# Builds example $1 (release) and prints its path.
+example() {
+  cargo build --release --locked --quiet --example "$1"
+  echo "$(dirname "$bin")/examples/$1"
+}
 
 # pglive drains a fresh backlog into the sink given as $1 ([[sinks]] entry); sets live_s.
 drain() {
@@ -52,23 +46,55 @@ drain() {
   q -c "SELECT pg_drop_replication_slot('b_live')" >/dev/null
 }
 
-printf '%-6s %-8s %-8s %9s %10s %12s %8s %6s\n' round sink mode seconds messages changes/s cpu_s ratio
 results=()
-for round in $(seq 1 "$ROUNDS"); do
-  hook_count >/dev/null
-  ceil_s=$(/usr/bin/time -o "$work/cpu" -f "%U %S" "$hook_tool" publish "$hook_url" "$SECRET" "$CHANGES")
-  msgs=$(hook_count)
+# One table row: round sink mode seconds messages; changes/s and CPU from the last run.
+row() {
+  printf '%-6s %-10s %-8s %9s %10s %12s %8s %6s\n' "$1" "$2" "$3" "$4" "$5" \
+    "$(rate "$CHANGES" "$4")" "$(cpu_secs)" "$6"
+}
+# Times the ceiling command given as arguments (it prints its own seconds); sets ceil_s and
+# ceil_rate.
+ceiling() {
+  ceil_s=$(/usr/bin/time -o "$work/cpu" -f "%U %S" "$@")
   ceil_rate=$(python3 -c "print($CHANGES / $ceil_s)")
-  printf '%-6s %-8s %-8s %9s %10s %12s %8s %6s\n' "$round" webhook ceiling "$ceil_s" "$msgs" \
-    "$(rate "$CHANGES" "$ceil_s")" "$(cpu_secs)" 1.00
+}
+# Records pglive's ratio to the ceiling for sink $1 and prints its row ($2 round, $3 messages).
+live_row() {
+  local ratio
+  ratio=$(python3 -c "print(f'{$CHANGES / $live_s / $ceil_rate:.2f}')")
+  results+=("$1:$ratio")
+  row "$2" "$1" per-row "$live_s" "$3" "$ratio"
+}
+
+# --- webhook -----------------------------------------------------------------------------
+SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+setup_webhook() {
+  hook_tool=$(example webhook_bench)
+  "$hook_tool" serve >"$work/hook.port" &
+  local pid=$!
+  at_exit "kill $pid 2>/dev/null"
+  for _ in $(seq 1 100); do [ -s "$work/hook.port" ] && break; sleep 0.1; done
+  hook_url="http://127.0.0.1:$(cat "$work/hook.port")/hook"
+}
+hook_count() {
+  python3 -c "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
+    "http://127.0.0.1:$(cat "$work/hook.port")/count"
+}
+bench_webhook() {
+  hook_count >/dev/null
+  ceiling "$hook_tool" publish "$hook_url" "$SECRET" "$CHANGES"
+  row "$1" webhook ceiling "$ceil_s" "$(hook_count)" 1.00
   drain "[[sinks]]
 type = \"webhook\"
 url = \"$hook_url\"
 secret = \"$SECRET\""
-  msgs=$(hook_count)
-  ratio=$(python3 -c "print(f'{$CHANGES / $live_s / $ceil_rate:.2f}')")
-  results+=("webhook:$ratio")
-  printf '%-6s %-8s %-8s %9s %10s %12s %8s %6s\n' "$round" webhook per-row "$live_s" "$msgs" \
-    "$(rate "$CHANGES" "$live_s")" "$(cpu_secs)" "$ratio"
+  live_row webhook "$1" "$(hook_count)"
+}
+
+# -----------------------------------------------------------------------------------------
+for sink in $SINKS; do "setup_$sink"; done
+printf '%-6s %-10s %-8s %9s %10s %12s %8s %6s\n' round sink mode seconds messages changes/s cpu_s ratio
+for round in $(seq 1 "$ROUNDS"); do
+  for sink in $SINKS; do "bench_$sink" "$round"; done
 done
 print_medians "median ratio to the sink's ceiling" "${results[@]}"

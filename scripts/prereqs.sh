@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pglive's tests and quick start need and the machine lacks: the PostgreSQL
-# server and client (initdb, psql, pg_recvlogical), RabbitMQ, Node.js and npm (the Refine
+# server and client (initdb, psql, pg_recvlogical), RabbitMQ, the relays the sinks' tests run
+# their own instances of (nats-server, mosquitto, redis-server), Node.js and npm (the Refine
 # provider), openssl (test certificates), python3, and the rustfmt/clippy components; `prereqs.sh bench` adds GNU time for the benchmarks.
 # Safe to run repeatedly.
 set -euo pipefail
@@ -18,6 +19,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+{ command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || need+=(nats-server)
+{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || need+=(mosquitto)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)    # the browser test (never a downloaded browser)
 if [ "${1:-}" = bench ]; then

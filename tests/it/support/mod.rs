@@ -4,6 +4,9 @@
 
 pub mod broker;
 pub mod cluster;
+// Used by the NATS, MQTT and Redis sink tests.
+#[allow(dead_code)]
+pub mod service;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};
