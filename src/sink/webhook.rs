@@ -5,7 +5,8 @@
 //!
 //! A batch goes out as requests of at most `batch_max_events` events and `batch_max_bytes`
 //! of JSON each, one after another on one keep-alive connection: with one event per request
-//! the body is the LiveEvent itself, otherwise a JSON array of them in commit order. Each
+//! the body is the LiveEvent itself, otherwise a JSON array of them in commit order (a
+//! preset plans its own requests: see `ably`, `centrifugo`, `pusher`). Each
 //! request carries `webhook-id` (the `meta.id` of its first event: the same when the request
 //! is sent again), `webhook-timestamp` and `webhook-signature` (`v1,` and the base64
 //! HMAC-SHA256 of `{id}.{timestamp}.{body}` with the secret's key).

@@ -144,9 +144,7 @@ impl Format {
                 (planned.path.clone(), out)
             }
             Format::Ably { key } => (planned.path.clone(), vec![basic(key)]),
-            Format::Centrifugo { key, .. } => {
-                (planned.path.clone(), vec![header("x-api-key", &key.0)])
-            }
+            Format::Centrifugo { key, .. } => (planned.path.clone(), vec![api_key(key)]),
             Format::Pusher(p) => (p.sign("POST", &planned.path, &planned.body, now), vec![]),
         }
     }
@@ -186,7 +184,7 @@ impl Format {
             Format::Centrifugo { key, .. } => Some(Probe {
                 method: hyper::Method::POST,
                 target: format!("{base}/api/info"),
-                headers: vec![header("x-api-key", &key.0)],
+                headers: vec![api_key(key)],
                 body: Bytes::from_static(b"{}"),
             }),
             Format::Pusher(p) => Some(Probe {
@@ -236,6 +234,14 @@ fn header(name: &'static str, value: &str) -> (HeaderName, HeaderValue) {
     (HeaderName::from_static(name), value)
 }
 
+/// Centrifugo's `X-API-Key`.
+fn api_key(key: &Key) -> (HeaderName, HeaderValue) {
+    let (name, mut value) = header("x-api-key", &key.0);
+    value.set_sensitive(true);
+    (name, value)
+}
+
+/// Ably's `Authorization: Basic`.
 fn basic(key: &Key) -> (HeaderName, HeaderValue) {
     let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(&key.0)))
         .unwrap_or(HeaderValue::from_static(""));

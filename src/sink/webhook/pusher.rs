@@ -1,8 +1,9 @@
 //! `preset = "pusher"`: Pusher Channels' HTTP API, `POST /apps/{app_id}/events` for one
 //! event and `POST /apps/{app_id}/batch_events` (at most 10) for several.
 //!
-//! An event is `{"name":<type>,"channel":<mapped>,"data":"<the LiveEvent as a JSON
-//! string>"}` (pusher-js parses the string back). Every request is signed: the query holds
+//! An event is `{"name":<type>,"channels":[<mapped>],"data":"<the LiveEvent as a JSON
+//! string>"}` (`"channel":<mapped>` in a batch); pusher-js parses the string back. Pusher
+//! has no idempotency key: a repeat reaches subscribers, with the same `meta.id`. Every request is signed: the query holds
 //! `auth_key`, `auth_timestamp`, `auth_version=1.0`, `body_md5` and `auth_signature`, the hex
 //! HMAC-SHA256 of `METHOD\nPATH\nQUERY` (sorted, unescaped) with the app secret. Pusher
 //! refuses `data` over 10 KB: such an event is rejected without being sent.
