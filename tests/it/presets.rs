@@ -194,3 +194,36 @@ fn a_refused_key_fails_check_and_stops_pglive() {
         );
     }
 }
+
+/// Pusher refuses `data` over 10 KB: such an event is rejected without being sent, here
+/// skipped (`on_rejected = "skip"`) with a log line that says why, and the next one arrives.
+#[test]
+fn pusher_rejects_an_event_over_10_kb_without_sending_it() {
+    let hook = relay("pusher", "");
+    let db = TestDb::new("preset_pusher_big");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let config = format!(
+        "{}{}",
+        db.config(&["name = \"t\""], "[events]\nmax_ids_per_event = 5000"),
+        sink("pusher", &hook, true, "on_rejected = \"skip\"")
+    );
+    setup(&config);
+    let d = Daemon::run(&config);
+    insert_txn(&db, 100_000, 103_000);
+    insert_txn(&db, 1, 1);
+    let requests = hook.wait("row 1 accepted", |r| accepted_ids(r).contains(&1));
+    d.wait_log("Pusher refuses data over 10240 bytes");
+    assert_eq!(
+        accepted_ids(&requests),
+        [1].into(),
+        "{:#?}",
+        summary(&requests)
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r["method"] == "GET" || r["accepted"] == true),
+        "the large event was not sent: {:#?}",
+        summary(&requests)
+    );
+}
