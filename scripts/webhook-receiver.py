@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A webhook receiver for tests: verifies every request with the reference Standard Webhooks
-library (not pglive's own signing code) and answers by a failure schedule.
+library (not pglive's own signing code) and answers by a failure schedule; with --preset, it
+stands in for a relay's publish API instead (see presets.py next to this file).
 
 Usage: webhook-receiver.py --secret whsec_... --log FILE [--port 0] [--schedule LIST] [--body TEXT]
+       webhook-receiver.py --preset ably|centrifugo|pusher [--key K] [--secret S] [--app-id N] ...
 
 The schedule is a comma-separated list, one item per request in arrival order; after its end
 every request gets 200:
@@ -11,16 +13,18 @@ every request gets 200:
   429:S, 503:S      that status with `Retry-After: S`
   timeout:S         no answer for S seconds, then 503: with a client timeout below S the
                     client gives up first; never accepted
+  cerr:CODE         (centrifugo) 200 with {"error":{"code":CODE}} (a batch: on its last reply)
 
 A request whose signature does not verify gets 401 and does not use up a schedule item.
 
 The first line on stdout is the bound port (--port 0 picks a free one). Every request appends
 one JSON line to the log, written before the response is sent:
-  {"seq", "time", "path", "webhook_id", "webhook_timestamp", "status", "accepted",
-   "verified", "error", "headers", "body"}
+  {"seq", "time", "method", "path", "webhook_id", "webhook_timestamp", "status", "accepted",
+   "verified", "error", "headers", "body", "events"}
 where time is when the request arrived (unix seconds), status the number answered (or
-"timeout"), body the parsed JSON of the request body (the raw text if it is not JSON) and
-headers every request header, names in lower case.
+"timeout"), body the parsed JSON of the request body (the raw text if it is not JSON),
+headers every request header, names in lower case, and events the LiveEvents the request
+carried, in order (webhook_id is, for a preset, the first one's meta.id).
 """
 
 import argparse
@@ -32,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks.webhooks import Webhook
 
+import presets
+
 
 def parse_schedule(text):
     items = []
@@ -41,6 +47,8 @@ def parse_schedule(text):
             items.append((200, None))
         elif name == "timeout":
             items.append(("timeout", float(arg or 3)))
+        elif name == "cerr":
+            items.append(("cerr", int(arg)))
         elif name.isdigit():
             items.append((int(name), float(arg) if arg else None))
         else:
@@ -50,7 +58,8 @@ def parse_schedule(text):
 
 class State:
     def __init__(self, args):
-        self.webhook = Webhook(args.secret)
+        self.preset = presets.make(args) if args.preset else None
+        self.webhook = None if args.preset else Webhook(args.secret)
         self.schedule = parse_schedule(args.schedule)
         self.body = args.body
         self.lock = threading.Lock()
@@ -91,6 +100,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("content-length", 0)))
 
+    def do_GET(self):
+        self.do_POST()
+
     def do_POST(self):
         st = self.state
         raw = self.read_body()
@@ -101,17 +113,33 @@ class Handler(BaseHTTPRequestHandler):
             body = raw.decode("utf-8", "replace")
         entry = {
             "time": time.time(),
+            "method": self.command,
             "path": self.path,
             "webhook_id": headers.get("webhook-id"),
             "webhook_timestamp": headers.get("webhook-timestamp"),
             "headers": headers,
             "body": body,
+            "events": [],
             "verified": False,
             "error": None,
         }
         try:
-            st.webhook.verify(raw, headers)
+            if st.preset:
+                entry["events"] = st.preset.verify(self.command, self.path, headers, raw, body)
+                ids = [e["meta"]["id"] for e in entry["events"]]
+                entry["webhook_id"] = ids[0] if ids else None
+            else:
+                st.webhook.verify(raw, headers)
+                entry["events"] = body if isinstance(body, list) else [body]
             entry["verified"] = True
+        except presets.Probe as probe:
+            entry["verified"] = True
+            entry["status"] = 200
+            entry["accepted"] = False
+            with st.lock:
+                st.record(entry)
+            self.answer(200, {}, json.dumps(probe.answer), "application/json")
+            return
         except Exception as e:  # noqa: BLE001 - any failure is a rejection, logged
             entry["error"] = f"{type(e).__name__}: {e}"
 
@@ -128,20 +156,28 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(arg)
             self.close_connection = True
             self.answer(503, {}, "held past the client's timeout")
+        elif status == "cerr":
+            answer = presets.centrifugo_error(body, arg)
+            self.answer(200, {}, json.dumps(answer), "application/json")
         elif entry["accepted"]:
-            self.answer(status, {}, "")
+            if st.preset:
+                self.answer(status, {}, json.dumps(st.preset.ok(body)), "application/json")
+            else:
+                self.answer(status, {}, "")
         else:
             extra = {"Retry-After": str(int(arg))} if arg is not None else {}
             text = entry["error"] if status == 401 else st.body.replace("{status}", str(status))
+            if st.preset:
+                text = st.preset.error(status, text)
             self.answer(status, extra, text)
 
-    def answer(self, status, headers, text):
+    def answer(self, status, headers, text, content_type="text/plain; charset=utf-8"):
         data = text.encode()
         try:
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -153,7 +189,10 @@ class Handler(BaseHTTPRequestHandler):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--secret", required=True)
+    p.add_argument("--preset", choices=["ably", "centrifugo", "pusher"])
+    p.add_argument("--secret", help="the Standard Webhooks secret, or Pusher's app secret")
+    p.add_argument("--key", help="Ably's or Centrifugo's API key, or Pusher's app key")
+    p.add_argument("--app-id", help="Pusher's app id")
     p.add_argument("--log", required=True)
     p.add_argument("--schedule", default="")
     p.add_argument(
@@ -162,6 +201,8 @@ def main():
         help="response body of a scheduled non-2xx answer ({status} is replaced)",
     )
     args = p.parse_args()
+    if not args.preset and not args.secret:
+        p.error("--secret is required without --preset")
 
     Handler.state = State(args)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)

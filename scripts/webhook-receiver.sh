@@ -5,6 +5,7 @@
 # receivers in parallel. Installing prints to stderr only, so that the receiver's first stdout
 # line is its port.
 # Usage: scripts/webhook-receiver.sh --secret whsec_... --log FILE [--port 0] [--schedule ...]
+#        scripts/webhook-receiver.sh --preset ably|centrifugo|pusher --key ... --log FILE ...
 #        scripts/webhook-receiver.sh --install   (only the virtualenv)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,7 @@ if ! installed; then
     fi
     [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
     say "installing $reqs in $venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes -r "$reqs" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --require-hashes --no-deps -r "$reqs" >&2
     cp "$reqs" "$venv/installed.txt"
   fi
   exec 9>&-

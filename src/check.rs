@@ -191,17 +191,18 @@ async fn sink(index: usize, sink: &SinkConfig) -> Finding {
     }
 }
 
-/// Whether webhook sink `index` reaches its receiver (TCP, and TLS for `https://`). Whether
-/// the receiver accepts the signature shows only with a real request, which `check` does not
-/// send.
+/// Whether webhook sink `index` reaches its receiver (TCP, and TLS for `https://`) and, with
+/// a preset, whether the relay accepts the credentials (a request that publishes nothing).
+/// Whether a Standard Webhooks receiver accepts the signature shows only with a real
+/// request, which `check` does not send.
 async fn receiver(index: usize, hook: &crate::sink::webhook::WebhookSinkConfig) -> Finding {
     let shown = crate::sink::webhook::shown(&hook.url);
     match crate::sink::webhook::probe(hook).await {
-        Ok(()) => Finding::ok(format!("sinks[{index}]: reached the receiver at {shown}")),
+        Ok(what) => Finding::ok(format!("sinks[{index}]: {what}")),
         Err(e) => Finding::fail(
             format!("sinks[{index}]: cannot reach the receiver at {shown}: {e}"),
             format!(
-                "check sinks[{index}].url, sinks[{index}].ca_file and that the receiver is running"
+                "check sinks[{index}].url, its credentials, sinks[{index}].ca_file and that the receiver is running"
             ),
         ),
     }

@@ -1555,6 +1555,15 @@ fn verifying_the_server_needs_its_ca() {
 
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+fn standard_headers(
+    c: &crate::sink::webhook::WebhookSinkConfig,
+) -> &[crate::sink::webhook::Header] {
+    match &c.format {
+        crate::sink::webhook::Format::Standard { headers, .. } => headers,
+        other => panic!("expected Standard Webhooks, got {other:?}"),
+    }
+}
+
 fn hook(sink: &str) -> String {
     minimal(&format!("\n[[sinks]]\ntype = \"webhook\"\n{sink}\n"))
 }
@@ -1574,7 +1583,7 @@ fn a_webhook_sink_takes_the_documented_defaults_and_every_key() {
     assert_eq!(c.batch_max_events, 1);
     assert_eq!(c.batch_max_bytes, 1 << 20);
     assert_eq!(c.on_rejected, crate::sink::webhook::OnRejected::Fail);
-    assert!(c.headers.is_empty() && c.ca_file.is_none());
+    assert!(standard_headers(&c).is_empty() && c.ca_file.is_none());
 
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
@@ -1594,8 +1603,7 @@ fn a_webhook_sink_takes_the_documented_defaults_and_every_key() {
         Some(SinkConfig::Webhook(c)) => *c,
         other => panic!("expected a webhook sink, got {other:?}"),
     };
-    let headers: Vec<(String, String)> = c
-        .headers
+    let headers: Vec<(String, String)> = standard_headers(&c)
         .iter()
         .map(|h| (h.name.to_string(), h.value.to_str().unwrap().to_owned()))
         .collect();
@@ -1642,3 +1650,5 @@ fn webhook_problems_name_their_keys_and_never_quote_secrets() {
         "{list:#?}"
     );
 }
+
+mod presets;

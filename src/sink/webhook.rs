@@ -1,9 +1,12 @@
 //! The webhook sink: HTTP POSTs of events to a URL, signed per the Standard Webhooks
-//! specification, acknowledged only on a 2xx answer.
+//! specification, acknowledged only on a 2xx answer — or, with a `preset`, to a relay's
+//! publish API (Ably, Centrifugo, Pusher Channels; see [`format`]): the same connection,
+//! retries and resume-skip, another path, authentication and body.
 //!
 //! A batch goes out as requests of at most `batch_max_events` events and `batch_max_bytes`
 //! of JSON each, one after another on one keep-alive connection: with one event per request
-//! the body is the LiveEvent itself, otherwise a JSON array of them in commit order. Each
+//! the body is the LiveEvent itself, otherwise a JSON array of them in commit order (a
+//! preset plans its own requests: see `ably`, `centrifugo`, `pusher`). Each
 //! request carries `webhook-id` (the `meta.id` of its first event: the same when the request
 //! is sent again), `webhook-timestamp` and `webhook-signature` (`v1,` and the base64
 //! HMAC-SHA256 of `{id}.{timestamp}.{body}` with the secret's key).
@@ -13,6 +16,11 @@
 //! receiver already acknowledged. Any other answer (another 4xx, a redirect) is a rejection:
 //! pglive stops with the status and the start of the body, or with `on_rejected = "skip"`
 //! logs it, counts it and goes on.
+
+mod ably;
+mod centrifugo;
+mod format;
+mod pusher;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -32,9 +40,13 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::Sha256;
 use tokio_util::task::AbortOnDropHandle;
 
+pub use ably::DEFAULT_URL as ABLY_URL;
+pub use centrifugo::DEFAULT_SEPARATOR as CENTRIFUGO_SEPARATOR;
+pub use format::{ChannelMap, Format, Key, Planned};
+pub use pusher::{DEFAULT_SEPARATOR as PUSHER_SEPARATOR, MAX_BATCH as PUSHER_MAX_BATCH, Pusher};
+
 use super::{Batch, Delivery, Sink, SinkError, delivered};
 use crate::checkpoint::Seq;
-use crate::event::LiveEvent;
 use crate::status::{SinkStatus, lock, metric};
 
 pub const NAME: &str = "webhook";
@@ -43,8 +55,9 @@ pub const DEFAULT_BATCH_MAX_EVENTS: usize = 1;
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 1 << 20;
 /// The longest `Retry-After` honoured: a receiver cannot park pglive for longer per attempt.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
-/// How much of an answer's body is read (and quoted, up to [`QUOTED_BODY`]).
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// How much of an answer's body is read (and quoted, up to [`QUOTED_BODY`]): enough for a
+/// Centrifugo batch's replies.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 const QUOTED_BODY: usize = 200;
 
 /// What to do with a request the receiver rejects (a 4xx other than 408 and 429, a redirect).
@@ -115,10 +128,12 @@ impl fmt::Debug for Header {
 /// A resolved `[[sinks]] type = "webhook"` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookSinkConfig {
-    /// `http://` or `https://`, without user info.
+    /// `http://` or `https://`, without user info: the receiver, or a preset's API base.
     pub url: url::Url,
-    pub secret: Secret,
-    pub headers: Vec<Header>,
+    /// What the requests look like and how they are authenticated.
+    pub format: Format,
+    /// The mapped channels (their LiveEvent names): `check` asks Ably about the first.
+    pub channels: Vec<String>,
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
     pub batch_max_events: usize,
@@ -182,63 +197,98 @@ impl WebhookSink {
     }
 
     /// Sends one request and judges the answer.
-    async fn post(&mut self, id: &str, body: Bytes) -> Result<(), Failure> {
+    async fn post(&mut self, planned: &Planned) -> Result<(), Failure> {
         let conn = self
             .conn
             .as_mut()
             .ok_or(Failure::Retry("not connected".into(), None))?;
-        let timestamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let target = &self.config.url[url::Position::BeforePath..];
-        let mut request = hyper::Request::post(target)
-            .header(hyper::header::HOST, host_header(&self.config.url))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("pglive/", env!("CARGO_PKG_VERSION")),
-            )
-            .header("webhook-id", id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header(
-                "webhook-signature",
-                self.config.secret.sign(id, timestamp, &body),
-            );
-        for h in &self.config.headers {
-            request = request.header(h.name.clone(), h.value.clone());
-        }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| Failure::Fatal(format!("cannot build the request: {e}")))?;
-        let exchange = async {
-            conn.sender.ready().await?;
-            let answer = conn.sender.send_request(request).await?;
-            let status = answer.status();
-            let retry_after = retry_after(answer.headers());
-            let body = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, hyper::Error>((status, retry_after, body))
+        let (target, headers) = self.config.format.authorize(planned, unix_now());
+        let request = Call {
+            method: hyper::Method::POST,
+            target,
+            headers,
+            body: planned.body.clone(),
         };
-        let timeout = self.config.timeout;
-        let (status, retry_after, body) = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => {
-                self.conn = None;
-                return Err(Failure::Retry(
-                    format!("no answer within {timeout:?}"),
-                    None,
-                ));
-            }
-            Ok(Err(e)) => {
-                self.conn = None;
-                return Err(Failure::Retry(format!("request failed: {e}"), None));
-            }
-            Ok(Ok(answer)) => answer,
-        };
-        judge(status, retry_after, &body)
+        let (status, retry_after, body) =
+            match exchange(conn, &self.config.url, request, self.config.timeout).await {
+                Ok(answer) => answer,
+                Err(failure) => {
+                    self.conn = None;
+                    return Err(failure);
+                }
+            };
+        self.config
+            .format
+            .judge(status, retry_after, &body, planned)
     }
+}
+
+/// One request, ready to go.
+struct Call {
+    method: hyper::Method,
+    target: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Bytes,
+}
+
+/// The status, `Retry-After` and body (its start) of an answer.
+type Answer = (hyper::StatusCode, Option<Duration>, Bytes);
+
+/// Sends `call` on `conn` and reads the answer within `timeout`.
+async fn exchange(
+    conn: &mut Connection,
+    url: &url::Url,
+    call: Call,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    let mut request = hyper::Request::builder()
+        .method(call.method)
+        .uri(call.target)
+        .header(hyper::header::HOST, host_header(url))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("pglive/", env!("CARGO_PKG_VERSION")),
+        );
+    if !call.body.is_empty() {
+        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    for (name, value) in call.headers {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(Full::new(call.body))
+        .map_err(|e| Failure::Fatal(format!("cannot build the request: {e}")))?;
+    let exchange = async {
+        conn.sender.ready().await?;
+        let answer = conn.sender.send_request(request).await?;
+        let status = answer.status();
+        let retry_after = retry_after(answer.headers());
+        let body = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok::<_, hyper::Error>((status, retry_after, body))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(Failure::Retry(
+            format!("no answer within {timeout:?}"),
+            None,
+        )),
+        Ok(Err(e)) => Err(Failure::Retry(format!("request failed: {e}"), None)),
+        Ok(Ok(answer)) => Ok(answer),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The start of an answer's body, for messages.
+fn quote(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY)]).into_owned()
 }
 
 /// Sorts an answer: 2xx delivered; 408, 429 and 5xx worth retrying; anything else rejected.
@@ -250,7 +300,7 @@ fn judge(
     if status.is_success() {
         return Ok(());
     }
-    let quoted = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY)]).into_owned();
+    let quoted = quote(body);
     let what = format!("the receiver answered {status}: {quoted:?}");
     match status.as_u16() {
         408 | 429 | 500..=599 => Err(Failure::Retry(what, retry_after)),
@@ -286,42 +336,6 @@ pub fn shown(url: &url::Url) -> String {
         _ => "/…",
     };
     format!("{}{rest}", url.origin().ascii_serialization())
-}
-
-/// The requests of a batch: (webhook-id, body) for runs of at most `max_events` events and
-/// about `max_bytes` of JSON (a single larger event goes alone).
-fn requests(events: &[LiveEvent], max_events: usize, max_bytes: usize) -> Vec<(String, Bytes)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < events.len() {
-        let mut end = start + 1;
-        let mut bytes = events[start].json.len() + 2;
-        while end < events.len()
-            && end - start < max_events
-            && bytes + events[end].json.len() < max_bytes
-        {
-            bytes += events[end].json.len() + 1;
-            end += 1;
-        }
-        let run = &events[start..end];
-        let body = if max_events == 1 {
-            Bytes::copy_from_slice(&run[0].json)
-        } else {
-            let mut body = Vec::with_capacity(bytes);
-            body.push(b'[');
-            for (i, e) in run.iter().enumerate() {
-                if i > 0 {
-                    body.push(b',');
-                }
-                body.extend_from_slice(&e.json);
-            }
-            body.push(b']');
-            Bytes::from(body)
-        };
-        out.push((run[0].id.to_string(), body));
-        start = end;
-    }
-    out
 }
 
 /// The TLS settings for `https://`: the system's roots and `ca_file`'s.
@@ -415,13 +429,32 @@ where
     })
 }
 
-/// Connects, as `pglive check` asks: whether the receiver is reachable (and, for `https://`,
-/// its certificate trusted).
-pub async fn probe(config: &WebhookSinkConfig) -> Result<(), String> {
-    match open(config, None).await {
-        Ok(_) => Ok(()),
-        Err(Failure::Retry(m, _) | Failure::Rejected(m) | Failure::Fatal(m)) => Err(m),
-    }
+/// What `pglive check` can tell without publishing: whether the receiver is reachable (and,
+/// for `https://`, its certificate trusted), and for a preset whether the relay accepts the
+/// credentials. Ok: what was verified.
+pub async fn probe(config: &WebhookSinkConfig) -> Result<String, String> {
+    let message = |f: Failure| match f {
+        Failure::Retry(m, _) | Failure::Rejected(m) | Failure::Fatal(m) => m,
+    };
+    let mut conn = open(config, None).await.map_err(message)?;
+    let shown = shown(&config.url);
+    let channel = config.channels.first().map(String::as_str);
+    let Some(probe) = config.format.probe(&config.url, channel, unix_now()) else {
+        return Ok(format!("reached the receiver at {shown}"));
+    };
+    let call = Call {
+        method: probe.method,
+        target: probe.target,
+        headers: probe.headers,
+        body: probe.body,
+    };
+    let (status, _, body) = exchange(&mut conn, &config.url, call, config.timeout)
+        .await
+        .map_err(message)?;
+    config
+        .format
+        .probe_verdict(status, &body)
+        .map(|ok| format!("{ok} at {shown}"))
 }
 
 impl Sink for WebhookSink {
@@ -449,7 +482,8 @@ impl Sink for WebhookSink {
     }
 
     async fn send(&mut self, batch: Arc<Batch>) -> Result<Delivery, SinkError> {
-        let requests = requests(
+        let requests = self.config.format.plan(
+            &self.config.url,
             &batch.events,
             self.config.batch_max_events,
             self.config.batch_max_bytes,
@@ -461,14 +495,19 @@ impl Sink for WebhookSink {
             }
             false => 0,
         };
-        for (i, (id, body)) in requests.into_iter().enumerate().skip(done) {
+        for (i, planned) in requests.iter().enumerate().skip(done) {
+            let id = &planned.id;
             if self.conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
                 // The receiver closed the connection after an answer (or while idle): open
                 // another.
                 let conn = open(&self.config, self.tls.clone()).await;
                 self.conn = Some(conn.map_err(|f| self.error(f))?);
             }
-            match self.post(&id, body).await {
+            let outcome = match &planned.refused {
+                Some(why) => Err(Failure::Rejected(why.clone())),
+                None => self.post(planned).await,
+            };
+            match outcome {
                 Ok(()) => {}
                 Err(Failure::Rejected(why)) if self.config.on_rejected == OnRejected::Skip => {
                     self.rejected.increment(1);

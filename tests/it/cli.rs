@@ -278,6 +278,14 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "batch_max_events",
         "batch_max_bytes",
         "on_rejected",
+        // webhook presets
+        "preset",
+        "key",
+        "key_file",
+        "app_id",
+        "cluster",
+        "channel_prefix",
+        "channel_separator",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

@@ -19,9 +19,9 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A running `scripts/webhook-receiver.sh`, which installs the reference library on first use.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -29,11 +29,17 @@ impl Receiver {
     /// A receiver that answers by `schedule` (see the script) and then always 200; `body` is
     /// the response body of its scheduled failures.
     fn start(schedule: &str, body: &str) -> Receiver {
+        Receiver::spawn(&["--secret", SECRET, "--schedule", schedule, "--body", body])
+    }
+
+    /// A receiver started with `args` (see the script).
+    pub(crate) fn spawn(args: &[&str]) -> Receiver {
         let dir = tempfile::tempdir().unwrap();
         let stderr = std::fs::File::create(dir.path().join("receiver.err")).unwrap();
         let mut child = Command::new(Path::new(ROOT).join("scripts/webhook-receiver.sh"))
-            .args(["--port", "0", "--secret", SECRET, "--schedule", schedule])
-            .args(["--body", body, "--log"])
+            .args(["--port", "0"])
+            .args(args)
+            .arg("--log")
             .arg(dir.path().join("requests.jsonl"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -68,7 +74,7 @@ impl Receiver {
     }
 
     /// Every request so far, in arrival order (complete lines only).
-    fn requests(&self) -> Vec<Value> {
+    pub(crate) fn requests(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.log()).unwrap_or_default();
         text.split_inclusive('\n')
             .filter(|l| l.ends_with('\n'))
@@ -79,7 +85,7 @@ impl Receiver {
     /// Waits until `cond` holds for the requests so far; fails at once on a request that did
     /// not verify.
     #[track_caller]
-    fn wait(&self, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    pub(crate) fn wait(&self, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + WAIT;
         loop {
             let requests = self.requests();
@@ -116,7 +122,7 @@ impl Drop for Receiver {
 }
 
 /// The requests without their headers, for failure messages.
-fn summary(requests: &[Value]) -> Vec<Value> {
+pub(crate) fn summary(requests: &[Value]) -> Vec<Value> {
     requests
         .iter()
         .map(|r| {
@@ -127,16 +133,13 @@ fn summary(requests: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// The events a request carried: its body, or each element of a batch.
-fn events_of(request: &Value) -> Vec<Value> {
-    match &request["body"] {
-        Value::Array(events) => events.clone(),
-        one => vec![one.clone()],
-    }
+/// The events a request carried (the receiver finds them in its body).
+pub(crate) fn events_of(request: &Value) -> Vec<Value> {
+    request["events"].as_array().cloned().unwrap_or_default()
 }
 
 /// The events of the accepted requests, each webhook-id's first acceptance only, in order.
-fn first_deliveries(requests: &[Value]) -> Vec<Value> {
+pub(crate) fn first_deliveries(requests: &[Value]) -> Vec<Value> {
     let mut seen = BTreeSet::new();
     requests
         .iter()
@@ -147,7 +150,7 @@ fn first_deliveries(requests: &[Value]) -> Vec<Value> {
 }
 
 /// The row ids the accepted requests carried, each once.
-fn accepted_ids(requests: &[Value]) -> BTreeSet<i64> {
+pub(crate) fn accepted_ids(requests: &[Value]) -> BTreeSet<i64> {
     requests
         .iter()
         .filter(|r| r["accepted"] == true)
@@ -171,7 +174,7 @@ fn per_row(name: &str, hook: &Receiver, extra: &str) -> (TestDb<'static>, String
 }
 
 /// Rows `from..=to` in one transaction.
-fn insert_txn(db: &TestDb, from: i64, to: i64) {
+pub(crate) fn insert_txn(db: &TestDb, from: i64, to: i64) {
     db.sql(&format!(
         "INSERT INTO t SELECT generate_series({from}, {to})"
     ));

@@ -70,7 +70,7 @@ impl RawSink {
             RawSink::File(raw) => Some(raw.resolve(issues, index)),
             RawSink::Amqp(raw) => raw.resolve(issues, index, tables),
             RawSink::Websocket(raw) => raw.resolve(issues, index, tables),
-            RawSink::Webhook(raw) => raw.resolve(issues, index),
+            RawSink::Webhook(raw) => raw.resolve(issues, index, tables),
         }
     }
 }

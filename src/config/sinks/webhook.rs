@@ -1,4 +1,5 @@
-//! `type = "webhook"`: signed HTTP POSTs to a URL.
+//! `type = "webhook"`: signed HTTP POSTs to a URL, or with `preset` a relay's publish API
+//! (`ably`, `centrifugo`, `pusher`), each with the keys it needs and no others.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +11,10 @@ use super::SinkConfig;
 use crate::config::DEFAULT_MAX_BACKOFF;
 use crate::config::issues::Issues;
 use crate::config::raw::{RawDuration, at_least_one, duration, read_secret_file};
-use crate::sink::webhook::{self, Header, OnRejected, Secret, WebhookSinkConfig};
+use crate::map::TableRule;
+use crate::sink::webhook::{self, Header, OnRejected, WebhookSinkConfig};
+
+mod presets;
 
 /// Headers pglive sets itself, which `headers` may not replace.
 const RESERVED_HEADERS: &[&str] = &[
@@ -27,7 +31,16 @@ const RESERVED_HEADERS: &[&str] = &[
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(in crate::config) struct RawWebhook {
-    url: String,
+    /// `ably`, `centrifugo` or `pusher`; none: Standard Webhooks.
+    preset: Option<String>,
+    url: Option<String>,
+    /// Ably's or Centrifugo's API key, Pusher's app key.
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    app_id: Option<String>,
+    cluster: Option<String>,
+    channel_prefix: Option<String>,
+    channel_separator: Option<String>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     headers: Option<BTreeMap<String, String>>,
@@ -42,14 +55,18 @@ pub(in crate::config) struct RawWebhook {
 }
 
 impl RawWebhook {
-    /// The sink of `sinks[index]`; none when its URL or secret is unusable (reported).
-    pub(super) fn resolve(self, issues: &mut Issues, index: usize) -> Option<SinkConfig> {
+    /// The sink of `sinks[index]`, whose channel mapping must suit every mapped table; none
+    /// when its URL or credentials are unusable (reported).
+    pub(super) fn resolve(
+        self,
+        issues: &mut Issues,
+        index: usize,
+        tables: &[TableRule],
+    ) -> Option<SinkConfig> {
         let key = |k: &str| format!("sinks[{index}].{k}");
-        let url = parse_url(&self.url)
-            .map_err(|e| issues.push(key("url"), e))
-            .ok();
-        let secret = self.secret(issues, &key);
-        let headers = self.headers(issues, &key);
+        let preset = self.preset.as_deref().unwrap_or("webhook");
+        let (url, format) = self.preset(issues, &key, preset, tables);
+        let channels: Vec<String> = tables.iter().map(|t| t.channel.clone()).collect();
         let timeout = duration(
             issues,
             &key("timeout"),
@@ -68,6 +85,12 @@ impl RawWebhook {
             self.batch_max_events,
             webhook::DEFAULT_BATCH_MAX_EVENTS,
         );
+        if preset == "pusher" && batch_max_events > webhook::PUSHER_MAX_BATCH {
+            issues.push(
+                key("batch_max_events"),
+                "Pusher takes at most 10 events per request",
+            );
+        }
         let batch_max_bytes = at_least_one(
             issues,
             &key("batch_max_bytes"),
@@ -80,21 +103,11 @@ impl RawWebhook {
                 format!("{} is not a readable file", ca.display()),
             );
         }
-        let on_rejected = match self.on_rejected.as_deref() {
-            None | Some("fail") => OnRejected::Fail,
-            Some("skip") => OnRejected::Skip,
-            Some(other) => {
-                issues.push(
-                    key("on_rejected"),
-                    format!("{other:?} is not a policy; use \"fail\" or \"skip\""),
-                );
-                OnRejected::Fail
-            }
-        };
+        let on_rejected = on_rejected(issues, &key("on_rejected"), self.on_rejected.as_deref());
         Some(SinkConfig::Webhook(Box::new(WebhookSinkConfig {
             url: url?,
-            secret: secret?,
-            headers,
+            format: format?,
+            channels,
             timeout,
             ca_file: self.ca_file,
             batch_max_events,
@@ -102,32 +115,6 @@ impl RawWebhook {
             on_rejected,
             max_backoff,
         })))
-    }
-
-    /// `secret` or `secret_file`: exactly one.
-    fn secret(&self, issues: &mut Issues, key: &impl Fn(&str) -> String) -> Option<Secret> {
-        let (text, at) = match (&self.secret, &self.secret_file) {
-            (Some(s), None) => (s.clone(), key("secret")),
-            (None, Some(file)) => match read_secret_file(file) {
-                Ok(s) => (s, key("secret_file")),
-                Err(e) => {
-                    issues.push(key("secret_file"), e);
-                    return None;
-                }
-            },
-            (Some(_), Some(_)) => {
-                issues.push(key("secret"), "set secret or secret_file, not both");
-                return None;
-            }
-            (None, None) => {
-                issues.push(
-                    key("secret"),
-                    "required: the Standard Webhooks signing secret (whsec_…), or secret_file",
-                );
-                return None;
-            }
-        };
-        Secret::parse(&text).map_err(|e| issues.push(at, e)).ok()
     }
 
     /// `headers` and `header_files`, checked; the values are never quoted.
@@ -174,6 +161,21 @@ impl RawWebhook {
             });
         }
         out
+    }
+}
+
+/// What to do with a rejected request (at `key`).
+fn on_rejected(issues: &mut Issues, key: &str, policy: Option<&str>) -> OnRejected {
+    match policy {
+        None | Some("fail") => OnRejected::Fail,
+        Some("skip") => OnRejected::Skip,
+        Some(other) => {
+            issues.push(
+                key,
+                format!("{other:?} is not a policy; use \"fail\" or \"skip\""),
+            );
+            OnRejected::Fail
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 
 use super::*;
+use crate::event::LiveEvent;
 use crate::sink::contract::event;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -30,6 +31,28 @@ fn signs_the_specification_test_vector() {
             .contains("24 to 64")
     );
     assert!(!format!("{secret:?}").contains("MfKQ"));
+}
+
+/// A Standard Webhooks format and its receiver's URL.
+fn standard() -> (Format, url::Url) {
+    let format = Format::Standard {
+        secret: Secret::parse(SECRET).unwrap(),
+        headers: vec![],
+    };
+    (format, "http://h/hook?t=1".parse().unwrap())
+}
+
+/// (webhook-id, body) of each request.
+fn requests(events: &[LiveEvent], max_events: usize, max_bytes: usize) -> Vec<(String, Bytes)> {
+    let (format, url) = standard();
+    format
+        .plan(&url, events, max_events, max_bytes)
+        .into_iter()
+        .map(|p| {
+            assert_eq!(p.path, "/hook?t=1");
+            (p.id, p.body)
+        })
+        .collect()
 }
 
 #[test]
@@ -116,11 +139,14 @@ async fn meets_the_sink_contract_against_a_receiver() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let config = WebhookSinkConfig {
         url: format!("http://{addr}/hook?token=t").parse().unwrap(),
-        secret: Secret::parse(SECRET).unwrap(),
-        headers: vec![Header {
-            name: HeaderName::from_static("x-extra"),
-            value: HeaderValue::from_static("yes"),
-        }],
+        format: Format::Standard {
+            secret: Secret::parse(SECRET).unwrap(),
+            headers: vec![Header {
+                name: HeaderName::from_static("x-extra"),
+                value: HeaderValue::from_static("yes"),
+            }],
+        },
+        channels: vec![],
         timeout: Duration::from_secs(5),
         ca_file: None,
         batch_max_events: 1,
@@ -143,3 +169,5 @@ fn logs_and_errors_show_the_receiver_without_its_path_or_query() {
     let bare: url::Url = "http://127.0.0.1:8080/".parse().unwrap();
     assert_eq!(shown(&bare), "http://127.0.0.1:8080");
 }
+
+mod presets;
