@@ -278,6 +278,12 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "batch_max_events",
         "batch_max_bytes",
         "on_rejected",
+        // mqtt
+        "client_id",
+        "topic_prefix",
+        "keep_alive",
+        "max_in_flight",
+        "max_packet_size",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

@@ -168,3 +168,111 @@ fn max_packet_size(issues: &mut Issues, key: &str, value: Option<u64>) -> usize 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Issue, SinkConfig, from_toml};
+
+    /// A file with table `products` (channel `channel`) and an MQTT sink with `sink`'s keys.
+    fn text(channel: &str, sink: &str) -> String {
+        format!(
+            "[postgres]\nurl = \"postgres://u@h/db\"\n\n[[tables]]\nname = \"products\"\nchannel = {channel:?}\n\n\
+             [[sinks]]\ntype = \"mqtt\"\n{sink}\n"
+        )
+    }
+
+    fn mqtt(config: Config) -> crate::sink::mqtt::MqttSinkConfig {
+        match config.sinks.into_iter().next() {
+            Some(SinkConfig::Mqtt(c)) => *c,
+            other => panic!("expected an mqtt sink, got {other:?}"),
+        }
+    }
+
+    fn issues(text: &str) -> Vec<Issue> {
+        match from_toml(text) {
+            Ok(c) => panic!("expected issues, got {c:?}"),
+            Err(e) => e.issues,
+        }
+    }
+
+    #[test]
+    fn an_mqtt_sink_takes_the_documented_defaults_and_every_key() {
+        let c = mqtt(from_toml(&text("resources/products", "url = \"mqtt://h\"")).unwrap());
+        assert_eq!(c.client_id("s1"), "pglive-s1");
+        assert_eq!(c.topic("resources/products"), "resources/products");
+        assert_eq!(c.max_in_flight, 100);
+        assert_eq!(c.keep_alive, crate::sink::mqtt::DEFAULT_KEEP_ALIVE);
+        assert_eq!(c.max_packet_size, crate::sink::mqtt::MAX_PACKET_SIZE);
+
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let c = mqtt(
+            from_toml(&text(
+                "resources/products",
+                &format!(
+                    "url = \"mqtts://pub@h:8884\"\npassword_file = \"{}\"\nclient_id = \"cat\"\n\
+                     topic_prefix = \"pglive/\"\nkeep_alive = \"10s\"\nmax_in_flight = 7\n\
+                     max_packet_size = 1024\ntimeout = \"3s\"\nmax_backoff = \"5s\"",
+                    pw.display()
+                ),
+            ))
+            .unwrap(),
+        );
+        assert_eq!(c.client_id("s1"), "cat");
+        assert_eq!(c.topic("resources/products"), "pglive/resources/products");
+        assert_eq!((c.max_in_flight, c.max_packet_size), (7, 1024));
+        assert_eq!(c.url.to_string(), "mqtts://pub:********@h:8884");
+        assert!(!format!("{c:?}").contains("from-file"));
+    }
+
+    #[test]
+    fn mqtt_problems_name_their_keys_and_tables() {
+        let list = issues(&text(
+            "resources/#",
+            "url = \"mqtt://u:SECRET?x@h\"\nclient_id = \"\"\nkeep_alive = \"500ms\"\n\
+             max_in_flight = 70000\nmax_packet_size = 10",
+        ));
+        let keys: Vec<&str> = list.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sinks[0].url",
+                "sinks[0].client_id",
+                "sinks[0].keep_alive",
+                "sinks[0].max_in_flight",
+                "sinks[0].max_packet_size"
+            ],
+            "{list:#?}"
+        );
+        assert!(!list.iter().any(|i| i.message.contains("SECRET")));
+
+        let list = issues(&text("resources/+", "url = \"mqtt://h\""));
+        assert_eq!(list.len(), 1, "{list:#?}");
+        assert_eq!(list[0].key, "sinks[0]");
+        assert!(
+            list[0].message.contains("public.products") && list[0].message.contains("'+'"),
+            "{}",
+            list[0]
+        );
+        let list = issues(&text(
+            "resources/p",
+            "url = \"mqtt://h\"\ntopic_prefix = \"a/#\"",
+        ));
+        assert_eq!(list[0].key, "sinks[0].topic_prefix", "{list:#?}");
+    }
+
+    #[test]
+    fn two_mqtt_sinks_may_not_share_a_session() {
+        let two = |second: &str| {
+            format!(
+                "{}\n[[sinks]]\ntype = \"mqtt\"\n{second}\n",
+                text("resources/products", "url = \"mqtt://h\"")
+            )
+        };
+        let list = issues(&two("url = \"mqtt://h:1883\""));
+        assert_eq!(list[0].key, "sinks[1].type", "{list:#?}");
+        assert!(list[0].message.contains("client_id"));
+        assert!(from_toml(&two("url = \"mqtt://h\"\nclient_id = \"other\"")).is_ok());
+    }
+}
