@@ -19,12 +19,17 @@ use crate::support::{Daemon, TestDb, WAIT, pglive, setup, wait_until};
 /// A Mosquitto on a free port, persisting its sessions and queues to its data directory, with
 /// `auth` as its authentication settings.
 fn mosquitto(auth: &'static str) -> Service {
+    mosquitto_with(auth.to_owned())
+}
+
+/// A Mosquitto as [`mosquitto`] makes, with `settings` after its `listener` line.
+fn mosquitto_with(settings: String) -> Service {
     Service::start(
         "mosquitto",
         Box::new(move |port: u16, dir: &Path| {
             let conf = dir.join("mosquitto.conf");
             let text = format!(
-                "listener {port} 127.0.0.1\n{auth}\npersistence true\npersistence_location {}/\n\
+                "listener {port} 127.0.0.1\n{settings}\npersistence true\npersistence_location {}/\n\
                  # Queue everything for offline subscribers (the default keeps 1000).\n\
                  max_queued_messages 0\n\
                  # Keep root when run as root, so that the data directory stays writable.\n\
@@ -263,4 +268,52 @@ fn refused_credentials_stop_pglive_and_fail_the_check() {
     assert!(err.contains("sinks[1] (mqtt)"), "{err}");
     assert!(err.contains("refused the connection"), "{err}");
     assert!(!err.contains("WRONGPW"), "{err}");
+}
+
+#[test]
+fn mqtts_verifies_the_broker_against_ca_file() {
+    // The harness cluster's certificate (CN and SAN localhost), signed by its test CA.
+    let cluster = crate::support::Cluster::shared();
+    let broker = mosquitto_with(format!(
+        "allow_anonymous true\ncertfile {}\nkeyfile {}",
+        cluster.dir.join("server.crt").display(),
+        cluster.dir.join("server.key").display()
+    ));
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let ca = |path: std::path::PathBuf| format!("ca_file = \"{}\"", path.display());
+    let (db, trusted) = per_row("mqtt_tls", &url, &ca(cluster.ca_cert()));
+    setup(&trusted);
+    let (code, out, err) = pglive(&["check"], &trusted);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    sinks[1]: connected to mqtts://"),
+        "{out}"
+    );
+    let d = Daemon::run(&trusted);
+    insert(&db, 1, 3);
+    // The slot passes the rows only once the broker has acknowledged them over TLS.
+    let events = d.wait_events("three rows of t and u", |e| e.len() >= 6);
+    let last = db.lsn(events.last().unwrap()["meta"]["lsn"].as_str().unwrap());
+    wait_until("the slot to pass the last row", || {
+        db.confirmed_flush().unwrap_or(0) >= last
+    });
+    drop(d);
+
+    // A broker whose certificate the configured CA did not sign is refused, and not retried.
+    let untrusted = trusted.replace(&ca(cluster.ca_cert()), &ca(cluster.other_ca_cert()));
+    let (code, out, _) = pglive(&["check"], &untrusted);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("invalid peer certificate"), "{out}");
+    let mut d = Daemon::run(&untrusted);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a certificate problem is not retried"
+    );
+    let err = d.stderr();
+    assert!(
+        err.contains("sinks[1] (mqtt)") && err.contains("set ca_file"),
+        "{err}"
+    );
 }
