@@ -38,14 +38,7 @@ impl RawMqtt {
         tables: &[TableRule],
     ) -> Option<SinkConfig> {
         let key = |k: &str| format!("sinks[{index}].{k}");
-        let password = self.password_file.as_deref().and_then(|file| {
-            read_secret_file(file)
-                .map_err(|e| issues.push(key("password_file"), e))
-                .ok()
-        });
-        let url = MqttUrl::parse(&self.url, password.as_deref())
-            .map_err(|e| issues.push(key("url"), e))
-            .ok();
+        let url = self.url(issues, &key);
         if let Some(Err(e)) = self.client_id.as_deref().map(check_client_id) {
             issues.push(key("client_id"), e);
         }
@@ -97,6 +90,20 @@ impl RawMqtt {
         }
         check_topics(issues, &format!("sinks[{index}]"), &config, tables);
         Some(SinkConfig::Mqtt(Box::new(config)))
+    }
+}
+
+impl RawMqtt {
+    /// The broker URL, with the password from `password_file` when set.
+    fn url(&self, issues: &mut Issues, key: &impl Fn(&str) -> String) -> Option<MqttUrl> {
+        let password = self.password_file.as_deref().and_then(|file| {
+            read_secret_file(file)
+                .map_err(|e| issues.push(key("password_file"), e))
+                .ok()
+        });
+        MqttUrl::parse(&self.url, password.as_deref())
+            .map_err(|e| issues.push(key("url"), e))
+            .ok()
     }
 }
 
