@@ -10,6 +10,11 @@
 #             hyper's HTTP/1.1 client sending the same signed requests one after another on
 #             one keep-alive connection, as the sink does (batch_max_events = 1)
 #
+#   mqtt      a Mosquitto of its own on a free port, with a QoS 1 subscriber counting what
+#             arrives (examples/mqtt_bench.rs); the ceiling is rumqttc publishing the same
+#             LiveEvents at QoS 1 with the same window of messages awaiting PUBACKs
+#             (max_in_flight, 100) until every PUBACK is in
+#
 #   scripts/bench-sinks.sh                 # 50,000 changes, 100-row transactions, 3 rounds
 #   CHANGES=20000 ROUNDS=1 SINKS="webhook" scripts/bench-sinks.sh
 set -euo pipefail
@@ -18,7 +23,7 @@ cd "$(dirname "$0")/.."
 CHANGES=${CHANGES:-50000}
 TXN=${TXN:-100}
 ROUNDS=${ROUNDS:-3}
-SINKS=${SINKS:-webhook}
+SINKS=${SINKS:-webhook mqtt}
 
 . scripts/bench-common.sh
 
@@ -89,6 +94,46 @@ type = \"webhook\"
 url = \"$hook_url\"
 secret = \"$SECRET\""
   live_row webhook "$1" "$(hook_count)"
+}
+
+# --- mqtt --------------------------------------------------------------------------------
+MQTT_IN_FLIGHT=100
+setup_mqtt() {
+  mqtt_tool=$(example mqtt_bench)
+  mqtt_port=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  mkdir -p "$work/mosquitto"
+  # No limit on the subscriber's queue (the default drops past 1000 queued messages).
+  cat >"$work/mosquitto/mosquitto.conf" <<CONF
+listener $mqtt_port 127.0.0.1
+allow_anonymous true
+max_queued_messages 0
+CONF
+  /usr/sbin/mosquitto -c "$work/mosquitto/mosquitto.conf" >"$work/mosquitto/log" 2>&1 &
+  local broker=$!
+  at_exit "kill $broker 2>/dev/null"
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $mqtt_port))" 2>/dev/null && break
+    sleep 0.1
+  done
+  "$mqtt_tool" serve "$mqtt_port" >"$work/mqtt.port" &
+  local reader=$!
+  at_exit "kill $reader 2>/dev/null"
+  for _ in $(seq 1 100); do [ -s "$work/mqtt.port" ] && break; sleep 0.1; done
+}
+# Messages the subscriber received since the last count, once it has $1 of them (or after 10 s).
+mqtt_count() {
+  python3 -c "import urllib.request, sys; print(urllib.request.urlopen(sys.argv[1]).read().decode())" \
+    "http://127.0.0.1:$(cat "$work/mqtt.port")/count?expect=${1:-$CHANGES}"
+}
+bench_mqtt() {
+  mqtt_count 0 >/dev/null
+  ceiling "$mqtt_tool" publish "$mqtt_port" "$CHANGES" "$MQTT_IN_FLIGHT"
+  row "$1" mqtt ceiling "$ceil_s" "$(mqtt_count)" 1.00
+  drain "[[sinks]]
+type = \"mqtt\"
+url = \"mqtt://127.0.0.1:$mqtt_port\"
+max_in_flight = $MQTT_IN_FLIGHT"
+  live_row mqtt "$1" "$(mqtt_count)"
 }
 
 # -----------------------------------------------------------------------------------------

@@ -188,6 +188,24 @@ async fn sink(index: usize, sink: &SinkConfig) -> Finding {
         ),
         SinkConfig::File { path, .. } => file(index, path),
         SinkConfig::Webhook(hook) => receiver(index, hook).await,
+        SinkConfig::Mqtt(mqtt) => mqtt_broker(index, mqtt).await,
+    }
+}
+
+/// Whether the broker of MQTT sink `index` accepts the connection and its credentials
+/// (CONNACK accepted), without publishing.
+async fn mqtt_broker(index: usize, config: &crate::sink::mqtt::MqttSinkConfig) -> Finding {
+    match crate::sink::mqtt::probe(config).await {
+        Ok(()) => Finding::ok(format!(
+            "sinks[{index}]: connected to {} and authenticated",
+            config.url
+        )),
+        Err(e) => Finding::fail(
+            format!("sinks[{index}]: cannot use the broker: {e}"),
+            format!(
+                "check sinks[{index}].url (host, port, user, password), sinks[{index}].password_file and that the broker is running"
+            ),
+        ),
     }
 }
 

@@ -339,7 +339,9 @@ pub fn shown(url: &url::Url) -> String {
 }
 
 /// The TLS settings for `https://`: the system's roots and `ca_file`'s.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+pub(crate) fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);

@@ -286,6 +286,12 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "cluster",
         "channel_prefix",
         "channel_separator",
+        // mqtt
+        "client_id",
+        "topic_prefix",
+        "keep_alive",
+        "max_in_flight",
+        "max_packet_size",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

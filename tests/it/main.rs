@@ -9,6 +9,7 @@ mod deploy;
 mod durability;
 mod events;
 mod layout;
+mod mqtt;
 mod ops;
 mod presets;
 mod slot;

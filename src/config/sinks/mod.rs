@@ -4,6 +4,7 @@
 
 mod amqp;
 mod file;
+mod mqtt;
 mod webhook;
 mod websocket;
 
@@ -15,6 +16,7 @@ use super::OpsConfig;
 use super::issues::{Issue, Issues};
 use crate::map::TableRule;
 use crate::sink::amqp::AmqpSinkConfig;
+use crate::sink::mqtt::MqttSinkConfig;
 use crate::sink::webhook::WebhookSinkConfig;
 use crate::sink::websocket::WsSinkConfig;
 
@@ -30,6 +32,8 @@ pub enum SinkConfig {
     WebSocket(Box<WsSinkConfig>),
     /// Signed HTTP POSTs to a URL.
     Webhook(Box<WebhookSinkConfig>),
+    /// QoS 1 messages to an MQTT broker, on the topic of each channel.
+    Mqtt(Box<MqttSinkConfig>),
 }
 
 impl SinkConfig {
@@ -40,6 +44,7 @@ impl SinkConfig {
             SinkConfig::Amqp(_) => crate::sink::amqp::NAME,
             SinkConfig::WebSocket(_) => crate::sink::websocket::NAME,
             SinkConfig::Webhook(_) => crate::sink::webhook::NAME,
+            SinkConfig::Mqtt(_) => crate::sink::mqtt::NAME,
         }
     }
 }
@@ -55,6 +60,7 @@ pub(super) enum RawSink {
     Amqp(amqp::RawAmqp),
     Websocket(websocket::RawWebsocket),
     Webhook(webhook::RawWebhook),
+    Mqtt(mqtt::RawMqtt),
 }
 
 impl RawSink {
@@ -71,6 +77,7 @@ impl RawSink {
             RawSink::Amqp(raw) => raw.resolve(issues, index, tables),
             RawSink::Websocket(raw) => raw.resolve(issues, index, tables),
             RawSink::Webhook(raw) => raw.resolve(issues, index, tables),
+            RawSink::Mqtt(raw) => raw.resolve(issues, index, tables),
         }
     }
 }
@@ -123,6 +130,16 @@ fn conflict(sink: &SinkConfig, other: &SinkConfig) -> Option<String> {
         (SinkConfig::WebSocket(a), SinkConfig::WebSocket(b)) if a.listen == b.listen => Some(
             format!("another websocket sink already listens on {}", a.listen),
         ),
+        // One session per client id: the broker would disconnect each for the other in turn.
+        (SinkConfig::Mqtt(a), SinkConfig::Mqtt(b))
+            if (&a.url.host, a.url.port, &a.client_id)
+                == (&b.url.host, b.url.port, &b.client_id) =>
+        {
+            Some(format!(
+                "another mqtt sink already publishes to {} with the same client_id; set a different client_id",
+                a.url
+            ))
+        }
         _ => None,
     }
 }

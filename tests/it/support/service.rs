@@ -62,6 +62,41 @@ impl Service {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.wait_closed();
+    }
+
+    /// Stops the server gracefully (SIGTERM), waits for it to exit and for the port to refuse
+    /// connections. Unlike [`Service::kill`], a server that saves its state only on shutdown or
+    /// now and then (Mosquitto's persistence file) gets to save it.
+    #[track_caller]
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let ok = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -TERM {} failed", self.name);
+            let deadline = Instant::now() + WAIT;
+            while child.try_wait().unwrap().is_none() {
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    panic!("{} did not stop on SIGTERM:\n{}", self.name, self.log());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.wait_closed();
+    }
+
+    /// Stops the server gracefully and starts it again on the same port and data directory.
+    #[track_caller]
+    pub fn restart_gracefully(&mut self) {
+        self.stop();
+        self.start_again();
+    }
+
+    fn wait_closed(&self) {
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
             assert!(
