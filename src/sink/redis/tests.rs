@@ -455,3 +455,45 @@ async fn with_require_subscribers_a_message_nobody_received_is_retried() {
     sink.connect().await.unwrap();
     sink.send(batch).await.unwrap().await.unwrap();
 }
+
+/// The one-event batch's delivery on a fresh connection to `url`.
+async fn deliver_one(url: &str) -> Result<(), SinkError> {
+    let mut sink = RedisSink::new(config(url, stream_mode(DEFAULT_KEY)));
+    sink.connect().await?;
+    let batch = Arc::new(Batch {
+        seq: 1,
+        events: vec![contract::event(1)],
+    });
+    sink.send(batch).await?.await
+}
+
+#[tokio::test]
+async fn a_refused_transaction_is_retried_when_memory_is_full_and_fatal_without_permission() {
+    // maxmemory 1 byte: every write is refused (OOM) while queued, so nothing of the batch ran.
+    let server = Server::start(&["--maxmemory", "1", "--maxmemory-policy", "noeviction"]);
+    let e = deliver_one(&server.url()).await.unwrap_err();
+    assert!(e.retryable && e.message.contains("OOM"), "{e}");
+    assert!(
+        e.message
+            .contains("XADD of event 0/1001:0 to key \"pglive:resources/t\""),
+        "{e}"
+    );
+
+    let server = Server::start(&[]);
+    let mut conn = client(&server).await;
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "reader", "on", ">pw", "~*", "+@all", "-xadd"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let e = deliver_one(&format!("redis://reader:pw@127.0.0.1:{}", server.port))
+        .await
+        .unwrap_err();
+    assert!(
+        !e.retryable
+            && e.message
+                .contains("no permissions to run the 'xadd' command"),
+        "{e}"
+    );
+    assert!(e.message.contains("redis://reader:********@"), "{e}");
+}
