@@ -226,6 +226,7 @@ enum Failure {
     Retry(String),
 }
 
+/// Writes each batch as one transaction on one multiplexed connection (see the module docs).
 pub struct RedisSink {
     config: Arc<RedisSinkConfig>,
     conn: Option<MultiplexedConnection>,
@@ -321,7 +322,9 @@ impl Sink for RedisSink {
             judge(&config, &batch, answer).map_err(|f| error(&config.url, f))
         });
         // Hand the transaction to the connection now, so that transactions reach Redis in the
-        // order of their batches whatever order their deliveries are polled in.
+        // order of their batches whatever order their deliveries are polled in: the first poll
+        // puts it in the connection's request queue (or, were the queue full, in line for it:
+        // a tokio channel serves waiting senders in order).
         let first = std::future::poll_fn(|cx| Poll::Ready(answer.as_mut().poll(cx))).await;
         Ok(match first {
             Poll::Ready(result) => Box::pin(std::future::ready(result)),
