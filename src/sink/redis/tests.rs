@@ -497,3 +497,34 @@ async fn a_refused_transaction_is_retried_when_memory_is_full_and_fatal_without_
     );
     assert!(e.message.contains("redis://reader:********@"), "{e}");
 }
+
+#[tokio::test]
+async fn batches_in_flight_together_reach_the_stream_in_order() {
+    let server = Server::start(&[]);
+    let sink = RedisSink::new(config(&server.url(), stream_mode("pglive:events")));
+    let lane = crate::sink::Lane::single();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let driver = tokio::spawn(crate::sink::drive(sink, lane.clone(), rx));
+    let mut expected = Vec::new();
+    for seq in 1..=300u64 {
+        let events: Vec<LiveEvent> = (0..7).map(|i| contract::event(seq * 10 + i)).collect();
+        expected.extend(events.iter().map(|e| e.id.to_string()));
+        tx.send(Arc::new(Batch { seq, events })).await.unwrap();
+    }
+    drop(tx);
+    driver.await.unwrap().unwrap();
+    assert_eq!(lane.min_acked(), 300);
+    let mut conn = client(&server).await;
+    let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
+        .arg("pglive:events")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ids: Vec<String> = entries
+        .into_iter()
+        .map(|(_, fields)| String::from_utf8(fields[1].1.clone()).unwrap())
+        .collect();
+    assert_eq!(ids, expected);
+}
