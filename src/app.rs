@@ -29,6 +29,7 @@ use crate::shutdown::ShutdownBudget;
 use crate::sink::amqp::AmqpSink;
 use crate::sink::file::FileSink;
 use crate::sink::mqtt::MqttSink;
+use crate::sink::redis::RedisSink;
 use crate::sink::stdout::StdoutSink;
 use crate::sink::webhook::WebhookSink;
 use crate::sink::websocket::Relay;
@@ -111,6 +112,7 @@ fn sink_labels(sinks: &[SinkConfig]) -> Vec<(String, Option<String>)> {
                 SinkConfig::Amqp(_) => Some("connecting to the broker".to_owned()),
                 SinkConfig::Webhook(_) => Some("connecting to the receiver".to_owned()),
                 SinkConfig::Mqtt(_) => Some("connecting to the broker".to_owned()),
+                SinkConfig::Redis(_) => Some("connecting to Redis".to_owned()),
                 SinkConfig::WebSocket(_) | SinkConfig::Stdout | SinkConfig::File { .. } => None,
             };
             (label, starting)
@@ -159,6 +161,10 @@ fn start_sinks(
             }
             SinkConfig::Mqtt(mqtt) => {
                 let sink = MqttSink::new((**mqtt).clone(), &config.postgres.slot);
+                spawn(&mut drivers, sink, lane, rx, None)
+            }
+            SinkConfig::Redis(redis) => {
+                let sink = RedisSink::new((**redis).clone());
                 spawn(&mut drivers, sink, lane, rx, None)
             }
             SinkConfig::WebSocket(ws) => {

@@ -292,6 +292,15 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "keep_alive",
         "max_in_flight",
         "max_packet_size",
+        // redis
+        "mode",
+        "key",
+        "max_len",
+        "channel_prefix",
+        "namespace",
+        "room_prefix",
+        "event",
+        "require_subscribers",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

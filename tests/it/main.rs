@@ -12,6 +12,7 @@ mod layout;
 mod mqtt;
 mod ops;
 mod presets;
+mod redis;
 mod slot;
 mod webhook;
 mod websocket;

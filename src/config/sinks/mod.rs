@@ -5,6 +5,7 @@
 mod amqp;
 mod file;
 mod mqtt;
+mod redis;
 mod webhook;
 mod websocket;
 
@@ -17,6 +18,7 @@ use super::issues::{Issue, Issues};
 use crate::map::TableRule;
 use crate::sink::amqp::AmqpSinkConfig;
 use crate::sink::mqtt::MqttSinkConfig;
+use crate::sink::redis::RedisSinkConfig;
 use crate::sink::webhook::WebhookSinkConfig;
 use crate::sink::websocket::WsSinkConfig;
 
@@ -34,6 +36,8 @@ pub enum SinkConfig {
     Webhook(Box<WebhookSinkConfig>),
     /// QoS 1 messages to an MQTT broker, on the topic of each channel.
     Mqtt(Box<MqttSinkConfig>),
+    /// Redis streams, or the Socket.IO emitter protocol.
+    Redis(Box<RedisSinkConfig>),
 }
 
 impl SinkConfig {
@@ -45,6 +49,7 @@ impl SinkConfig {
             SinkConfig::WebSocket(_) => crate::sink::websocket::NAME,
             SinkConfig::Webhook(_) => crate::sink::webhook::NAME,
             SinkConfig::Mqtt(_) => crate::sink::mqtt::NAME,
+            SinkConfig::Redis(_) => crate::sink::redis::NAME,
         }
     }
 }
@@ -61,6 +66,7 @@ pub(super) enum RawSink {
     Websocket(websocket::RawWebsocket),
     Webhook(webhook::RawWebhook),
     Mqtt(mqtt::RawMqtt),
+    Redis(redis::RawRedis),
 }
 
 impl RawSink {
@@ -78,6 +84,7 @@ impl RawSink {
             RawSink::Websocket(raw) => raw.resolve(issues, index, tables),
             RawSink::Webhook(raw) => raw.resolve(issues, index, tables),
             RawSink::Mqtt(raw) => raw.resolve(issues, index, tables),
+            RawSink::Redis(raw) => raw.resolve(issues, index),
         }
     }
 }
