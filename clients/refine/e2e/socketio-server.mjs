@@ -6,13 +6,16 @@ import { createAdapter } from "@socket.io/redis-adapter";
 import { createClient } from "redis";
 import { Server } from "socket.io";
 
-/** Attaches a Socket.IO server to `httpServer`; `close()` ends it and its Redis clients. */
-export async function socketIoServer(httpServer, redisUrl, serverOptions = {}) {
+/**
+ * Attaches a Socket.IO server to `httpServer`; `close()` ends it and its Redis clients, which
+ * reconnect (and subscribe again) on their own, calling `onRedisError` for each failure.
+ */
+export async function socketIoServer(httpServer, redisUrl, onRedisError = console.error) {
   const pub = createClient({ url: redisUrl });
   const sub = pub.duplicate();
-  for (const client of [pub, sub]) client.on("error", (e) => console.error("redis:", e.message));
+  for (const client of [pub, sub]) client.on("error", onRedisError);
   await Promise.all([pub.connect(), sub.connect()]);
-  const io = new Server(httpServer, { ...serverOptions, adapter: createAdapter(pub, sub) });
+  const io = new Server(httpServer, { adapter: createAdapter(pub, sub) });
   io.on("connection", (socket) => {
     socket.on("subscribe", (channel) => {
       // The place to authorise: may this socket's user see `channel`?

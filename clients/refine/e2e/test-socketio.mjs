@@ -110,6 +110,8 @@ async function otherClientGot(expected) {
   }
 }
 
+const bothSubscribed = () =>
+  waitFor("both servers' subscriptions to Redis", async () => (await subscribers()) >= 2);
 const inRoom = (server) => server.io.of("/").adapter.rooms.get(CHANNEL)?.size ?? 0;
 
 let redis, redisClient, emitter, daemon, browser, client;
@@ -117,17 +119,21 @@ const servers = [];
 let failed = false;
 try {
   redis = await startRedis();
-  redisClient = createClient({ url: redisUrl });
+  redisClient = createClient({ url: redisUrl }).on("error", () => {});
   await redisClient.connect();
   await createPosts(db);
 
   // The cluster: one server in the app's backend (the page's origin), one on its own port.
   const app = appServer(db);
   const other = http.createServer();
-  servers.push(await socketIoServer(app, redisUrl), await socketIoServer(other, redisUrl));
+  const quiet = () => {}; // Redis is restarted on purpose below
+  servers.push(
+    await socketIoServer(app, redisUrl, quiet),
+    await socketIoServer(other, redisUrl, quiet),
+  );
   await listen(app, appPort);
   await listen(other, otherPort);
-  await waitFor("both servers' subscriptions to Redis", async () => (await subscribers()) >= 2);
+  await bothSubscribed();
 
   if (publisher === "emitter") emitter = new Emitter(redisClient);
   else daemon = await startDaemon();
@@ -165,6 +171,14 @@ try {
   await page.evaluate(() => window.__socket.connect());
   await shows(page, ["1:first", "3:while away"], "(none)");
   step("a change published while the page was disconnected shows up once it reconnects");
+
+  await redis.stop("SIGKILL");
+  redis = await startRedis();
+  await bothSubscribed();
+  await change("INSERT INTO posts VALUES (4, 'after a restart')", "created", [4]);
+  await shows(page, ["1:first", "3:while away", "4:after a restart"], "(none)");
+  await otherClientGot([...three, "created:[3]", "created:[4]"]);
+  step("Redis restarted: the servers subscribe again, pglive reconnects, changes flow again");
 
   if (!(await page.evaluate(() => window.__sameDocument === true))) {
     throw new Error("the page was reloaded");
