@@ -188,6 +188,27 @@ async fn sink(index: usize, sink: &SinkConfig) -> Finding {
         ),
         SinkConfig::File { path, .. } => file(index, path),
         SinkConfig::Webhook(hook) => receiver(index, hook).await,
+        SinkConfig::Redis(redis) => redis_server(index, redis).await,
+    }
+}
+
+/// Whether Redis sink `index` connects and authenticates, and what it can tell of the key or
+/// the Socket.IO servers (without writing or publishing anything).
+async fn redis_server(index: usize, config: &crate::sink::redis::RedisSinkConfig) -> Finding {
+    let at = format!(
+        "sinks[{index}]: Redis at {} ({} mode)",
+        config.url,
+        config.mode.name()
+    );
+    match crate::sink::redis::probe(config).await {
+        Ok((found, None)) => Finding::ok(format!("{at}: {found}")),
+        Ok((found, Some(warning))) => Finding::warn(format!("{at}: {found}"), warning),
+        Err(e) => Finding::fail(
+            format!("{at}: {e}"),
+            format!(
+                "check sinks[{index}].url (host, port, user, password, database), sinks[{index}].password_file and that Redis is running"
+            ),
+        ),
     }
 }
 

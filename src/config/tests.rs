@@ -1642,3 +1642,5 @@ fn webhook_problems_name_their_keys_and_never_quote_secrets() {
         "{list:#?}"
     );
 }
+
+mod redis;

@@ -278,6 +278,15 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "batch_max_events",
         "batch_max_bytes",
         "on_rejected",
+        // redis
+        "mode",
+        "key",
+        "max_len",
+        "channel_prefix",
+        "namespace",
+        "room_prefix",
+        "event",
+        "require_subscribers",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

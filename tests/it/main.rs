@@ -10,6 +10,7 @@ mod durability;
 mod events;
 mod layout;
 mod ops;
+mod redis;
 mod slot;
 mod webhook;
 mod websocket;

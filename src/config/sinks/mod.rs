@@ -4,6 +4,7 @@
 
 mod amqp;
 mod file;
+mod redis;
 mod webhook;
 mod websocket;
 
@@ -15,6 +16,7 @@ use super::OpsConfig;
 use super::issues::{Issue, Issues};
 use crate::map::TableRule;
 use crate::sink::amqp::AmqpSinkConfig;
+use crate::sink::redis::RedisSinkConfig;
 use crate::sink::webhook::WebhookSinkConfig;
 use crate::sink::websocket::WsSinkConfig;
 
@@ -30,6 +32,8 @@ pub enum SinkConfig {
     WebSocket(Box<WsSinkConfig>),
     /// Signed HTTP POSTs to a URL.
     Webhook(Box<WebhookSinkConfig>),
+    /// Redis streams, or the Socket.IO emitter protocol.
+    Redis(Box<RedisSinkConfig>),
 }
 
 impl SinkConfig {
@@ -40,6 +44,7 @@ impl SinkConfig {
             SinkConfig::Amqp(_) => crate::sink::amqp::NAME,
             SinkConfig::WebSocket(_) => crate::sink::websocket::NAME,
             SinkConfig::Webhook(_) => crate::sink::webhook::NAME,
+            SinkConfig::Redis(_) => crate::sink::redis::NAME,
         }
     }
 }
@@ -55,6 +60,7 @@ pub(super) enum RawSink {
     Amqp(amqp::RawAmqp),
     Websocket(websocket::RawWebsocket),
     Webhook(webhook::RawWebhook),
+    Redis(redis::RawRedis),
 }
 
 impl RawSink {
@@ -71,6 +77,7 @@ impl RawSink {
             RawSink::Amqp(raw) => raw.resolve(issues, index, tables),
             RawSink::Websocket(raw) => raw.resolve(issues, index, tables),
             RawSink::Webhook(raw) => raw.resolve(issues, index),
+            RawSink::Redis(raw) => raw.resolve(issues, index),
         }
     }
 }
