@@ -3,7 +3,8 @@
 // whose live provider (src/socketioLiveProvider.js) uses socket.io-client on one of them, and
 // a Node socket.io-client on the other. pglive publishes each LiveEvent once to that Redis;
 // rows changed with SQL must show up on the page (a useList and a useOne) without a reload,
-// and reach the other server's client too.
+// and reach the other server's client too; a change published while the page is disconnected
+// shows up once it reconnects; after Redis is killed and restarted, changes flow again.
 //
 //   PGLIVE_BIN=… DATABASE_URL=postgres://…(wal_level=logical) node test-socketio.mjs
 //
