@@ -11,14 +11,15 @@
 #             one keep-alive connection, as the sink does (batch_max_events = 1)
 #
 #   scripts/bench-sinks.sh                 # 50,000 changes, 100-row transactions, 3 rounds
-#   CHANGES=20000 ROUNDS=1 SINKS="webhook" scripts/bench-sinks.sh
+#   CHANGES=20000 ROUNDS=1 SINKS="webhook redis" scripts/bench-sinks.sh
+#   CHANGES=1000000 SINKS=redis scripts/bench-sinks.sh   # pglive's start dominates smaller runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CHANGES=${CHANGES:-50000}
 TXN=${TXN:-100}
 ROUNDS=${ROUNDS:-3}
-SINKS=${SINKS:-webhook}
+SINKS=${SINKS:-webhook redis}
 
 . scripts/bench-common.sh
 
@@ -89,6 +90,38 @@ type = \"webhook\"
 url = \"$hook_url\"
 secret = \"$SECRET\""
   live_row webhook "$1" "$(hook_count)"
+}
+
+# --- redis -------------------------------------------------------------------------------
+setup_redis() {
+  redis_tool=$(example redis_bench)
+  redis_port=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+    >"$work/redis.log" 2>&1 &
+  local pid=$!
+  at_exit "kill $pid 2>/dev/null"
+  for _ in $(seq 1 100); do redis-cli -p "$redis_port" PING >/dev/null 2>&1 && break; sleep 0.1; done
+  redis_url="redis://127.0.0.1:$redis_port"
+}
+# Entries ever added to stream $1 (trimming keeps about 100,000), which is then deleted.
+redis_count() {
+  redis-cli -p "$redis_port" XINFO STREAM "$1" | awk 'prev == "entries-added" { print; exit } { prev = $0 }'
+  redis-cli -p "$redis_port" DEL "$1" >/dev/null
+}
+bench_redis() {
+  ceiling "$redis_tool" publish "$redis_url" ceiling "$CHANGES"
+  row "$1" redis ceiling "$ceil_s" "$(redis_count ceiling)" 1.00
+  # Redis alone outruns what PostgreSQL streams: pglive draining the same backlog to stdout
+  # (/dev/null) shows that bound.
+  drain "[[sinks]]
+type = \"stdout\""
+  row "$1" redis stdout "$live_s" "$CHANGES" "$(python3 -c "print(f'{$CHANGES / $live_s / $ceil_rate:.2f}')")"
+  drain "[[sinks]]
+type = \"redis\"
+url = \"$redis_url\"
+mode = \"stream\"
+key = \"pglive\""
+  live_row redis "$1" "$(redis_count pglive)"
 }
 
 # -----------------------------------------------------------------------------------------

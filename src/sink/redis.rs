@@ -244,15 +244,14 @@ impl RedisSink {
         }
     }
 
-    /// The transaction that writes `batch`, and the key or channel of each command.
-    fn transaction(&mut self, batch: &Batch) -> Result<(redis::Pipeline, Vec<String>), Failure> {
+    /// The transaction that writes `batch`.
+    fn transaction(&mut self, batch: &Batch) -> Result<redis::Pipeline, Failure> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut targets = Vec::with_capacity(batch.events.len());
         for event in &batch.events {
+            target(&self.config.mode, event, &mut self.key);
             match &self.config.mode {
-                Mode::Stream { key, max_len } => {
-                    key.render(&mut self.key, event);
+                Mode::Stream { max_len, .. } => {
                     let cmd = pipe.cmd("XADD").arg(&self.key);
                     if let Some(n) = max_len {
                         cmd.arg("MAXLEN").arg("~").arg(*n);
@@ -264,12 +263,6 @@ impl RedisSink {
                         .arg(event.id.to_string());
                 }
                 Mode::SocketIo(sio) => {
-                    self.key = emitter::channel(
-                        &sio.channel_prefix,
-                        &sio.namespace,
-                        &sio.room_prefix,
-                        &event.channel,
-                    );
                     let name = sio.event.as_deref().unwrap_or(event.kind.as_str());
                     let room = [sio.room_prefix.as_str(), &event.channel];
                     emitter::message(&mut self.message, name, &event.json, &sio.namespace, room)
@@ -277,9 +270,22 @@ impl RedisSink {
                     pipe.cmd("PUBLISH").arg(&self.key).arg(&self.message);
                 }
             }
-            targets.push(self.key.clone());
         }
-        Ok((pipe, targets))
+        Ok(pipe)
+    }
+}
+
+/// The key (stream mode) or the channel (socketio mode) of `event`, into `out`.
+fn target(mode: &Mode, event: &LiveEvent, out: &mut String) {
+    match mode {
+        Mode::Stream { key, .. } => key.render(out, event),
+        Mode::SocketIo(sio) => emitter::channel(
+            out,
+            &sio.channel_prefix,
+            &sio.namespace,
+            &sio.room_prefix,
+            &event.channel,
+        ),
     }
 }
 
@@ -305,14 +311,14 @@ impl Sink for RedisSink {
         let Some(mut conn) = self.conn.clone() else {
             return Err(SinkError::retryable(NAME, "not connected"));
         };
-        let (pipe, targets) = self
+        let pipe = self
             .transaction(&batch)
             .map_err(|f| error(&self.config.url, f))?;
-        let n = targets.len();
+        let n = batch.events.len();
         let config = self.config.clone();
         let mut answer = Box::pin(async move {
             let answer = conn.send_packed_commands(&pipe, n + 1, 1).await;
-            judge(&config, &batch, &targets, answer).map_err(|f| error(&config.url, f))
+            judge(&config, &batch, answer).map_err(|f| error(&config.url, f))
         });
         // Hand the transaction to the connection now, so that transactions reach Redis in the
         // order of their batches whatever order their deliveries are polled in.
@@ -367,16 +373,15 @@ async fn open(config: &RedisSinkConfig) -> Result<MultiplexedConnection, Failure
 fn judge(
     config: &RedisSinkConfig,
     batch: &Batch,
-    targets: &[String],
     answer: Result<Vec<Value>, RedisError>,
 ) -> Result<(), Failure> {
-    let what = |i: usize| match (batch.events.get(i), targets.get(i)) {
-        (Some(event), Some(target)) => what(&config.mode, event, target),
-        _ => "a command".to_owned(),
+    let what = |i: usize| match batch.events.get(i) {
+        Some(event) => what(&config.mode, event),
+        None => "a command".to_owned(),
     };
     let replies = match answer {
         Ok(mut values) if values.len() == 1 => match values.pop() {
-            Some(Value::Array(replies)) if replies.len() == targets.len() => replies,
+            Some(Value::Array(replies)) if replies.len() == batch.events.len() => replies,
             other => {
                 return Err(Failure::Retry(format!(
                     "unexpected answer to the transaction: {other:?}"
@@ -408,8 +413,8 @@ fn judge(
             }
             Value::Int(0) if is_required(config) => {
                 return Err(Failure::Retry(format!(
-                    "no Socket.IO server subscribes to {:?}: {} reached nobody; events wait until one does (or set require_subscribers = false to drop them then)",
-                    targets[i], batch.events[i].id
+                    "no Socket.IO server subscribes: {} reached nobody; events wait until one does (or set require_subscribers = false to drop them then)",
+                    what(i)
                 )));
             }
             _ => {}
@@ -423,10 +428,12 @@ fn is_required(config: &RedisSinkConfig) -> bool {
 }
 
 /// The command that wrote `event`, for messages.
-fn what(mode: &Mode, event: &LiveEvent, target: &str) -> String {
+fn what(mode: &Mode, event: &LiveEvent) -> String {
+    let mut at = String::new();
+    target(mode, event, &mut at);
     match mode {
-        Mode::Stream { .. } => format!("XADD of event {} to key {target:?}", event.id),
-        Mode::SocketIo(_) => format!("PUBLISH of event {} to {target:?}", event.id),
+        Mode::Stream { .. } => format!("XADD of event {} to key {at:?}", event.id),
+        Mode::SocketIo(_) => format!("PUBLISH of event {} to {at:?}", event.id),
     }
 }
 

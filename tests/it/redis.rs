@@ -283,7 +283,13 @@ fn socketio_mode_emits_to_the_channels_room_and_holds_events_while_no_server_lis
 
     // No Socket.IO server: the event reaches nobody, so it waits and the sink is not ready.
     insert(&db, 1, 1);
-    d.wait_log("no Socket.IO server subscribes to");
+    d.wait_log("no Socket.IO server subscribes: PUBLISH of event");
+    assert!(
+        d.stderr()
+            .contains("to \"socket.io#/#pg:resources/t#\" reached nobody"),
+        "{}",
+        d.stderr()
+    );
     wait_until("/readyz → 503 naming the redis sink", || {
         http_get(ops, "/readyz").is_some_and(|(code, body)| code == 503 && body.contains("(redis)"))
     });

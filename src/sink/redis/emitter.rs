@@ -18,10 +18,13 @@ const UID: &str = "emitter";
 /// Socket.IO's EVENT packet type.
 const EVENT: u64 = 2;
 
-/// The PUBLISH channel for one room: `<prefix>#<namespace>#<room>#`, where `room` is
-/// `room_prefix` followed by `channel`.
-pub fn channel(prefix: &str, namespace: &str, room_prefix: &str, channel: &str) -> String {
-    format!("{prefix}#{namespace}#{room_prefix}{channel}#")
+/// The PUBLISH channel for one room, `<prefix>#<namespace>#<room>#` where `room` is
+/// `room_prefix` followed by `channel`, into `out` (cleared first).
+pub fn channel(out: &mut String, prefix: &str, namespace: &str, room_prefix: &str, channel: &str) {
+    out.clear();
+    for part in [prefix, "#", namespace, "#", room_prefix, channel, "#"] {
+        out.push_str(part);
+    }
 }
 
 /// The emitter's message for `event` carrying `json` (one JSON value) to one room, into `out`
