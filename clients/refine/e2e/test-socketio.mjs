@@ -192,7 +192,7 @@ try {
   await browser?.close();
   client?.close();
   await daemon?.stop();
-  for (const server of servers) await server.close();
+  for (const server of servers) await server.close().catch(() => {});
   await redisClient?.quit().catch(() => {});
   await redis?.stop();
   await dropAll(db, NAME);
