@@ -6,6 +6,8 @@ export default defineConfig({
     outDir: "dist",
     emptyOutDir: true,
     rollupOptions: {
+      // The app on pglive's WebSocket relay, and the app on a Socket.IO cluster fed through Redis.
+      input: ["index.html", "socketio.html"],
       // React Server Components' "use client" markers mean nothing in a client bundle.
       onwarn(warning, warn) {
         if (warning.code !== "MODULE_LEVEL_DIRECTIVE") warn(warning);
