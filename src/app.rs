@@ -28,6 +28,7 @@ use crate::pipeline::{Parts, Pipeline, Stopped};
 use crate::shutdown::ShutdownBudget;
 use crate::sink::amqp::AmqpSink;
 use crate::sink::file::FileSink;
+use crate::sink::nats::NatsSink;
 use crate::sink::stdout::StdoutSink;
 use crate::sink::webhook::WebhookSink;
 use crate::sink::websocket::Relay;
@@ -109,6 +110,7 @@ fn sink_labels(sinks: &[SinkConfig]) -> Vec<(String, Option<String>)> {
             let starting = match s {
                 SinkConfig::Amqp(_) => Some("connecting to the broker".to_owned()),
                 SinkConfig::Webhook(_) => Some("connecting to the receiver".to_owned()),
+                SinkConfig::Nats(_) => Some("connecting to the NATS server".to_owned()),
                 SinkConfig::WebSocket(_) | SinkConfig::Stdout | SinkConfig::File { .. } => None,
             };
             (label, starting)
@@ -153,6 +155,10 @@ fn start_sinks(
             }
             SinkConfig::Webhook(hook) => {
                 let sink = WebhookSink::new((**hook).clone(), lane.status());
+                spawn(&mut drivers, sink, lane, rx, None)
+            }
+            SinkConfig::Nats(nats) => {
+                let sink = NatsSink::new((**nats).clone());
                 spawn(&mut drivers, sink, lane, rx, None)
             }
             SinkConfig::WebSocket(ws) => {

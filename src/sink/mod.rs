@@ -11,6 +11,7 @@
 pub mod amqp;
 pub mod driver;
 pub mod file;
+pub mod nats;
 pub mod stdout;
 pub mod webhook;
 pub mod websocket;

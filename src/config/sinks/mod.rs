@@ -4,6 +4,7 @@
 
 mod amqp;
 mod file;
+mod nats;
 mod webhook;
 mod websocket;
 
@@ -15,6 +16,7 @@ use super::OpsConfig;
 use super::issues::{Issue, Issues};
 use crate::map::TableRule;
 use crate::sink::amqp::AmqpSinkConfig;
+use crate::sink::nats::NatsSinkConfig;
 use crate::sink::webhook::WebhookSinkConfig;
 use crate::sink::websocket::WsSinkConfig;
 
@@ -30,6 +32,8 @@ pub enum SinkConfig {
     WebSocket(Box<WsSinkConfig>),
     /// Signed HTTP POSTs to a URL.
     Webhook(Box<WebhookSinkConfig>),
+    /// Messages to a NATS JetStream stream, acknowledged by its PubAcks.
+    Nats(Box<NatsSinkConfig>),
 }
 
 impl SinkConfig {
@@ -40,6 +44,7 @@ impl SinkConfig {
             SinkConfig::Amqp(_) => crate::sink::amqp::NAME,
             SinkConfig::WebSocket(_) => crate::sink::websocket::NAME,
             SinkConfig::Webhook(_) => crate::sink::webhook::NAME,
+            SinkConfig::Nats(_) => crate::sink::nats::NAME,
         }
     }
 }
@@ -55,6 +60,7 @@ pub(super) enum RawSink {
     Amqp(amqp::RawAmqp),
     Websocket(websocket::RawWebsocket),
     Webhook(webhook::RawWebhook),
+    Nats(nats::RawNats),
 }
 
 impl RawSink {
@@ -71,6 +77,7 @@ impl RawSink {
             RawSink::Amqp(raw) => raw.resolve(issues, index, tables),
             RawSink::Websocket(raw) => raw.resolve(issues, index, tables),
             RawSink::Webhook(raw) => raw.resolve(issues, index),
+            RawSink::Nats(raw) => raw.resolve(issues, index, tables),
         }
     }
 }
