@@ -10,15 +10,21 @@
 #             hyper's HTTP/1.1 client sending the same signed requests one after another on
 #             one keep-alive connection, as the sink does (batch_max_events = 1)
 #
+#   nats      a nats-server with JetStream of its own (file storage, a fresh stream per run);
+#             the ceiling is async-nats publishing the same messages (body, Nats-Msg-Id) on one
+#             connection with the sink's window of messages awaiting their PubAcks
+#             (examples/nats_bench.rs)
+#
 #   scripts/bench-sinks.sh                 # 50,000 changes, 100-row transactions, 3 rounds
 #   CHANGES=20000 ROUNDS=1 SINKS="webhook" scripts/bench-sinks.sh
+#   SINKS=nats NATS_WINDOW=1024 scripts/bench-sinks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CHANGES=${CHANGES:-50000}
 TXN=${TXN:-100}
 ROUNDS=${ROUNDS:-3}
-SINKS=${SINKS:-webhook}
+SINKS=${SINKS:-webhook nats}
 
 . scripts/bench-common.sh
 
@@ -89,6 +95,34 @@ type = \"webhook\"
 url = \"$hook_url\"
 secret = \"$SECRET\""
   live_row webhook "$1" "$(hook_count)"
+}
+
+# --- nats --------------------------------------------------------------------------------
+NATS_WINDOW=${NATS_WINDOW:-4096}
+setup_nats() {
+  nats_tool=$(example nats_bench)
+  nats_port=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  mkdir -p "$work/nats"
+  /usr/sbin/nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+  local pid=$!
+  at_exit "kill $pid 2>/dev/null"
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $nats_port))" 2>/dev/null && break
+    sleep 0.1
+  done
+  nats_url="nats://127.0.0.1:$nats_port"
+}
+bench_nats() {
+  "$nats_tool" reset "$nats_url" BENCH "pglive.>"
+  ceiling "$nats_tool" publish "$nats_url" pglive.resources.bench "$CHANGES" "$NATS_WINDOW"
+  row "$1" nats ceiling "$ceil_s" "$("$nats_tool" count "$nats_url" BENCH)" 1.00
+  "$nats_tool" reset "$nats_url" BENCH "pglive.>"
+  drain "[[sinks]]
+type = \"nats\"
+url = \"$nats_url\"
+stream = \"BENCH\"
+max_inflight = $NATS_WINDOW"
+  live_row nats "$1" "$("$nats_tool" count "$nats_url" BENCH)"
 }
 
 # -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ mod deploy;
 mod durability;
 mod events;
 mod layout;
+mod nats;
 mod ops;
 mod slot;
 mod webhook;
