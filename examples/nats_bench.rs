@@ -46,8 +46,19 @@ fn main() -> Result<()> {
     })
 }
 
+/// A JetStream context on a connection to `url` (`nats://[user:password@]host:port`).
 async fn context(url: &str, window: usize) -> Result<async_nats::jetstream::Context> {
-    let client = async_nats::connect(url).await?;
+    let parsed = url::Url::parse(url)?;
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(password) = parsed.password() {
+        options = options.user_and_password(parsed.username().into(), password.into());
+    }
+    let address = format!(
+        "{}:{}",
+        parsed.host_str().unwrap_or("127.0.0.1"),
+        parsed.port().unwrap_or(4222)
+    );
+    let client = options.connect(address).await?;
     Ok(ContextBuilder::new()
         .max_ack_inflight(window + 1)
         .build(client))

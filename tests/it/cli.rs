@@ -278,6 +278,13 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "batch_max_events",
         "batch_max_bytes",
         "on_rejected",
+        // nats
+        "token_file",
+        "subject_prefix",
+        "stream",
+        "create_stream",
+        "duplicate_window",
+        "tls",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
