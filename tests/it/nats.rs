@@ -334,3 +334,57 @@ fn wrong_credentials_or_a_missing_stream_stop_with_a_clear_error() {
         assert!(out.contains(expect) && !out.contains("-secret"), "{out}");
     }
 }
+
+#[test]
+fn tls_verifies_the_server_against_ca_file() {
+    let db = TestDb::new("nats_tls");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let certs = &db.cluster.dir;
+    let path = |f: &str| certs.join(f).display().to_string();
+    let (crt, key) = (path("server.crt"), path("server.key"));
+    let server = nats_server(&["--tls", "--tlscert", &crt, "--tlskey", &key]);
+    let config = |ca: &std::path::Path| {
+        let entry = sink(&server, &format!("ca_file = \"{}\"", ca.display())).replace(
+            &format!("nats://127.0.0.1:{}", server.port),
+            &format!("tls://localhost:{}", server.port),
+        );
+        format!("{}{entry}", db.config(&["name = \"t\""], ""))
+    };
+    let trusted = config(&db.cluster.ca_cert());
+    setup(&trusted);
+    let (code, out, _) = pglive(&["check"], &trusted);
+    assert!(
+        out.contains(&format!(
+            "ok    sinks[1]: connected to tls://localhost:{}",
+            server.port
+        )),
+        "{code} {out}"
+    );
+    let d = Daemon::run(&trusted);
+    d.wait_log("publishing to NATS JetStream");
+    db.sql("INSERT INTO t VALUES (1)");
+    let events = d.wait_events("the event on stdout", |e| !e.is_empty());
+    // The slot passes it only once the stream acknowledged it, over TLS.
+    let commit = db.lsn(events[0]["meta"]["lsn"].as_str().unwrap());
+    wait_until("the slot to pass the event", || {
+        db.confirmed_flush().unwrap_or(0) >= commit
+    });
+    drop(d);
+
+    // A server whose certificate the configured CA did not sign is refused, and not retried.
+    let untrusted = config(&db.cluster.other_ca_cert());
+    let (code, out, _) = pglive(&["check"], &untrusted);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  sinks[1]: cannot use the NATS server"),
+        "{out}"
+    );
+    let mut d = Daemon::run(&untrusted);
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1), "{}", d.stderr());
+    let err = d.stderr();
+    assert!(
+        err.contains("sinks[1] (nats)") && err.contains("set ca_file"),
+        "{err}"
+    );
+}

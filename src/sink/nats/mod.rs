@@ -486,13 +486,30 @@ fn connect_failure(e: &async_nats::ConnectError) -> Failure {
                 "{what} — check the user name and password, or the token, for the server"
             ))
         }
-        ConnectErrorKind::Tls if what.contains("certificate") => Failure::Fatal(format!(
+        _ if certificate_refused(e) => Failure::Fatal(format!(
             "{what} — the server's certificate is not trusted: set ca_file to the CA that \
              signed it, and make sure the URL's host is a name in the certificate"
         )),
         ConnectErrorKind::ServerParse => Failure::Fatal(what),
         _ => Failure::Retry(what),
     }
+}
+
+/// Whether the connection failed because the server's certificate was not trusted.
+fn certificate_refused(e: &async_nats::ConnectError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && crate::source::tls::certificate_refused(io)
+        {
+            return true;
+        }
+        if let Some(rustls::Error::InvalidCertificate(_)) = s.downcast_ref::<rustls::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Creates the configured stream with the subjects `<prefix>.>`, file storage and the

@@ -1,4 +1,4 @@
-//! Subjects, URLs and configuration errors; the shared sink contract, stream creation,
+//! Subjects and URLs; the shared sink contract, stream creation,
 //! deduplication and a missing stream against a nats-server of the tests' own.
 
 use std::net::TcpStream;
@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 
 use super::subject::{check_prefix, subject};
 use super::*;
-use crate::config::{SinkConfig, from_toml};
 use crate::sink::contract;
 
 #[test]
@@ -68,112 +67,6 @@ fn urls_keep_credentials_apart_and_never_show_them() {
         let err = NatsUrl::parse(bad).map(|_| ()).expect_err(bad);
         assert!(!err.contains("SECRET"), "{bad}: {err}");
     }
-}
-
-/// A file with table `posts` (channel `channel`) and one nats sink with `keys`.
-fn config_text(channel: &str, keys: &str) -> String {
-    format!(
-        "[postgres]\nurl = \"postgres://u:pw@h/db\"\n\n[[tables]]\nname = \"posts\"\n\
-         channel = \"{channel}\"\n\n[[sinks]]\ntype = \"nats\"\n{keys}\n"
-    )
-}
-
-fn resolved(text: &str) -> NatsSinkConfig {
-    match from_toml(text)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .sinks
-        .pop()
-    {
-        Some(SinkConfig::Nats(c)) => *c,
-        other => panic!("expected a nats sink, got {other:?}"),
-    }
-}
-
-fn problems(text: &str) -> String {
-    from_toml(text).expect_err("invalid").to_string()
-}
-
-#[test]
-fn the_config_takes_defaults_credentials_and_every_key() {
-    let c = resolved(&config_text(
-        "resources/posts",
-        "url = \"nats://127.0.0.1\"",
-    ));
-    assert_eq!(c.subjects.all(), ["pglive.resources.posts"]);
-    assert_eq!(c.auth, NatsAuth::None);
-    assert_eq!((c.stream, c.create_stream), (None, false));
-    assert_eq!(c.max_inflight, DEFAULT_MAX_INFLIGHT);
-    assert_eq!(c.timeout, DEFAULT_TIMEOUT);
-    assert_eq!(c.duplicate_window, DEFAULT_DUPLICATE_WINDOW);
-
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("secret");
-    std::fs::write(&file, "from-file\n").unwrap();
-    let c = resolved(&config_text(
-        "live/posts",
-        &format!(
-            "url = \"nats://pglive@h:4333\"\npassword_file = \"{}\"\nsubject_prefix = \"app.cdc\"\n\
-             stream = \"CDC\"\ncreate_stream = true\nduplicate_window = \"10m\"\nmax_inflight = 64\n\
-             timeout = \"3s\"\nmax_backoff = \"7s\"\ntls = true\nca_file = \"{}\"",
-            file.display(),
-            file.display()
-        ),
-    ));
-    assert_eq!(
-        c.auth,
-        NatsAuth::UserPassword {
-            user: "pglive".into(),
-            password: "from-file".into()
-        }
-    );
-    assert!(!format!("{c:?}").contains("from-file"), "{c:?}");
-    assert_eq!(c.subjects.all(), ["app.cdc.live.posts"]);
-    assert_eq!(c.stream.as_deref(), Some("CDC"));
-    assert!(c.create_stream && c.tls);
-    assert_eq!(c.duplicate_window, Duration::from_secs(600));
-    assert_eq!((c.max_inflight, c.timeout), (64, Duration::from_secs(3)));
-    assert_eq!(c.max_backoff, Duration::from_secs(7));
-
-    let c = resolved(&config_text(
-        "resources/posts",
-        &format!("url = \"nats://h\"\ntoken_file = \"{}\"", file.display()),
-    ));
-    assert_eq!(c.auth, NatsAuth::Token("from-file".into()));
-    let c = resolved(&config_text("resources/posts", "url = \"nats://tok@h\""));
-    assert_eq!(c.auth, NatsAuth::Token("tok".into()));
-}
-
-#[test]
-fn config_errors_name_the_key_and_the_table() {
-    let err = problems(&config_text("resources/my posts", "url = \"nats://h\""));
-    assert!(
-        err.contains("sinks[0].type")
-            && err.contains("table public.posts")
-            && err.contains("whitespace"),
-        "{err}"
-    );
-    let err = problems(&config_text(
-        "resources/posts",
-        "url = \"nats://u:SECRET@h\"\nsubject_prefix = \"$SYS\"\nstream = \"a.b\"\nmax_inflight = 0",
-    ));
-    for key in [
-        "sinks[0].subject_prefix",
-        "sinks[0].stream",
-        "sinks[0].max_inflight",
-    ] {
-        assert!(err.contains(key), "{key}: {err}");
-    }
-    assert!(!err.contains("SECRET"), "{err}");
-    let err = problems(&config_text(
-        "resources/posts",
-        "url = \"nats://h\"\ncreate_stream = true",
-    ));
-    assert!(err.contains("sinks[0].create_stream"), "{err}");
-    let err = problems(&config_text(
-        "resources/posts",
-        "url = \"nats://u:pw@h\"\ntoken_file = \"/dev/null\"",
-    ));
-    assert!(err.contains("not both"), "{err}");
 }
 
 /// A nats-server with JetStream of the tests' own, on a free port; killed when dropped.
