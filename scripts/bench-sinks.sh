@@ -13,18 +13,29 @@
 #   mqtt      a Mosquitto of its own on a free port, with a QoS 1 subscriber counting what
 #             arrives (examples/mqtt_bench.rs); the ceiling is rumqttc publishing the same
 #             LiveEvents at QoS 1 with the same window of messages awaiting PUBACKs
-#             (max_in_flight, 100) until every PUBACK is in
+#             (max_inflight, 100) until every PUBACK is in
+#   nats      a nats-server with JetStream of its own (file storage, a fresh stream per run);
+#             the ceiling is async-nats publishing the same messages (body, Nats-Msg-Id) on one
+#             connection with the sink's window of messages awaiting their PubAcks
+#             (examples/nats_bench.rs)
+#   redis     a redis-server of its own without persistence, stream mode; the ceiling is the
+#             same client doing the same XADDs in MULTI/EXEC transactions, pipelined as the sink
+#             does (examples/redis_bench.rs). Redis outruns what PostgreSQL streams, so the
+#             section also drains the backlog to stdout: the most any sink reaches in that run
 #
-#   scripts/bench-sinks.sh                 # 50,000 changes, 100-row transactions, 3 rounds
+#   pglive's fixed cost of starting, streaming from a new slot and confirming the backlog's end
+#   (~0.3 s, the same for every sink) would weigh on small runs: hence 200,000 changes.
+#
+#   scripts/bench-sinks.sh                 # 200,000 changes, 100-row transactions, 3 rounds
 #   CHANGES=20000 ROUNDS=1 SINKS="webhook redis" scripts/bench-sinks.sh
-#   CHANGES=1000000 SINKS=redis scripts/bench-sinks.sh   # pglive's start dominates smaller runs
+#   SINKS=nats NATS_WINDOW=1024 scripts/bench-sinks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CHANGES=${CHANGES:-50000}
+CHANGES=${CHANGES:-200000}
 TXN=${TXN:-100}
 ROUNDS=${ROUNDS:-3}
-SINKS=${SINKS:-webhook mqtt redis}
+SINKS=${SINKS:-webhook nats mqtt redis}
 
 . scripts/bench-common.sh
 
@@ -133,7 +144,7 @@ bench_mqtt() {
   drain "[[sinks]]
 type = \"mqtt\"
 url = \"mqtt://127.0.0.1:$mqtt_port\"
-max_in_flight = $MQTT_IN_FLIGHT"
+max_inflight = $MQTT_IN_FLIGHT"
   live_row mqtt "$1" "$(mqtt_count)"
 }
 
@@ -167,6 +178,34 @@ url = \"$redis_url\"
 mode = \"stream\"
 key = \"pglive\""
   live_row redis "$1" "$(redis_count pglive)"
+}
+
+# --- nats --------------------------------------------------------------------------------
+NATS_WINDOW=${NATS_WINDOW:-4096}
+setup_nats() {
+  nats_tool=$(example nats_bench)
+  nats_port=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  mkdir -p "$work/nats"
+  /usr/sbin/nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/nats" >"$work/nats.log" 2>&1 &
+  local pid=$!
+  at_exit "kill $pid 2>/dev/null"
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $nats_port))" 2>/dev/null && break
+    sleep 0.1
+  done
+  nats_url="nats://127.0.0.1:$nats_port"
+}
+bench_nats() {
+  "$nats_tool" reset "$nats_url" BENCH "pglive.>"
+  ceiling "$nats_tool" publish "$nats_url" pglive.resources.bench "$CHANGES" "$NATS_WINDOW"
+  row "$1" nats ceiling "$ceil_s" "$("$nats_tool" count "$nats_url" BENCH)" 1.00
+  "$nats_tool" reset "$nats_url" BENCH "pglive.>"
+  drain "[[sinks]]
+type = \"nats\"
+url = \"$nats_url\"
+stream = \"BENCH\"
+max_inflight = $NATS_WINDOW"
+  live_row nats "$1" "$("$nats_tool" count "$nats_url" BENCH)"
 }
 
 # -----------------------------------------------------------------------------------------

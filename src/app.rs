@@ -29,6 +29,7 @@ use crate::shutdown::ShutdownBudget;
 use crate::sink::amqp::AmqpSink;
 use crate::sink::file::FileSink;
 use crate::sink::mqtt::MqttSink;
+use crate::sink::nats::NatsSink;
 use crate::sink::redis::RedisSink;
 use crate::sink::stdout::StdoutSink;
 use crate::sink::webhook::WebhookSink;
@@ -113,6 +114,7 @@ fn sink_labels(sinks: &[SinkConfig]) -> Vec<(String, Option<String>)> {
                 SinkConfig::Webhook(_) => Some("connecting to the receiver".to_owned()),
                 SinkConfig::Mqtt(_) => Some("connecting to the broker".to_owned()),
                 SinkConfig::Redis(_) => Some("connecting to Redis".to_owned()),
+                SinkConfig::Nats(_) => Some("connecting to the NATS server".to_owned()),
                 SinkConfig::WebSocket(_) | SinkConfig::Stdout | SinkConfig::File { .. } => None,
             };
             (label, starting)
@@ -165,6 +167,10 @@ fn start_sinks(
             }
             SinkConfig::Redis(redis) => {
                 let sink = RedisSink::new((**redis).clone());
+                spawn(&mut drivers, sink, lane, rx, None)
+            }
+            SinkConfig::Nats(nats) => {
+                let sink = NatsSink::new((**nats).clone());
                 spawn(&mut drivers, sink, lane, rx, None)
             }
             SinkConfig::WebSocket(ws) => {

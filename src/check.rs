@@ -190,6 +190,7 @@ async fn sink(index: usize, sink: &SinkConfig) -> Finding {
         SinkConfig::Webhook(hook) => receiver(index, hook).await,
         SinkConfig::Mqtt(mqtt) => mqtt_broker(index, mqtt).await,
         SinkConfig::Redis(redis) => redis_server(index, redis).await,
+        SinkConfig::Nats(nats) => nats_server(index, nats).await,
     }
 }
 
@@ -242,6 +243,21 @@ async fn receiver(index: usize, hook: &crate::sink::webhook::WebhookSinkConfig) 
             format!("sinks[{index}]: cannot reach the receiver at {shown}: {e}"),
             format!(
                 "check sinks[{index}].url, its credentials, sinks[{index}].ca_file and that the receiver is running"
+            ),
+        ),
+    }
+}
+
+/// Whether NATS sink `index` connects and authenticates, and a stream takes its subjects (or
+/// will be created).
+async fn nats_server(index: usize, config: &crate::sink::nats::NatsSinkConfig) -> Finding {
+    let url = &config.url;
+    match crate::sink::nats::probe(config).await {
+        Ok(found) => Finding::ok(format!("sinks[{index}]: connected to {url}; {found}")),
+        Err(e) => Finding::fail(
+            format!("sinks[{index}]: cannot use the NATS server at {url}: {e}"),
+            format!(
+                "check sinks[{index}].url, its credentials, sinks[{index}].stream and that nats-server runs with JetStream (-js)"
             ),
         ),
     }

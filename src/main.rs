@@ -64,9 +64,9 @@ enum Command {
     },
 }
 
-/// `RUST_LOG`, else `ops.log_level`, else `info`. The AMQP client's own messages repeat what
-/// the sink reports (and dump whole returned messages), so they are off unless the filter
-/// names `lapin`.
+/// `RUST_LOG`, else `ops.log_level`, else `info`. The AMQP and NATS clients' own messages
+/// repeat what the sinks report (and dump whole returned messages), so they are off unless the
+/// filter names `lapin` or `async_nats`.
 fn log_filter(configured: Option<&str>) -> tracing_subscriber::EnvFilter {
     let env = std::env::var("RUST_LOG").unwrap_or_default();
     let spec = if !env.trim().is_empty() {
@@ -74,13 +74,14 @@ fn log_filter(configured: Option<&str>) -> tracing_subscriber::EnvFilter {
     } else {
         configured.unwrap_or("info")
     };
-    let spec = if spec.contains("lapin") {
-        spec.to_owned()
-    } else {
-        format!("{spec},lapin=off")
-    };
+    let mut spec = spec.to_owned();
+    for client in ["lapin", "async_nats"] {
+        if !spec.contains(client) {
+            spec.push_str(&format!(",{client}=off"));
+        }
+    }
     tracing_subscriber::EnvFilter::try_new(&spec)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off,async_nats=off"))
 }
 
 /// Logs go to standard error (standard output may carry events), as text or JSON lines.

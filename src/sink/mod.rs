@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod driver;
 pub mod file;
 pub mod mqtt;
+pub mod nats;
 pub mod redis;
 pub mod stdout;
 pub mod webhook;

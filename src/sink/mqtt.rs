@@ -3,7 +3,7 @@
 //! payload, and acknowledges a batch only when the broker has sent a PUBACK for every message
 //! of it.
 //!
-//! Publishing is pipelined: the client library writes up to `max_in_flight` messages ahead of
+//! Publishing is pipelined: the client library writes up to `max_inflight` messages ahead of
 //! their PUBACKs and holds as many more in its bounded request queue. A task owned by the sink
 //! polls the library's event loop (nothing moves unless it is polled): it numbers the messages
 //! in the order they are written (`Outgoing::Publish(pkid)`, in publish order), matches each
@@ -140,7 +140,7 @@ pub struct MqttSinkConfig {
     /// Levels put before every channel: `pglive` → `pglive/resources/posts`.
     pub topic_prefix: Option<String>,
     pub keep_alive: Duration,
-    pub max_in_flight: u16,
+    pub max_inflight: u16,
     /// The largest packet the broker takes; a larger event stops pglive.
     pub max_packet_size: usize,
     pub timeout: Duration,
@@ -274,7 +274,7 @@ fn options(
     options
         .set_clean_session(clean_session)
         .set_keep_alive(config.keep_alive)
-        .set_inflight(config.max_in_flight)
+        .set_inflight(config.max_inflight)
         // Outgoing packets are checked against max_packet_size before they are published, with
         // a message naming the event; the library's own check is only a backstop.
         .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
@@ -293,7 +293,7 @@ async fn open(
     config: &MqttSinkConfig,
     options: MqttOptions,
 ) -> Result<(AsyncClient, EventLoop, bool), SinkError> {
-    let cap = usize::from(config.max_in_flight);
+    let cap = usize::from(config.max_inflight);
     let (client, mut eventloop) = AsyncClient::new(options, cap);
     let mut network = rumqttc::NetworkOptions::new();
     network.set_connection_timeout(config.timeout.as_secs().max(1));

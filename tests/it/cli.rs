@@ -290,17 +290,21 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "client_id",
         "topic_prefix",
         "keep_alive",
-        "max_in_flight",
         "max_packet_size",
         // redis
         "mode",
-        "key",
         "max_len",
-        "channel_prefix",
         "namespace",
         "room_prefix",
         "event",
         "require_subscribers",
+        // nats
+        "token_file",
+        "subject_prefix",
+        "stream",
+        "create_stream",
+        "duplicate_window",
+        "tls",
     ] {
         assert!(
             text.contains(&format!("{key} =")),

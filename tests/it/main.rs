@@ -10,6 +10,7 @@ mod durability;
 mod events;
 mod layout;
 mod mqtt;
+mod nats;
 mod ops;
 mod presets;
 mod redis;

@@ -200,7 +200,7 @@ fn every_change_arrives_in_order_across_a_broker_restart_and_a_killed_pglive() {
     let mut broker = mosquitto("allow_anonymous true");
     let reader = Subscriber::start(broker.port);
     let url = format!("mqtt://127.0.0.1:{}", broker.port);
-    let (db, config) = per_row("mqtt_order", &url, "max_in_flight = 8");
+    let (db, config) = per_row("mqtt_order", &url, "max_inflight = 8");
     setup(&config);
     let (code, out, err) = pglive(&["check"], &config);
     assert_eq!(code, 0, "{out}{err}");

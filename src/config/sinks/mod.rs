@@ -5,6 +5,7 @@
 mod amqp;
 mod file;
 mod mqtt;
+mod nats;
 mod redis;
 mod webhook;
 mod websocket;
@@ -18,6 +19,7 @@ use super::issues::{Issue, Issues};
 use crate::map::TableRule;
 use crate::sink::amqp::AmqpSinkConfig;
 use crate::sink::mqtt::MqttSinkConfig;
+use crate::sink::nats::NatsSinkConfig;
 use crate::sink::redis::RedisSinkConfig;
 use crate::sink::webhook::WebhookSinkConfig;
 use crate::sink::websocket::WsSinkConfig;
@@ -38,6 +40,8 @@ pub enum SinkConfig {
     Mqtt(Box<MqttSinkConfig>),
     /// Redis streams, or the Socket.IO emitter protocol.
     Redis(Box<RedisSinkConfig>),
+    /// Messages to a NATS JetStream stream, acknowledged by its PubAcks.
+    Nats(Box<NatsSinkConfig>),
 }
 
 impl SinkConfig {
@@ -50,6 +54,7 @@ impl SinkConfig {
             SinkConfig::Webhook(_) => crate::sink::webhook::NAME,
             SinkConfig::Mqtt(_) => crate::sink::mqtt::NAME,
             SinkConfig::Redis(_) => crate::sink::redis::NAME,
+            SinkConfig::Nats(_) => crate::sink::nats::NAME,
         }
     }
 }
@@ -67,6 +72,7 @@ pub(super) enum RawSink {
     Webhook(webhook::RawWebhook),
     Mqtt(mqtt::RawMqtt),
     Redis(redis::RawRedis),
+    Nats(nats::RawNats),
 }
 
 impl RawSink {
@@ -85,6 +91,7 @@ impl RawSink {
             RawSink::Webhook(raw) => raw.resolve(issues, index, tables),
             RawSink::Mqtt(raw) => raw.resolve(issues, index, tables),
             RawSink::Redis(raw) => raw.resolve(issues, index),
+            RawSink::Nats(raw) => raw.resolve(issues, index, tables),
         }
     }
 }

@@ -21,7 +21,7 @@ pub(in crate::config) struct RawMqtt {
     client_id: Option<String>,
     topic_prefix: Option<String>,
     keep_alive: Option<RawDuration>,
-    max_in_flight: Option<u64>,
+    max_inflight: Option<u64>,
     max_packet_size: Option<u64>,
     timeout: Option<RawDuration>,
     max_backoff: Option<RawDuration>,
@@ -52,7 +52,7 @@ impl RawMqtt {
             mqtt::DEFAULT_KEEP_ALIVE,
         );
         let keep_alive = whole_seconds(issues, &key("keep_alive"), keep_alive);
-        let max_in_flight = max_in_flight(issues, &key("max_in_flight"), self.max_in_flight);
+        let max_inflight = max_inflight(issues, &key("max_inflight"), self.max_inflight);
         let max_packet_size =
             max_packet_size(issues, &key("max_packet_size"), self.max_packet_size);
         let timeout = duration(
@@ -78,7 +78,7 @@ impl RawMqtt {
             client_id: self.client_id,
             topic_prefix,
             keep_alive,
-            max_in_flight,
+            max_inflight,
             max_packet_size,
             timeout,
             max_backoff,
@@ -149,7 +149,7 @@ fn whole_seconds(issues: &mut Issues, key: &str, d: Duration) -> Duration {
 }
 
 /// Messages awaiting their PUBACKs at once: 1 to 65535 (packet ids are 16 bits).
-fn max_in_flight(issues: &mut Issues, key: &str, value: Option<u64>) -> u16 {
+fn max_inflight(issues: &mut Issues, key: &str, value: Option<u64>) -> u16 {
     match value {
         None => mqtt::DEFAULT_MAX_IN_FLIGHT,
         Some(n @ 1..=65_535) => n as u16,
@@ -207,7 +207,7 @@ mod tests {
         let c = mqtt(from_toml(&text("resources/products", "url = \"mqtt://h\"")).unwrap());
         assert_eq!(c.client_id("s1"), "pglive-s1");
         assert_eq!(c.topic("resources/products"), "resources/products");
-        assert_eq!(c.max_in_flight, 100);
+        assert_eq!(c.max_inflight, 100);
         assert_eq!(c.keep_alive, crate::sink::mqtt::DEFAULT_KEEP_ALIVE);
         assert_eq!(c.max_packet_size, crate::sink::mqtt::MAX_PACKET_SIZE);
 
@@ -219,7 +219,7 @@ mod tests {
                 "resources/products",
                 &format!(
                     "url = \"mqtts://pub@h:8884\"\npassword_file = \"{}\"\nclient_id = \"cat\"\n\
-                     topic_prefix = \"pglive/\"\nkeep_alive = \"10s\"\nmax_in_flight = 7\n\
+                     topic_prefix = \"pglive/\"\nkeep_alive = \"10s\"\nmax_inflight = 7\n\
                      max_packet_size = 1024\ntimeout = \"3s\"\nmax_backoff = \"5s\"",
                     pw.display()
                 ),
@@ -228,7 +228,7 @@ mod tests {
         );
         assert_eq!(c.client_id("s1"), "cat");
         assert_eq!(c.topic("resources/products"), "pglive/resources/products");
-        assert_eq!((c.max_in_flight, c.max_packet_size), (7, 1024));
+        assert_eq!((c.max_inflight, c.max_packet_size), (7, 1024));
         assert_eq!(c.url.to_string(), "mqtts://pub:********@h:8884");
         assert!(!format!("{c:?}").contains("from-file"));
     }
@@ -238,7 +238,7 @@ mod tests {
         let list = issues(&text(
             "resources/#",
             "url = \"mqtt://u:SECRET?x@h\"\nclient_id = \"\"\nkeep_alive = \"500ms\"\n\
-             max_in_flight = 70000\nmax_packet_size = 10",
+             max_inflight = 70000\nmax_packet_size = 10",
         ));
         let keys: Vec<&str> = list.iter().map(|i| i.key.as_str()).collect();
         assert_eq!(
@@ -247,7 +247,7 @@ mod tests {
                 "sinks[0].url",
                 "sinks[0].client_id",
                 "sinks[0].keep_alive",
-                "sinks[0].max_in_flight",
+                "sinks[0].max_inflight",
                 "sinks[0].max_packet_size"
             ],
             "{list:#?}"

@@ -130,7 +130,7 @@ fn config(port: u16) -> MqttSinkConfig {
         client_id: None,
         topic_prefix: None,
         keep_alive: DEFAULT_KEEP_ALIVE,
-        max_in_flight: 3,
+        max_inflight: 3,
         max_packet_size: MAX_PACKET_SIZE,
         timeout: Duration::from_secs(5),
         max_backoff: Duration::from_secs(1),
