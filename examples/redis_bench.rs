@@ -17,7 +17,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// pglive's full batch, and the transactions the sink keeps in flight.
 const BATCH: usize = 1024;
-const IN_FLIGHT: usize = 8;
+const IN_FLIGHT: usize = 1;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then formatting, lints, unit tests and the
-# integration tests (which start their own PostgreSQL with wal_level=logical, and use the local
-# RabbitMQ, started here if it is not running), the short chaos run (its own PostgreSQL and
-# RabbitMQ node), then the Refine live provider's tests and the browser test.
+# integration tests (which start their own PostgreSQL with wal_level=logical, nats-server,
+# Mosquitto and redis-server on free ports, and use the local RabbitMQ, started here if it is
+# not running), the short chaos run (its own PostgreSQL and RabbitMQ node), then the Refine live
+# provider's tests and the browser tests (pglive's relay; a Socket.IO cluster through Redis).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

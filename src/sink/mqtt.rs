@@ -48,6 +48,8 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long connecting (TCP, TLS, CONNACK) and each wait for a PUBACK may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest packet MQTT allows: the remaining length is at most 268,435,455 bytes.
+/// The largest packet accepted from the broker (the sink only gets acknowledgements).
+const MAX_INCOMING_PACKET: usize = 64 * 1024;
 pub const MAX_PACKET_SIZE: usize = 268_435_455 + 5;
 /// The longest topic MQTT allows.
 pub const MAX_TOPIC_BYTES: usize = 65_535;
@@ -276,8 +278,10 @@ fn options(
         .set_keep_alive(config.keep_alive)
         .set_inflight(config.max_inflight)
         // Outgoing packets are checked against max_packet_size before they are published, with
-        // a message naming the event; the library's own check is only a backstop.
-        .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+        // a message naming the event; the library's own check is only a backstop. The sink
+        // subscribes to nothing, so what comes in is CONNACKs, PUBACKs and PINGRESPs: a small
+        // limit keeps a misbehaving broker from making it allocate much.
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_PACKET_SIZE);
     if let Some(user) = &config.url.username {
         options.set_credentials(user, config.url.password.clone().unwrap_or_default());
     }

@@ -11,10 +11,13 @@
 //!   `require_subscribers`, none is a retryable failure (the message reached nobody), so events
 //!   wait in the slot while no Socket.IO server listens.
 //!
-//! Each batch is one MULTI/EXEC transaction, pipelined: it reaches Redis whole or not at all
-//! (a write Redis refuses, such as OOM under maxmemory, refuses the batch rather than leave a
-//! gap that a retry would fill out of order), and several batches are in flight at once on one
-//! connection, in order. A lost connection, a timeout or a busy server is retried with the
+//! Each batch is one MULTI/EXEC transaction, and the next batch goes out only once Redis has
+//! answered it. A write Redis refuses while queueing (such as OOM under maxmemory) aborts the
+//! whole transaction; one that fails inside EXEC (a key of another type) leaves the commands
+//! before it applied, and the batch is sent again whole: repeats, never a gap. Batches are not
+//! pipelined on purpose: Redis runs every transaction it has received, so a later batch already
+//! on the wire would land before an earlier one that failed and is sent again. A lost
+//! connection, a timeout or a busy server is retried with the
 //! driver's backoff, sending every unacknowledged batch again; refused credentials or
 //! permissions, or a key of another type, stop pglive.
 
@@ -41,8 +44,9 @@ pub const DEFAULT_KEY: &str = "pglive:{channel}";
 pub const DEFAULT_MAX_LEN: u64 = 100_000;
 pub const DEFAULT_CHANNEL_PREFIX: &str = "socket.io";
 pub const DEFAULT_NAMESPACE: &str = "/";
-/// Batches whose transactions may await their answers at once, pipelined on one connection.
-const MAX_IN_FLIGHT: usize = 8;
+/// Batches awaiting their answers at once: one, so that a failed batch is sent again before
+/// any later one reaches Redis (see the module's documentation).
+const MAX_IN_FLIGHT: usize = 1;
 
 /// A Redis URL: the full text (with its password) for connecting, and a redacted form for
 /// messages.
