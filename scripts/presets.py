@@ -3,14 +3,16 @@ relay's documented publish API and authentication, and returns the LiveEvents it
 
   ably        POST /channels/{encodeURIComponent(channel)}/messages, Authorization: Basic
               base64(key); body [{"id":"<base>:<i>","name":<type>,"data":<LiveEvent>}] with
-              <base> = the first event's meta.id with ':' as '.'. Check: GET /channels/{ch}.
+              <base> = the request id (see request_id) with ':' as '.'. Check: GET /channels/{ch}.
   centrifugo  POST /api/publish {"channel","data","idempotency_key"} or /api/batch
               {"commands":[{"publish":…}]}, X-API-Key; channel = LiveEvent channel with '/'
               as ':'; idempotency_key = meta.id. Check: POST /api/info.
   pusher      POST /apps/{id}/events {"name","channels":[ch],"data":"<LiveEvent JSON>"} or
               /apps/{id}/batch_events {"batch":[{"channel","name","data"}]} (at most 10);
               channel = LiveEvent channel with '/' as '-'. The signed query is recomputed
-              with the official `pusher` library's Request class. Check: GET /apps/{id}/channels.
+              with the official `pusher` library's Request class (for a GET, without a body,
+              with its signing functions and no body_md5, as Pusher's Node.js library signs
+              it). Check: GET /apps/{id}/channels.
 A request that fails authentication raises Unauthorized (answered 401).
 """
 
@@ -41,6 +43,15 @@ def expect(cond, what):
         raise ValueError(what)
 
 
+def request_id(events):
+    """The id of a request carrying `events`: the one event's meta.id, or for several
+    "<first meta.id>..<last meta.id>" with ':' as '.'."""
+    ids = [e["meta"]["id"] for e in events]
+    if len(ids) == 1:
+        return ids[0]
+    return f"{ids[0]}..{ids[-1]}".replace(":", ".") if ids else None
+
+
 def make(args):
     return {"ably": Ably, "centrifugo": Centrifugo, "pusher": Pusher}[args.preset](args)
 
@@ -60,11 +71,12 @@ class Ably:
         expect(method == "POST" and parts[3:] == ["messages"], f"{method} {path}")
         expect(isinstance(body, list) and body, "the body is not an array of messages")
         events = []
+        base = request_id([m["data"] for m in body]).replace(":", ".")
+        expect(len(raw) <= 64 * 1024, "the body is over 64 KiB")
         for i, m in enumerate(body):
             expect(set(m) == {"id", "name", "data"}, f"message keys {sorted(m)}")
             event = m["data"]
             expect(isinstance(event, dict), "data is not the LiveEvent object")
-            base = body[0]["data"]["meta"]["id"].replace(":", ".")
             expect(m["id"] == f"{base}:{i}", f"message id {m['id']} is not {base}:{i}")
             expect(m["name"] == event["type"], "name is not the event's type")
             expect(event["channel"] == channel, f"event of {event['channel']} on {channel}")
@@ -143,6 +155,11 @@ class Pusher:
     def expected_query(self, method, path, raw, timestamp):
         """The query the pusher library signs for this request at `timestamp`."""
         http = pusher_http()
+        if not raw:
+            params = {"auth_key": self.client.key, "auth_timestamp": timestamp,
+                      "auth_version": "1.0"}
+            text = "\n".join([method, path, http.make_query_string(params)])
+            return dict(params, auth_signature=http.sign(self.client.secret, text))
         with mock.patch.object(http.time, "time", return_value=float(timestamp)):
             request = http.Request(self.client, "GET", path, {})
             request.method, request.body, request.query_params = method, raw, {}
@@ -176,6 +193,7 @@ class Pusher:
 
     def event(self, channel, e):
         expect(isinstance(e["data"], str), "data is not a string")
+        expect(len(e["data"].encode()) <= 10 * 1024, "data is over 10 KB")
         event = json.loads(e["data"])
         expect(channel == event["channel"].replace("/", "-"), f"channel {channel}")
         expect(e["name"] == event["type"], "name is not the event's type")

@@ -24,7 +24,8 @@ one JSON line to the log, written before the response is sent:
 where time is when the request arrived (unix seconds), status the number answered (or
 "timeout"), body the parsed JSON of the request body (the raw text if it is not JSON),
 headers every request header, names in lower case, and events the LiveEvents the request
-carried, in order (webhook_id is, for a preset, the first one's meta.id).
+carried, in order (webhook_id is, for a preset, the request's id: the one event's meta.id,
+or "<first>..<last>" of several with ':' as '.', as pglive names a batch).
 """
 
 import argparse
@@ -126,8 +127,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if st.preset:
                 entry["events"] = st.preset.verify(self.command, self.path, headers, raw, body)
-                ids = [e["meta"]["id"] for e in entry["events"]]
-                entry["webhook_id"] = ids[0] if ids else None
+                entry["webhook_id"] = presets.request_id(entry["events"])
             else:
                 st.webhook.verify(raw, headers)
                 entry["events"] = body if isinstance(body, list) else [body]
@@ -166,7 +166,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.answer(status, {}, "")
         else:
             extra = {"Retry-After": str(int(arg))} if arg is not None else {}
-            text = entry["error"] if status == 401 else st.body.replace("{status}", str(status))
+            refused = status == 401 and entry["error"]
+            text = entry["error"] if refused else st.body.replace("{status}", str(status))
             if st.preset:
                 text = st.preset.error(status, text)
             self.answer(status, extra, text)

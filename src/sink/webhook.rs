@@ -7,15 +7,16 @@
 //! of JSON each, one after another on one keep-alive connection: with one event per request
 //! the body is the LiveEvent itself, otherwise a JSON array of them in commit order (a
 //! preset plans its own requests: see `ably`, `centrifugo`, `pusher`). Each
-//! request carries `webhook-id` (the `meta.id` of its first event: the same when the request
-//! is sent again), `webhook-timestamp` and `webhook-signature` (`v1,` and the base64
+//! request carries `webhook-id` (its event's `meta.id`, or `<first>..<last>` of a batch
+//! with `:` as `.`: the same when the request is sent again, another when a batch is cut
+//! differently), `webhook-timestamp` and `webhook-signature` (`v1,` and the base64
 //! HMAC-SHA256 of `{id}.{timestamp}.{body}` with the secret's key).
 //!
 //! A connection error, a timeout, 408, 429 or a 5xx is retried (after the driver's backoff,
 //! and at least as long as `Retry-After` asks); a batch sent again skips the requests the
-//! receiver already acknowledged. Any other answer (another 4xx, a redirect) is a rejection:
-//! pglive stops with the status and the start of the body, or with `on_rejected = "skip"`
-//! logs it, counts it and goes on.
+//! receiver already acknowledged. 401 and 403 (refused credentials) stop pglive. Any other
+//! answer (another 4xx, a redirect) is a rejection: pglive stops with the status and the
+//! start of the body, or with `on_rejected = "skip"` logs it, counts it and goes on.
 
 mod ably;
 mod centrifugo;
@@ -31,7 +32,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
@@ -219,7 +220,7 @@ impl WebhookSink {
             };
         self.config
             .format
-            .judge(status, retry_after, &body, planned)
+            .judge(status, retry_after, body.as_deref(), planned)
     }
 }
 
@@ -231,10 +232,12 @@ struct Call {
     body: Bytes,
 }
 
-/// The status, `Retry-After` and body (its start) of an answer.
-type Answer = (hyper::StatusCode, Option<Duration>, Bytes);
+/// The status, `Retry-After` and body of an answer (`None`: longer than
+/// [`MAX_ANSWER_BYTES`]).
+type Answer = (hyper::StatusCode, Option<Duration>, Option<Bytes>);
 
-/// Sends `call` on `conn` and reads the answer within `timeout`.
+/// Sends `call` on `conn` and reads the answer within `timeout`. A failure while reading
+/// the body (a connection reset) is retried like one while sending.
 async fn exchange(
     conn: &mut Connection,
     url: &url::Url,
@@ -258,25 +261,43 @@ async fn exchange(
     let request = request
         .body(Full::new(call.body))
         .map_err(|e| Failure::Fatal(format!("cannot build the request: {e}")))?;
+    let failed = |e: &dyn fmt::Display| Failure::Retry(format!("request failed: {e}"), None);
     let exchange = async {
-        conn.sender.ready().await?;
-        let answer = conn.sender.send_request(request).await?;
+        conn.sender.ready().await.map_err(|e| failed(&e))?;
+        let answer = conn
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| failed(&e))?;
         let status = answer.status();
         let retry_after = retry_after(answer.headers());
-        let body = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
+        let body = match Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        Ok::<_, hyper::Error>((status, retry_after, body))
+        {
+            Ok(body) => Some(body.to_bytes()),
+            Err(e) if e.is::<LengthLimitError>() => None,
+            Err(e) => {
+                let what = format!("reading the answer to a {status} failed: {e}");
+                return Err(Failure::Retry(what, None));
+            }
+        };
+        Ok((status, retry_after, body))
     };
     match tokio::time::timeout(timeout, exchange).await {
         Err(_) => Err(Failure::Retry(
             format!("no answer within {timeout:?}"),
             None,
         )),
-        Ok(Err(e)) => Err(Failure::Retry(format!("request failed: {e}"), None)),
-        Ok(Ok(answer)) => Ok(answer),
+        Ok(answer) => answer,
+    }
+}
+
+/// Logs the events of `planned` sent without their ids.
+fn refetch_sent(planned: &Planned, preset: &str) {
+    for id in &planned.refetch {
+        tracing::info!(sink = NAME, event = %id, preset,
+            "event over the relay's size limit sent without its ids (payload {{}}): subscribers refetch");
     }
 }
 
@@ -291,7 +312,8 @@ fn quote(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY)]).into_owned()
 }
 
-/// Sorts an answer: 2xx delivered; 408, 429 and 5xx worth retrying; anything else rejected.
+/// Sorts an answer: 2xx delivered; 408, 429 and 5xx worth retrying; 401 and 403 fatal;
+/// anything else rejected.
 fn judge(
     status: hyper::StatusCode,
     retry_after: Option<Duration>,
@@ -304,6 +326,10 @@ fn judge(
     let what = format!("the receiver answered {status}: {quoted:?}");
     match status.as_u16() {
         408 | 429 | 500..=599 => Err(Failure::Retry(what, retry_after)),
+        // Refused credentials would refuse every request: never skipped.
+        401 | 403 => Err(Failure::Fatal(format!(
+            "{what} (401 and 403 stop pglive whatever on_rejected says)"
+        ))),
         _ => Err(Failure::Rejected(what)),
     }
 }
@@ -455,7 +481,7 @@ pub async fn probe(config: &WebhookSinkConfig) -> Result<String, String> {
         .map_err(message)?;
     config
         .format
-        .probe_verdict(status, &body)
+        .probe_verdict(status, body.as_deref().unwrap_or_default())
         .map(|ok| format!("{ok} at {shown}"))
 }
 
@@ -510,7 +536,8 @@ impl Sink for WebhookSink {
                 None => self.post(planned).await,
             };
             match outcome {
-                Ok(()) => {}
+                Ok(()) if planned.refetch.is_empty() => {}
+                Ok(()) => refetch_sent(planned, self.config.format.preset()),
                 Err(Failure::Rejected(why)) if self.config.on_rejected == OnRejected::Skip => {
                     self.rejected.increment(1);
                     tracing::error!(sink = NAME, webhook_id = %id, url = %self.shown(),

@@ -195,35 +195,46 @@ fn a_refused_key_fails_check_and_stops_pglive() {
     }
 }
 
-/// Pusher refuses `data` over 10 KB: such an event is rejected without being sent, here
-/// skipped (`on_rejected = "skip"`) with a log line that says why, and the next one arrives.
+/// Pusher refuses `data` over 10 KB: a bulk UPDATE's event (3001 ids) goes without its ids
+/// (`payload: {}`, refetch) with its `meta.id`, batched with the next event, and is logged.
 #[test]
-fn pusher_rejects_an_event_over_10_kb_without_sending_it() {
+fn pusher_sends_an_event_over_10_kb_without_its_ids() {
     let hook = relay("pusher", "");
     let db = TestDb::new("preset_pusher_big");
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
     let config = format!(
         "{}{}",
         db.config(&["name = \"t\""], "[events]\nmax_ids_per_event = 5000"),
-        sink("pusher", &hook, true, "on_rejected = \"skip\"")
+        sink("pusher", &hook, true, "batch_max_events = 10")
     );
     setup(&config);
     let d = Daemon::run(&config);
     insert_txn(&db, 100_000, 103_000);
     insert_txn(&db, 1, 1);
+    let events = d.wait_events("2 events on stdout", |e| e.len() >= 2);
     let requests = hook.wait("row 1 accepted", |r| accepted_ids(r).contains(&1));
-    d.wait_log("Pusher refuses data over 10240 bytes");
+    d.wait_log("sent without its ids");
     assert_eq!(
         accepted_ids(&requests),
         [1].into(),
         "{:#?}",
         summary(&requests)
     );
-    assert!(
-        requests
-            .iter()
-            .all(|r| r["method"] == "GET" || r["accepted"] == true),
-        "the large event was not sent: {:#?}",
+    let sent: Vec<Value> = requests
+        .iter()
+        .filter(|r| r["accepted"] == true)
+        .flat_map(crate::webhook::events_of)
+        .collect();
+    let mut refetch = events[0].clone();
+    refetch["payload"] = serde_json::json!({});
+    assert_eq!(
+        sent,
+        [refetch, events[1].clone()],
+        "{:#?}",
         summary(&requests)
     );
+    let end = db.current_wal();
+    wait_until("the slot to pass both events", || {
+        db.confirmed_flush().unwrap_or(0) >= end
+    });
 }

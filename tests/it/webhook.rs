@@ -133,6 +133,17 @@ pub(crate) fn summary(requests: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// The id pglive names a request by: its one event's `meta.id`, or `<first>..<last>` of
+/// several with `:` as `.`.
+pub(crate) fn request_id(events: &[Value]) -> String {
+    let id = |e: &Value| e["meta"]["id"].as_str().unwrap().to_owned();
+    match events {
+        [one] => id(one),
+        [first, .., last] => format!("{}..{}", id(first), id(last)).replace(':', "."),
+        [] => String::new(),
+    }
+}
+
 /// The events a request carried (the receiver finds them in its body).
 pub(crate) fn events_of(request: &Value) -> Vec<Value> {
     request["events"].as_array().cloned().unwrap_or_default()
@@ -181,7 +192,7 @@ pub(crate) fn insert_txn(db: &TestDb, from: i64, to: i64) {
 }
 
 /// Every request passed the reference verification, is a JSON POST to the sink's path with
-/// the configured extra header, and names its (first) event's meta.id as its webhook-id; a
+/// the configured extra header, and has its events' [`request_id`] as its webhook-id; a
 /// failed request is sent again next, with the same id and body; and no two webhook-ids
 /// carried the same body.
 #[track_caller]
@@ -201,7 +212,7 @@ fn assert_well_formed(requests: &[Value]) {
         );
         assert_eq!(h["x-extra"], "v", "{}", what());
         let id = r["webhook_id"].as_str().unwrap();
-        assert_eq!(events_of(r)[0]["meta"]["id"], id, "{}", what());
+        assert_eq!(request_id(&events_of(r)), id, "{}", what());
         let body = r["body"].to_string();
         let earlier = bodies.entry(id.to_owned()).or_insert_with(|| body.clone());
         assert_eq!(*earlier, body, "webhook-id {id} came with two bodies");
@@ -277,7 +288,7 @@ fn every_change_arrives_in_order_through_failures_and_duplicates_only_repeat_a_w
 }
 
 #[test]
-fn batches_are_arrays_named_after_their_first_event() {
+fn batches_are_arrays_named_after_their_first_and_last_events() {
     let hook = Receiver::start("ok,500,ok,429:1,ok,ok,500,ok", "try again later");
     let (db, config) = per_row(
         "webhook_batch",
@@ -383,6 +394,33 @@ fn on_rejected_skip_logs_and_goes_on() {
     wait_until("the slot to pass the skipped event and the rest", || {
         db.confirmed_flush().unwrap_or(0) >= end
     });
+}
+
+/// 401 and 403 mean refused credentials, which every request would meet: pglive stops even
+/// with `on_rejected = "skip"`, and the slot does not pass the event.
+#[test]
+fn a_401_stops_pglive_even_with_on_rejected_skip() {
+    let hook = Receiver::start("ok,401", "bad signature");
+    let (db, config) = per_row("webhook_401", &hook, "on_rejected = \"skip\"");
+    setup(&config);
+    let mut d = Daemon::run(&config);
+    insert_txn(&db, 1, 1);
+    insert_txn(&db, 2, 2);
+    let status = d.wait_exit(WAIT);
+    let err = d.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sinks[1] (webhook)") && err.contains("401") && err.contains("bad signature"),
+        "{err}"
+    );
+    let requests = hook.requests();
+    assert_eq!(accepted_ids(&requests), BTreeSet::from([1]));
+    let refused = requests.iter().find(|r| r["status"] == 401).unwrap();
+    let lsn = db.lsn(refused["body"]["meta"]["lsn"].as_str().unwrap());
+    assert!(
+        db.confirmed_flush().unwrap() < lsn,
+        "the slot moved past a refused event"
+    );
 }
 
 /// `https://`: the receiver's certificate is verified against `ca_file`; `check` says whether

@@ -3,17 +3,24 @@
 //! A request carries consecutive events of one channel as an array of messages
 //! `{"id","name":<type>,"data":<the LiveEvent>}`; `@refinedev/ably` hands `message.data` to
 //! Refine as the LiveEvent. Ably publishes an array atomically and requires its ids to be
-//! `<base>:<index>`; the base is the first event's `meta.id` with `:` turned into `.`
-//! (`0/16B3748.0:0`, `0/16B3748.0:1`, …), the form the Ably SDKs use for every publish. A
-//! request sent again is the same array with the same ids, which Ably delivers once.
+//! `<base>:<index>`, the form the Ably SDKs use for every publish. The base is the request's
+//! id with `:` turned into `.`: the event's `meta.id` for one (`0/16B3748.0:0`), else
+//! `<first>..<last>` (`0/16B3748.0..0/16B3748.2:0`, `…:1`, `…:2`), so a request sent again is
+//! the same array with the same ids, which Ably delivers once, and a run cut differently
+//! after a restart has other ids (a repeat, never a loss).
+//!
+//! A request body stays within [`MAX_BODY`] (Ably's message size limit): a run over it is
+//! split, and an event over it alone goes without its ids (refetch).
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::format::{Planned, json_array, json_string};
+use super::format::{Planned, json_array, json_string, request_id};
 use crate::event::LiveEvent;
 
 /// The REST endpoint when `url` is not set.
 pub const DEFAULT_URL: &str = "https://main.realtime.ably.net";
+/// The largest request body sent: Ably's message size limit (Free and Standard accounts).
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// What `encodeURIComponent` leaves alone: letters, digits and `-_.!~*'()`.
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -32,15 +39,41 @@ pub fn encode(channel: &str) -> String {
     utf8_percent_encode(channel, COMPONENT).to_string()
 }
 
-/// The id base of a request whose first event has `meta.id` `id`.
+/// The id base of a request with id `id` (see [`request_id`]).
 pub fn id_base(id: &str) -> String {
     id.replace(':', ".")
 }
 
+/// Whether a publish of `event` alone is over [`MAX_BODY`] (its wrapping, the id and name,
+/// is well under 200 bytes: only a larger event is planned to measure).
+pub(super) fn too_large(event: &LiveEvent) -> bool {
+    event.json.len() + 200 > MAX_BODY && plan("", std::slice::from_ref(event)).body.len() > MAX_BODY
+}
+
+/// The publishes of `run` (events of one channel) into `out`: one, or halves of it while
+/// over [`MAX_BODY`]. An event over it alone (even without its ids) is refused.
+pub(super) fn plan_within_limit(base: &str, run: &[LiveEvent], out: &mut Vec<Planned>) {
+    let mut planned = plan(base, run);
+    if planned.body.len() <= MAX_BODY {
+        out.push(planned);
+    } else if let [one] = run {
+        planned.refused = Some(format!(
+            "event {} is a {} byte publish; Ably refuses messages over {MAX_BODY} bytes",
+            one.id,
+            planned.body.len()
+        ));
+        out.push(planned);
+    } else {
+        let (first, second) = run.split_at(run.len() / 2);
+        plan_within_limit(base, first, out);
+        plan_within_limit(base, second, out);
+    }
+}
+
 /// The publish of `run` (events of one channel), under the URL's path `base`.
-pub(super) fn plan(base: &str, run: &[LiveEvent]) -> Planned {
-    let first = run[0].id.to_string();
-    let id_base = id_base(&first);
+fn plan(base: &str, run: &[LiveEvent]) -> Planned {
+    let id = request_id(run);
+    let id_base = id_base(&id);
     let messages = run.iter().enumerate().map(|(i, e)| {
         let mut m = format!(
             "{{\"id\":{},\"name\":{},\"data\":",
@@ -53,11 +86,12 @@ pub(super) fn plan(base: &str, run: &[LiveEvent]) -> Planned {
         m
     });
     Planned {
-        id: first,
+        id,
         path: format!("{base}/channels/{}/messages", encode(&run[0].channel)),
         body: json_array(messages),
         events: run.len(),
         refused: None,
+        refetch: Vec::new(),
     }
 }
 

@@ -5,12 +5,13 @@
 //! so an event sent again within Centrifugo's idempotency window (5 minutes) is not
 //! delivered twice. Centrifugo reports errors in a 200's body (`{"error":{"code","message"}}`,
 //! one per reply of a batch): codes 100 (internal) and 111 (too many requests) are
-//! temporary and retried, any other is a rejection.
+//! temporary: any of them retries the whole request (the idempotency keys drop what went
+//! through). Only when every error is another code is the request rejected.
 
 use bytes::Bytes;
 
 use super::Failure;
-use super::format::{ChannelMap, Planned, json_string};
+use super::format::{ChannelMap, Planned, json_string, request_id};
 use crate::event::LiveEvent;
 
 /// `/` becomes `:`: `resources/posts` → `resources:posts`, in the `resources` namespace.
@@ -48,11 +49,12 @@ pub(super) fn plan(base: &str, channels: &ChannelMap, run: &[LiveEvent]) -> Plan
         ("batch", body)
     };
     Planned {
-        id: run[0].id.to_string(),
+        id: request_id(run),
         path: format!("{base}/api/{path}"),
         body: Bytes::from(body),
         events: run.len(),
         refused: None,
+        refetch: Vec::new(),
     }
 }
 
@@ -76,7 +78,7 @@ pub(super) fn judge(body: &[u8], events: usize) -> Result<(), Failure> {
             )));
         }
     };
-    let mut failure = None;
+    let (mut temporary, mut permanent) = (None, None);
     for (i, reply) in replies.iter().enumerate() {
         let Some(error) = reply.get("error") else {
             continue;
@@ -86,13 +88,16 @@ pub(super) fn judge(body: &[u8], events: usize) -> Result<(), Failure> {
             "Centrifugo error {code} ({}) on publish {i}",
             error["message"]
         );
-        if TEMPORARY.contains(&code) {
-            failure.get_or_insert(Failure::Retry(what, None));
-        } else {
-            return Err(Failure::Rejected(what));
-        }
+        match TEMPORARY.contains(&code) {
+            true => temporary.get_or_insert(what),
+            false => permanent.get_or_insert(what),
+        };
     }
-    failure.map_or(Ok(()), Err)
+    match (temporary, permanent) {
+        (Some(what), _) => Err(Failure::Retry(what, None)),
+        (None, Some(what)) => Err(Failure::Rejected(what)),
+        (None, None) => Ok(()),
+    }
 }
 
 /// Whether `name` is a channel Centrifugo accepts without special meaning: ASCII, at most

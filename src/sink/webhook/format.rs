@@ -12,7 +12,7 @@ use hyper::header::{HeaderName, HeaderValue};
 
 use super::pusher::Pusher;
 use super::{Failure, Header, Secret, ably, centrifugo};
-use crate::event::LiveEvent;
+use crate::event::{EventId, LiveEvent};
 
 /// A credential (an API key, an app secret); never shown.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub enum Format {
 /// One request of a batch, planned once: sent again, it has the same path and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Planned {
-    /// The `meta.id` of its first event, for logs (and `webhook-id`).
+    /// Its id, for logs (and `webhook-id`): see [`request_id`].
     pub id: String,
     /// Path and query, before authorization.
     pub path: String,
@@ -66,6 +66,8 @@ pub struct Planned {
     pub events: usize,
     /// Why the relay would refuse it (too large): rejected without being sent.
     pub refused: Option<String>,
+    /// Its events sent without their ids (see [`refetch_form`]): over the relay's limit.
+    pub refetch: Vec<EventId>,
 }
 
 /// What a request needs on top of its plan, per attempt.
@@ -95,8 +97,51 @@ impl Format {
     }
 
     /// The requests of `events`, in order: runs of at most `max_events` events and about
-    /// `max_bytes` of JSON. `url` is the receiver (Standard) or the API's base URL.
+    /// `max_bytes` of JSON. `url` is the receiver (Standard) or the API's base URL. An event
+    /// over the relay's size limit goes in its [`refetch_form`].
     pub fn plan(
+        &self,
+        url: &url::Url,
+        events: &[LiveEvent],
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Vec<Planned> {
+        let trimmed: Vec<usize> = (0..events.len())
+            .filter(|&i| self.too_large(&events[i]))
+            .collect();
+        let replaced: Option<Vec<LiveEvent>> = (!trimmed.is_empty()).then(|| {
+            let copy = |(i, e)| match trimmed.binary_search(&i).is_ok() {
+                true => refetch_form(e),
+                false => with_json(e, e.json.clone()),
+            };
+            events.iter().enumerate().map(copy).collect()
+        });
+        let events = replaced.as_deref().unwrap_or(events);
+        let mut plans = self.plan_runs(url, events, max_events, max_bytes);
+        let mut start = 0;
+        for p in &mut plans {
+            let run = start..start + p.events;
+            p.refetch = trimmed
+                .iter()
+                .filter(|i| run.contains(i))
+                .map(|&i| events[i].id)
+                .collect();
+            start = run.end;
+        }
+        plans
+    }
+
+    /// Whether `event` is over what the relay accepts (Ably: a request body of 64 KiB;
+    /// Pusher: `data` of 10 KB).
+    fn too_large(&self, event: &LiveEvent) -> bool {
+        match self {
+            Format::Ably { .. } => ably::too_large(event),
+            Format::Pusher(_) => event.json.len() > super::pusher::MAX_DATA_BYTES,
+            Format::Standard { .. } | Format::Centrifugo { .. } => false,
+        }
+    }
+
+    fn plan_runs(
         &self,
         url: &url::Url,
         events: &[LiveEvent],
@@ -111,9 +156,14 @@ impl Format {
                     .map(|r| standard(target, &events[r], max_events))
                     .collect()
             }
-            Format::Ably { .. } => runs(events, max_events, max_bytes, same_channel)
-                .map(|r| ably::plan(base, &events[r]))
-                .collect(),
+            Format::Ably { .. } => {
+                let mut plans = Vec::new();
+                let max_bytes = max_bytes.min(ably::MAX_BODY);
+                for r in runs(events, max_events, max_bytes, same_channel) {
+                    ably::plan_within_limit(base, &events[r], &mut plans);
+                }
+                plans
+            }
             Format::Centrifugo { channels, .. } => runs(events, max_events, max_bytes, |_, _| true)
                 .map(|r| centrifugo::plan(base, channels, &events[r]))
                 .collect(),
@@ -150,22 +200,29 @@ impl Format {
     }
 
     /// Whether the answer acknowledges `planned`. Every format: 2xx delivered; 408, 429 and
-    /// 5xx retried; anything else rejected. Centrifugo also reports errors in a 200's body.
+    /// 5xx retried; 401 and 403 fatal; anything else rejected. Centrifugo also reports errors
+    /// in a 200's body; `body` is `None` when it is longer than the sink reads.
     pub(super) fn judge(
         &self,
         status: hyper::StatusCode,
         retry_after: Option<std::time::Duration>,
-        body: &[u8],
+        body: Option<&[u8]>,
         planned: &Planned,
     ) -> Result<(), Failure> {
-        let verdict = super::judge(status, retry_after, body);
-        match (self, verdict) {
-            (Format::Centrifugo { .. }, Ok(())) => centrifugo::judge(body, planned.events),
-            (Format::Standard { .. }, v) => v,
-            (_, Err(Failure::Rejected(why))) if matches!(status.as_u16(), 401 | 403) => Err(
-                Failure::Rejected(format!("{} refused the credentials: {why}", self.preset())),
+        let verdict = super::judge(status, retry_after, body.unwrap_or_default());
+        match (self, verdict, body) {
+            (Format::Centrifugo { .. }, Ok(()), Some(body)) => {
+                centrifugo::judge(body, planned.events)
+            }
+            (Format::Centrifugo { .. }, Ok(()), None) => Err(Failure::Retry(
+                format!("the answer to a {status} is longer than Centrifugo's replies"),
+                None,
+            )),
+            (Format::Standard { .. }, v, _) => v,
+            (_, Err(Failure::Fatal(why)), _) if matches!(status.as_u16(), 401 | 403) => Err(
+                Failure::Fatal(format!("{} refused the credentials: {why}", self.preset())),
             ),
-            (_, v) => v,
+            (_, v, _) => v,
         }
     }
 
@@ -291,12 +348,63 @@ fn standard(target: &str, run: &[LiveEvent], max_events: usize) -> Planned {
         json_array(run.iter().map(|e| e.json.to_vec()))
     };
     Planned {
-        id: run[0].id.to_string(),
+        id: request_id(run),
         path: target.to_owned(),
         body,
         events: run.len(),
         refused: None,
+        refetch: Vec::new(),
     }
+}
+
+/// The id of a request carrying `run`: its one event's `meta.id`, or for several
+/// `<first meta.id>..<last meta.id>` with `:` as `.`. It names the content, so a batch cut
+/// differently after a restart (`[A,B,C]` after an accepted `[A,B]`) gets another id: a
+/// receiver that drops repeated ids then sees a duplicate, never a loss.
+pub fn request_id(run: &[LiveEvent]) -> String {
+    match run {
+        [one] => one.id.to_string(),
+        [first, .., last] => format!("{}..{}", first.id, last.id).replace(':', "."),
+        [] => String::new(),
+    }
+}
+
+/// `event` without its ids: the same LiveEvent with `"payload":{}`, which means "refetch
+/// everything" (as a TRUNCATE's), and the same `meta.id`. For an event over a relay's size
+/// limit (a bulk UPDATE's thousand ids), which subscribers then refetch instead.
+pub fn refetch_form(event: &LiveEvent) -> LiveEvent {
+    with_json(event, without_payload(&event.json))
+}
+
+fn with_json(event: &LiveEvent, json: Box<[u8]>) -> LiveEvent {
+    LiveEvent {
+        channel: event.channel.clone(),
+        kind: event.kind,
+        id: event.id,
+        xid: event.xid,
+        commit_time: event.commit_time,
+        schema: event.schema.clone(),
+        table: event.table.clone(),
+        json,
+    }
+}
+
+/// The event's JSON with its `payload` object replaced by `{}`. The key's first occurrence
+/// is the key itself: `channel` and `type` come before it, and a quote inside a string is
+/// escaped.
+fn without_payload(json: &[u8]) -> Box<[u8]> {
+    let key = b",\"payload\":";
+    let Some(at) = json.windows(key.len()).position(|w| w == key) else {
+        return json.into();
+    };
+    let start = at + key.len();
+    let mut values =
+        serde_json::Deserializer::from_slice(&json[start..]).into_iter::<serde::de::IgnoredAny>();
+    if !matches!(values.next(), Some(Ok(_))) {
+        return json.into();
+    }
+    let end = start + values.byte_offset();
+    [&json[..start], b"{}", &json[end..]].concat().into()
 }
 
 /// `[a,b,…]` of JSON values.

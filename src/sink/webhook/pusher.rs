@@ -4,16 +4,18 @@
 //! An event is `{"name":<type>,"channels":[<mapped>],"data":"<the LiveEvent as a JSON
 //! string>"}` (`"channel":<mapped>` in a batch); pusher-js parses the string back. Pusher
 //! has no idempotency key: a repeat reaches subscribers, with the same `meta.id`. Every request is signed: the query holds
-//! `auth_key`, `auth_timestamp`, `auth_version=1.0`, `body_md5` and `auth_signature`, the hex
-//! HMAC-SHA256 of `METHOD\nPATH\nQUERY` (sorted, unescaped) with the app secret. Pusher
-//! refuses `data` over 10 KB: such an event is rejected without being sent.
+//! `auth_key`, `auth_timestamp`, `auth_version=1.0`, `body_md5` (when there is a body, as
+//! Pusher's Node.js library does) and `auth_signature`, the hex HMAC-SHA256 of
+//! `METHOD\nPATH\nQUERY` (sorted, unescaped) with the app secret. Pusher refuses `data` over
+//! 10 KB: such an event goes without its ids (refetch); only one still over it is rejected
+//! without being sent.
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use md5::Digest as _;
 use sha2::Sha256;
 
-use super::format::{ChannelMap, Key, Planned, json_string};
+use super::format::{ChannelMap, Key, Planned, json_string, request_id};
 use crate::event::LiveEvent;
 
 /// `/` becomes `-`: `resources/posts` → `resources-posts` (`/` is not allowed).
@@ -62,21 +64,28 @@ impl Pusher {
             )
         });
         Planned {
-            id: run[0].id.to_string(),
+            id: request_id(run),
             path: format!("{base}/apps/{}/{path}", self.app_id),
             body: Bytes::from(body),
             events: run.len(),
             refused,
+            refetch: Vec::new(),
         }
     }
 
-    /// `path?query` signed for `method` with `body` at Unix time `now`.
+    /// `path?query` signed for `method` with `body` at Unix time `now`; without `body_md5`
+    /// when the body is empty (a GET).
     pub fn sign(&self, method: &str, path: &str, body: &[u8], now: u64) -> String {
-        let md5 = hex::encode(md5::Md5::digest(body));
-        let query = format!(
-            "auth_key={}&auth_timestamp={now}&auth_version=1.0&body_md5={md5}",
+        let mut query = format!(
+            "auth_key={}&auth_timestamp={now}&auth_version=1.0",
             self.key
         );
+        if !body.is_empty() {
+            query.push_str(&format!(
+                "&body_md5={}",
+                hex::encode(md5::Md5::digest(body))
+            ));
+        }
         let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.0.as_bytes())
             .expect("HMAC takes any key length");
         mac.update(format!("{method}\n{path}\n{query}").as_bytes());

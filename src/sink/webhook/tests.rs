@@ -72,13 +72,25 @@ fn a_batch_becomes_requests_within_both_limits() {
     assert_eq!(first.as_array().unwrap().len(), 2);
     assert_eq!(
         arrays[1].0,
-        events[2].id.to_string(),
-        "the id of its first event"
+        format!("{}..{}", events[2].id, events[3].id).replace(':', "."),
+        "a batch's id names its first and last events"
     );
     // A byte limit below one event: each goes alone.
     assert_eq!(requests(&events, 100, 10).len(), 5);
     let all = requests(&events, 100, 1 << 20);
     assert_eq!(all.len(), 1);
+}
+
+#[test]
+fn a_batch_cut_differently_gets_another_webhook_id() {
+    let events: Vec<LiveEvent> = (1..=3).map(event).collect();
+    let two = requests(&events[..2], 10, 1 << 20);
+    let three = requests(&events, 10, 1 << 20);
+    assert_ne!(two[0].0, three[0].0, "[A,B,C] must not repeat [A,B]'s id");
+    assert_eq!(three[0].0, "0/1001.0..0/1003.0");
+    // One event: its meta.id exactly, also in an array.
+    let one = requests(&events[..1], 10, 1 << 20);
+    assert_eq!(one[0].0, events[0].id.to_string());
 }
 
 #[test]
@@ -105,6 +117,14 @@ fn answers_are_delivered_retried_or_rejected() {
         judge(StatusCode::FOUND, None, b""),
         Err(Failure::Rejected(_))
     ));
+    // Refused credentials refuse every request: fatal, never skipped.
+    for code in [401, 403] {
+        let status = StatusCode::from_u16(code).unwrap();
+        match judge(status, None, b"bad signature") {
+            Err(Failure::Fatal(m)) => assert!(m.contains("whatever on_rejected says"), "{m}"),
+            _ => panic!("{code} is fatal"),
+        }
+    }
     let mut headers = hyper::HeaderMap::new();
     headers.insert(hyper::header::RETRY_AFTER, "7".parse().unwrap());
     assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));

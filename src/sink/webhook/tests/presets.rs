@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::super::*;
-use crate::event::LiveEvent;
+use crate::event::{EventId, EventKind, EventSource, Id, LiveEvent};
+use crate::lsn::Lsn;
 use crate::sink::contract::event;
 
 fn ably() -> Format {
@@ -88,7 +89,7 @@ fn ably_publishes_runs_of_one_channel_with_indexed_ids() {
     assert_eq!(plans[0].path, "/prefix/channels/resources%2Fa/messages");
     assert_eq!(plans[1].path, "/prefix/channels/resources%2Fb%20c/messages");
     let first = body(&plans[0]);
-    let base_id = events[0].id.to_string().replace(':', ".");
+    let base_id = format!("{}..{}", events[0].id, events[1].id).replace(':', ".");
     assert_eq!(
         first,
         json!([
@@ -141,8 +142,9 @@ fn centrifugo_errors_in_a_200_are_retried_or_rejected() {
         body: Bytes::new(),
         events,
         refused: None,
+        refetch: vec![],
     };
-    let judge = |text: &str, n| centrifugo().judge(ok, None, text.as_bytes(), &plan(n));
+    let judge = |text: &str, n| centrifugo().judge(ok, None, Some(text.as_bytes()), &plan(n));
     assert!(judge(r#"{"result":{}}"#, 1).is_ok());
     assert!(matches!(
         judge(r#"{"error":{"code":100,"message":"internal"}}"#, 1),
@@ -167,14 +169,31 @@ fn centrifugo_errors_in_a_200_are_retried_or_rejected() {
         matches!(judge(batch_ok, 3), Err(Failure::Rejected(_))),
         "a reply missing"
     );
+    let temporary_first = r#"{"replies":[{"error":{"code":111,"message":"too many"}},
+        {"error":{"code":102,"message":"unknown channel"}}]}"#;
+    assert!(
+        matches!(judge(temporary_first, 2), Err(Failure::Retry(..))),
+        "a temporary error retries the request, whatever comes after it"
+    );
+    let permanent_first = r#"{"replies":[{"error":{"code":102,"message":"unknown channel"}},
+        {"error":{"code":100,"message":"internal"}}]}"#;
+    assert!(matches!(judge(permanent_first, 2), Err(Failure::Retry(..))));
     assert!(matches!(judge("<html>", 1), Err(Failure::Rejected(_))));
-    let unauthorized =
-        centrifugo().judge(StatusCode::UNAUTHORIZED, None, b"Unauthorized", &plan(1));
-    match unauthorized {
-        Err(Failure::Rejected(m)) => {
-            assert!(m.contains("centrifugo refused the credentials"), "{m}")
+    assert!(
+        matches!(
+            centrifugo().judge(ok, None, None, &plan(1)),
+            Err(Failure::Retry(..))
+        ),
+        "a 200 whose body is over the read limit"
+    );
+    for preset in [ably(), centrifugo(), Format::Pusher(pusher("1", "k", "s"))] {
+        let unauthorized = preset.judge(StatusCode::UNAUTHORIZED, None, Some(b"no"), &plan(1));
+        match unauthorized {
+            Err(Failure::Fatal(m)) => {
+                assert!(m.contains("refused the credentials"), "{m}")
+            }
+            _ => panic!("a 401 is fatal"),
         }
-        _ => panic!("a 401 is a rejection"),
     }
 }
 
@@ -213,7 +232,101 @@ fn pusher_sends_data_as_a_string_in_batches_of_at_most_10() {
             .refused
             .as_deref()
             .is_some_and(|m| m.contains("10240")),
-        "{refused:?}"
+        "only an event still over the limit without ids is refused: {refused:?}"
+    );
+}
+
+/// A coalesced event of `n` uuid ids (about 39 bytes each) on `resources/t`.
+fn bulk_update(n: usize, lsn: u64) -> LiveEvent {
+    let source = EventSource {
+        channel: "resources/t".into(),
+        schema: "public".into(),
+        table: "t".into(),
+        data_provider_name: None,
+    };
+    let ids: Vec<Id> = (0..n)
+        .map(|i| Id::Text(format!("00000000-0000-4000-8000-{i:012}").into()))
+        .collect();
+    let id = EventId {
+        commit_lsn: Lsn(lsn),
+        ordinal: 0,
+    };
+    LiveEvent::new(&source, EventKind::Updated, Some(&ids), id, 9, 0)
+}
+
+/// `event` as sent without its ids: `payload` empty, everything else the same.
+#[track_caller]
+fn assert_refetch_form_of(sent: &Value, event: &LiveEvent) {
+    let mut expected = event_json(event);
+    expected["payload"] = json!({});
+    assert_eq!(*sent, expected);
+}
+
+#[test]
+fn an_event_over_pushers_limit_goes_without_its_ids() {
+    let events = [event(1), bulk_update(1000, 0x2000), event(3)];
+    assert!(events[1].json.len() > 30_000);
+    let plans = Format::Pusher(pusher("1", "k", "s")).plan(&base(), &events, 10, 1 << 20);
+    assert_eq!(plans.len(), 1, "still batched with the others");
+    let p = &plans[0];
+    assert_eq!(
+        (p.refused.as_ref(), &p.refetch[..]),
+        (None, &[events[1].id][..])
+    );
+    let batch = body(p)["batch"].clone();
+    let data = |i: usize| serde_json::from_str::<Value>(batch[i]["data"].as_str().unwrap());
+    assert_refetch_form_of(&data(1).unwrap(), &events[1]);
+    assert_eq!(data(1).unwrap()["meta"]["id"], events[1].id.to_string());
+    assert_eq!(
+        data(0).unwrap(),
+        event_json(&events[0]),
+        "the others keep their ids"
+    );
+    assert_eq!(data(2).unwrap(), event_json(&events[2]));
+}
+
+#[test]
+fn ably_requests_stay_within_64_kib() {
+    // Three events of ~25 KB: never more than two in a request.
+    let events: Vec<LiveEvent> = (0..3).map(|i| bulk_update(600, 0x2000 + i)).collect();
+    let plans = ably().plan(&base(), &events, 10, 1 << 20);
+    assert!(plans.len() >= 2, "{}", plans.len());
+    assert_eq!(plans.iter().map(|p| p.events).sum::<usize>(), 3);
+    for p in &plans {
+        assert!(p.body.len() <= ably::MAX_BODY, "{}", p.body.len());
+        assert!(p.refetch.is_empty() && p.refused.is_none());
+    }
+    // An event over the limit alone goes without its ids, in order among the others.
+    let events = [event(1), bulk_update(2000, 0x3000), event(3)];
+    let plans = ably().plan(&base(), &events, 10, 1 << 20);
+    let sent: Vec<Value> = plans
+        .iter()
+        .flat_map(|p| body(p).as_array().unwrap().clone())
+        .map(|m| m["data"].clone())
+        .collect();
+    assert_eq!(sent.len(), 3);
+    assert_refetch_form_of(&sent[1], &events[1]);
+    assert_eq!(sent[0], event_json(&events[0]));
+    let marked: Vec<EventId> = plans.iter().flat_map(|p| p.refetch.clone()).collect();
+    assert_eq!(marked, [events[1].id]);
+}
+
+#[test]
+fn ably_ids_name_the_runs_content() {
+    let events = events_on(&["resources/a"; 3]);
+    let two = ably().plan(&base(), &events[..2], 10, 1 << 20);
+    let three = ably().plan(&base(), &events, 10, 1 << 20);
+    let first_id = |p: &Planned| body(p)[0]["id"].as_str().unwrap().to_owned();
+    assert_ne!(
+        first_id(&two[0]),
+        first_id(&three[0]),
+        "[A,B,C] after [A,B] must not look like a repeat to Ably"
+    );
+    assert_eq!(body(&three[0])[2]["id"], "0/1001.0..0/1003.0:2");
+    let one = ably().plan(&base(), &events[..1], 10, 1 << 20);
+    assert_eq!(
+        first_id(&one[0]),
+        format!("{}:0", ably::id_base(&events[0].id.to_string()))
     );
 }
 
@@ -246,8 +359,11 @@ fn probes_authenticate_without_publishing() {
         .probe(&url, None, 5)
         .unwrap();
     assert!(
+        p.target.starts_with(
+            "/prefix/apps/3/channels?auth_key=k&auth_timestamp=5&auth_version=1.0&auth_signature="
+        ),
+        "no body_md5 without a body, as Pusher's libraries sign a GET: {}",
         p.target
-            .starts_with("/prefix/apps/3/channels?auth_key=k&auth_timestamp=5&")
     );
     let denied = br#"{"error":{"code":40160,"statusCode":401,"message":"no capability"}}"#;
     assert!(
@@ -346,4 +462,85 @@ async fn each_preset_meets_the_sink_contract() {
     };
     contract(Format::Pusher(pusher("1", "k", "s")), pusher_data, 1).await;
     contract(Format::Pusher(pusher("1", "k", "s")), pusher_data, 4).await;
+}
+
+/// A server that reads one request per connection, writes `answer` and closes.
+async fn answering(answer: Vec<u8>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let complete = |got: &[u8]| {
+                    let text = String::from_utf8_lossy(got);
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        return false;
+                    };
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|n| n.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    body.len() >= length
+                };
+                while !complete(&got) {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket.write_all(&answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// What sending one event to a Centrifugo that answers `answer` gives.
+async fn centrifugo_answering(answer: Vec<u8>) -> SinkError {
+    let addr = answering(answer).await;
+    let config = WebhookSinkConfig {
+        url: format!("http://{addr}").parse().unwrap(),
+        format: centrifugo(),
+        channels: vec![],
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+        batch_max_events: 1,
+        batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+        on_rejected: OnRejected::Fail,
+        max_backoff: Duration::from_millis(10),
+    };
+    let lane = crate::sink::Lane::single();
+    let mut sink = WebhookSink::new(config, lane.status());
+    sink.connect().await.unwrap();
+    let batch = Arc::new(crate::sink::Batch {
+        seq: 1,
+        events: vec![event(1)],
+    });
+    match sink.send(batch).await {
+        Ok(_) => panic!("the answer was taken as an acknowledgement"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_cannot_be_read_is_retried() {
+    // The connection closes in the middle of the body.
+    let cut = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"res".to_vec();
+    let e = centrifugo_answering(cut).await;
+    assert!(e.retryable, "{}", e.message);
+    assert!(e.message.contains("reading the answer"), "{}", e.message);
+    // A 200 longer than the sink reads: Centrifugo's replies cannot be checked.
+    let mut long = b"HTTP/1.1 200 OK\r\ncontent-length: 2000000\r\n\r\n".to_vec();
+    long.extend(std::iter::repeat_n(b' ', 2_000_000));
+    let e = centrifugo_answering(long).await;
+    assert!(e.retryable, "{}", e.message);
+    assert!(e.message.contains("longer than"), "{}", e.message);
 }
