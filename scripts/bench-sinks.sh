@@ -24,7 +24,8 @@
 #             section also drains the backlog to stdout: the most any sink reaches in that run
 #
 #   pglive's fixed cost of starting, streaming from a new slot and confirming the backlog's end
-#   (~0.3 s, the same for every sink) would weigh on small runs: hence 200,000 changes.
+#   (~0.3 s, the same for every sink) would weigh on small runs: hence 200,000 changes, and a
+#   million (NATS_CHANGES, REDIS_CHANGES) for the sinks that take 100,000 or more a second.
 #
 #   scripts/bench-sinks.sh                 # 200,000 changes, 100-row transactions, 3 rounds
 #   CHANGES=20000 ROUNDS=1 SINKS="webhook redis" scripts/bench-sinks.sh
@@ -165,6 +166,7 @@ redis_count() {
   redis-cli -p "$redis_port" DEL "$1" >/dev/null
 }
 bench_redis() {
+  local CHANGES=${REDIS_CHANGES:-1000000}
   ceiling "$redis_tool" publish "$redis_url" ceiling "$CHANGES"
   row "$1" redis ceiling "$ceil_s" "$(redis_count ceiling)" 1.00
   # Redis alone outruns what PostgreSQL streams: pglive draining the same backlog to stdout
@@ -196,6 +198,7 @@ setup_nats() {
   nats_url="nats://127.0.0.1:$nats_port"
 }
 bench_nats() {
+  local CHANGES=${NATS_CHANGES:-1000000}
   "$nats_tool" reset "$nats_url" BENCH "pglive.>"
   ceiling "$nats_tool" publish "$nats_url" pglive.resources.bench "$CHANGES" "$NATS_WINDOW"
   row "$1" nats ceiling "$ceil_s" "$("$nats_tool" count "$nats_url" BENCH)" 1.00
