@@ -20,12 +20,13 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use pglive::event::{EventId, EventKind, EventSource, Id, LiveEvent};
-use pglive::lsn::Lsn;
 use pglive::sink::Batch;
 use pglive::sink::amqp::{InFlight, start_publish};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Result;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -95,32 +96,9 @@ async fn purge(url: &str, queue: &str) -> Result<()> {
 }
 
 async fn publish(url: &str, exchange: &str, n: u64, window: usize, bytes: usize) -> Result<()> {
-    let source = EventSource {
-        channel: "resources/bench".into(),
-        schema: "public".into(),
-        table: "bench".into(),
-        data_provider_name: None,
-    };
-    // Built before timing: the ceiling measures the broker and the client, not JSON.
     let batch = Arc::new(Batch {
         seq: 1,
-        events: (1..=n)
-            .map(|i| {
-                let id = EventId {
-                    commit_lsn: Lsn(0x5000_0000 + i * 200),
-                    ordinal: 0,
-                };
-                let ids = [Id::Int(i as i64)];
-                LiveEvent::new(
-                    &source,
-                    EventKind::Created,
-                    Some(&ids),
-                    id,
-                    1000 + i as u32,
-                    0,
-                )
-            })
-            .collect(),
+        events: common::events(n),
     });
     let (_conn, ch) = connect(url).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;

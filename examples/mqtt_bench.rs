@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use axum::extract::Query;
 use axum::routing::get;
-use pglive::event::{EventId, EventKind, EventSource, Id, LiveEvent};
-use pglive::lsn::Lsn;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Result;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,30 +87,7 @@ async fn serve(port: u16) -> Result<()> {
 }
 
 async fn publish(port: u16, n: u64, in_flight: u16) -> Result<()> {
-    let source = EventSource {
-        channel: "resources/bench".into(),
-        schema: "public".into(),
-        table: "bench".into(),
-        data_provider_name: None,
-    };
-    // Built before timing: the ceiling measures the broker and the client, not JSON.
-    let events: Vec<LiveEvent> = (1..=n)
-        .map(|i| {
-            let id = EventId {
-                commit_lsn: Lsn(0x5000_0000 + i * 200),
-                ordinal: 0,
-            };
-            let ids = [Id::Int(i as i64)];
-            LiveEvent::new(
-                &source,
-                EventKind::Created,
-                Some(&ids),
-                id,
-                1000 + i as u32,
-                0,
-            )
-        })
-        .collect();
+    let events = common::events(n);
     // As the sink sets up its client: a persistent session, the same window and queue.
     let mut options = MqttOptions::new("bench-ceiling", "127.0.0.1", port);
     options
@@ -125,7 +103,7 @@ async fn publish(port: u16, n: u64, in_flight: u16) -> Result<()> {
     let started = Instant::now();
     let publisher = tokio::spawn(async move {
         for event in &events {
-            let topic = source.channel.to_string();
+            let topic = event.channel.to_string();
             client
                 .publish(topic, QoS::AtLeastOnce, false, event.json.to_vec())
                 .await?;

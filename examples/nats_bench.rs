@@ -17,12 +17,13 @@ use std::time::Instant;
 
 use async_nats::jetstream::context::ContextBuilder;
 use async_nats::jetstream::stream::{Config, StorageType};
-use pglive::event::{EventId, EventKind, EventSource, Id, LiveEvent};
-use pglive::lsn::Lsn;
 use pglive::sink::Batch;
 use pglive::sink::nats::{PubAck, publish};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Result;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -84,27 +85,10 @@ async fn count(url: &str, stream: &str) -> Result<()> {
     Ok(())
 }
 
-/// N events as pglive makes them for one-row inserts into `public.bench`.
 fn events(n: u64) -> Arc<Batch> {
-    let source = EventSource {
-        channel: "resources/bench".into(),
-        schema: "public".into(),
-        table: "bench".into(),
-        data_provider_name: None,
-    };
     Arc::new(Batch {
         seq: 1,
-        events: (1..=n)
-            .map(|i| {
-                let id = EventId {
-                    commit_lsn: Lsn(0x5000_0000 + i * 200),
-                    ordinal: 0,
-                };
-                let ids = [Id::Int(i as i64)];
-                let kind = EventKind::Created;
-                LiveEvent::new(&source, kind, Some(&ids), id, 1000 + i as u32, 0)
-            })
-            .collect(),
+        events: common::events(n),
     })
 }
 

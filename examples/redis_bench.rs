@@ -10,10 +10,11 @@
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use pglive::event::{EventId, EventKind, EventSource, Id, LiveEvent};
-use pglive::lsn::Lsn;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Result;
 
 /// pglive's full batch, and the transactions the sink keeps in flight.
 const BATCH: usize = 1024;
@@ -37,35 +38,9 @@ fn main() -> Result<()> {
     })
 }
 
-fn events(n: u64) -> Vec<LiveEvent> {
-    let source = EventSource {
-        channel: "resources/bench".into(),
-        schema: "public".into(),
-        table: "bench".into(),
-        data_provider_name: None,
-    };
-    (1..=n)
-        .map(|i| {
-            let id = EventId {
-                commit_lsn: Lsn(0x5000_0000 + i * 200),
-                ordinal: 0,
-            };
-            let ids = [Id::Int(i as i64)];
-            LiveEvent::new(
-                &source,
-                EventKind::Created,
-                Some(&ids),
-                id,
-                1000 + i as u32,
-                0,
-            )
-        })
-        .collect()
-}
-
 async fn publish(url: &str, key: &str, n: u64) -> Result<()> {
     // Built before timing: the ceiling measures Redis and the client, not JSON.
-    let events = events(n);
+    let events = common::events(n);
     let conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;

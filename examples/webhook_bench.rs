@@ -18,11 +18,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use pglive::event::{EventId, EventKind, EventSource, Id, LiveEvent};
-use pglive::lsn::Lsn;
 use pglive::sink::webhook::Secret;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+#[path = "common/mod.rs"]
+mod common;
+
+use common::Result;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,30 +68,7 @@ async fn serve() -> Result<()> {
 async fn publish(url: &str, secret: &str, n: u64) -> Result<()> {
     let url: url::Url = url.parse()?;
     let secret = Secret::parse(secret)?;
-    let source = EventSource {
-        channel: "resources/bench".into(),
-        schema: "public".into(),
-        table: "bench".into(),
-        data_provider_name: None,
-    };
-    // Built before timing: the ceiling measures the receiver and the client, not JSON.
-    let events: Vec<LiveEvent> = (1..=n)
-        .map(|i| {
-            let id = EventId {
-                commit_lsn: Lsn(0x5000_0000 + i * 200),
-                ordinal: 0,
-            };
-            let ids = [Id::Int(i as i64)];
-            LiveEvent::new(
-                &source,
-                EventKind::Created,
-                Some(&ids),
-                id,
-                1000 + i as u32,
-                0,
-            )
-        })
-        .collect();
+    let events = common::events(n);
     let host = url.host_str().unwrap_or_default().to_owned();
     let port = url.port_or_known_default().unwrap_or(80);
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;

@@ -15,6 +15,8 @@ pub mod mqtt;
 pub mod nats;
 pub mod redis;
 pub mod stdout;
+pub mod template;
+pub mod tls;
 pub mod webhook;
 pub mod websocket;
 

@@ -323,7 +323,7 @@ fn tls_config(config: &MqttSinkConfig) -> Result<Option<Arc<rustls::ClientConfig
     if !config.url.tls {
         return Ok(None);
     }
-    let tls = crate::sink::webhook::tls_config(config.ca_file.as_deref())
+    let tls = crate::sink::tls::client_config(config.ca_file.as_deref())
         .map_err(|e| SinkError::fatal(NAME, format!("{}: {e}", config.url)))?;
     Ok(Some(Arc::new(tls)))
 }

@@ -34,6 +34,7 @@ use redis::{AsyncConnectionConfig, RedisError, Value};
 
 use super::{Batch, Delivery, Sink, SinkError, delivered};
 use crate::event::LiveEvent;
+use crate::sink::template::{self, Field, Part};
 
 pub const NAME: &str = "redis";
 /// How long a connection attempt, or an answer to a batch, may take.
@@ -112,49 +113,18 @@ impl fmt::Debug for RedisUrl {
     }
 }
 
-/// A stream key, or a key template with `{channel}`, `{schema}` and `{table}` in it.
+/// A stream key, or a key template with `{channel}`, `{schema}` and `{table}` in it (their
+/// values as they are).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTemplate(Vec<Part>);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    Channel,
-    Schema,
-    Table,
-}
 
 impl KeyTemplate {
     pub fn parse(text: &str) -> Result<KeyTemplate, String> {
         if text.is_empty() {
             return Err("must not be empty".into());
         }
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find(['{', '}']) {
-            if rest[open..].starts_with('}') {
-                return Err("has a } without its {".into());
-            }
-            let close = rest[open..].find('}').ok_or("has a { without its }")? + open;
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            parts.push(match &rest[open + 1..close] {
-                "channel" => Part::Channel,
-                "schema" => Part::Schema,
-                "table" => Part::Table,
-                other => {
-                    return Err(format!(
-                        "{{{other}}} is not a placeholder; use {{channel}}, {{schema}} or {{table}}"
-                    ));
-                }
-            });
-            rest = &rest[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        Ok(KeyTemplate(parts))
+        let fields = [Field::Channel, Field::Schema, Field::Table];
+        Ok(KeyTemplate(template::parse(text, &fields)?))
     }
 
     /// The key, when it is the same for every event.
@@ -171,9 +141,10 @@ impl KeyTemplate {
         for part in &self.0 {
             out.push_str(match part {
                 Part::Text(t) => t,
-                Part::Channel => &event.channel,
-                Part::Schema => &event.schema,
-                Part::Table => &event.table,
+                Part::Field(Field::Channel) => &event.channel,
+                Part::Field(Field::Schema) => &event.schema,
+                Part::Field(Field::Table) => &event.table,
+                Part::Field(Field::Type) => event.kind.as_str(),
             });
         }
     }

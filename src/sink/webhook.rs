@@ -36,8 +36,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use sha2::Sha256;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -46,6 +45,7 @@ pub use centrifugo::DEFAULT_SEPARATOR as CENTRIFUGO_SEPARATOR;
 pub use format::{ChannelMap, Format, Key, Planned};
 pub use pusher::{DEFAULT_SEPARATOR as PUSHER_SEPARATOR, MAX_BATCH as PUSHER_MAX_BATCH, Pusher};
 
+use super::tls::client_config;
 use super::{Batch, Delivery, Sink, SinkError, delivered};
 use crate::checkpoint::Seq;
 use crate::status::{SinkStatus, lock, metric};
@@ -364,30 +364,6 @@ pub fn shown(url: &url::Url) -> String {
     format!("{}{rest}", url.origin().ascii_serialization())
 }
 
-/// The TLS settings for `https://`: the system's roots and `ca_file`'s.
-pub(crate) fn tls_config(
-    ca_file: Option<&std::path::Path>,
-) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let err = |e: String| format!("cannot read ca_file {}: {e}", path.display());
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
-            roots
-                .add(cert.map_err(|e| err(e.to_string()))?)
-                .map_err(|e| err(e.to_string()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
 /// Opens a connection to the URL's host: TCP, TLS for `https://` (with `tls`, or settings
 /// built here), then HTTP/1.1.
 async fn open(
@@ -409,7 +385,7 @@ async fn open(
     if url.scheme() == "https" {
         let tls = match tls {
             Some(tls) => tls,
-            None => Arc::new(tls_config(config.ca_file.as_deref()).map_err(Failure::Fatal)?),
+            None => Arc::new(client_config(config.ca_file.as_deref()).map_err(Failure::Fatal)?),
         };
         let name = ServerName::try_from(
             host.trim_start_matches('[')
@@ -497,7 +473,7 @@ impl Sink for WebhookSink {
         }
         self.conn = None;
         if self.config.url.scheme() == "https" && self.tls.is_none() {
-            let tls = tls_config(self.config.ca_file.as_deref())
+            let tls = client_config(self.config.ca_file.as_deref())
                 .map_err(|e| self.error(Failure::Fatal(e)))?;
             self.tls = Some(Arc::new(tls));
         }

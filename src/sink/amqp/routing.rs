@@ -2,6 +2,7 @@
 //! once from the configuration and rendered per event.
 
 use crate::event::EventKind;
+use crate::sink::template::{self, Field, Part};
 
 /// Longest routing key AMQP allows (a short string).
 pub const MAX_ROUTING_KEY_BYTES: usize = 255;
@@ -9,19 +10,6 @@ pub const MAX_ROUTING_KEY_BYTES: usize = 255;
 /// The default template: the channel with `/` turned into `.` (`resources/products` →
 /// `resources.products`), so that topic bindings such as `resources.*` work.
 pub const DEFAULT_TEMPLATE: &str = "{channel}";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Text(String),
-    /// The channel, `/` replaced by `.`.
-    Channel,
-    /// The schema, `.` replaced by `_` (a dot would add a word to the key).
-    Schema,
-    /// The table, `.` replaced by `_`.
-    Table,
-    /// `created`, `updated`, `deleted`, or `*` (the slot was recreated: refetch everything).
-    Type,
-}
 
 /// A parsed routing-key template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,36 +21,9 @@ impl RoutingKey {
     /// Parses a template of literal text and the placeholders `{channel}`, `{schema}`,
     /// `{table}` and `{type}`.
     pub fn parse(template: &str) -> Result<RoutingKey, String> {
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find(['{', '}']) {
-            if rest.as_bytes()[open] == b'}' {
-                return Err(format!("{template:?}: unmatched `}}`"));
-            }
-            if open > 0 {
-                parts.push(Part::Text(rest[..open].to_owned()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("{template:?}: unmatched `{{`"))?;
-            parts.push(match &after[..close] {
-                "channel" => Part::Channel,
-                "schema" => Part::Schema,
-                "table" => Part::Table,
-                "type" => Part::Type,
-                other => {
-                    return Err(format!(
-                        "{template:?}: unknown placeholder {{{other}}}; use {{channel}}, {{schema}}, {{table}} or {{type}}"
-                    ));
-                }
-            });
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Text(rest.to_owned()));
-        }
-        Ok(RoutingKey { parts })
+        Ok(RoutingKey {
+            parts: template::parse(template, &Field::ALL)?,
+        })
     }
 
     /// The routing key for an event of `kind` from `schema.table` on `channel`, into `out`.
@@ -78,12 +39,14 @@ impl RoutingKey {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Channel => {
+                // The channel with `/` turned into `.`; a dot in the schema or the table
+                // would add a word to the key, so it becomes `_`.
+                Part::Field(Field::Channel) => {
                     out.extend(channel.chars().map(|c| if c == '/' { '.' } else { c }))
                 }
-                Part::Schema => push_word(out, schema),
-                Part::Table => push_word(out, table),
-                Part::Type => out.push_str(kind.as_str()),
+                Part::Field(Field::Schema) => push_word(out, schema),
+                Part::Field(Field::Table) => push_word(out, table),
+                Part::Field(Field::Type) => out.push_str(kind.as_str()),
             }
         }
     }

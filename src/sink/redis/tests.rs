@@ -128,9 +128,10 @@ fn key_templates_put_the_channel_schema_and_table_in_place() {
     assert_eq!(t.fixed(), Some("pglive:events"));
     for (bad, why) in [
         ("", "empty"),
-        ("a{chanel}", "{chanel} is not a placeholder"),
-        ("a{channel", "{ without its }"),
-        ("a}b", "} without its {"),
+        ("a{chanel}", "unknown placeholder {chanel}"),
+        ("a{type}", "unknown placeholder {type}"),
+        ("a{channel", "unmatched `{`"),
+        ("a}b", "unmatched `}`"),
     ] {
         let e = KeyTemplate::parse(bad).unwrap_err();
         assert!(e.contains(why), "{bad}: {e}");
