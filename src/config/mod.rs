@@ -30,6 +30,7 @@ pub use issues::{ConfigError, Issue};
 pub use ops::{LogFormat, OpsConfig};
 pub use postgres::{OnSlotLost, PostgresConfig};
 pub use raw::parse_duration;
+pub use relay::{DEFAULT_PREFETCH, DEFAULT_STREAM, MAX_PREFETCH, StreamConfig};
 pub use sinks::SinkConfig;
 
 use issues::{Issues, env_var_name};
@@ -133,7 +134,7 @@ fn layered(path: Option<&Path>) -> Result<Figment, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// The RabbitMQ stream the node reads.
-    pub stream: crate::relay::StreamConfig,
+    pub stream: StreamConfig,
     /// The WebSocket server it runs: the in-process relay's settings.
     pub websocket: crate::sink::websocket::WsSinkConfig,
     pub tables: Vec<TableRule>,

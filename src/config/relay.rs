@@ -4,14 +4,33 @@
 //! connects to PostgreSQL, so `[postgres]` is refused rather than ignored.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::issues::Issues;
 use super::raw::{RawDuration, at_least_one, duration, read_secret_file};
 use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF};
-use crate::relay::{DEFAULT_PREFETCH, DEFAULT_STREAM, MAX_PREFETCH, StreamConfig};
 use crate::sink::amqp::AmqpUrl;
+
+/// The stream a relay node reads unless told otherwise (and the name the docs use).
+pub const DEFAULT_STREAM: &str = "pglive.live";
+/// Deliveries the broker may send ahead of the node's acknowledgements.
+pub const DEFAULT_PREFETCH: usize = 1000;
+/// `basic.qos` takes a 16-bit count.
+pub const MAX_PREFETCH: usize = u16::MAX as usize;
+
+/// `[relay]`: the RabbitMQ stream a node reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    pub url: AmqpUrl,
+    /// PEM certificates to trust for `amqps://`, besides the system's.
+    pub ca_file: Option<PathBuf>,
+    pub stream: String,
+    pub prefetch: u16,
+    pub connect_timeout: Duration,
+    pub max_backoff: Duration,
+}
 
 #[derive(Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]

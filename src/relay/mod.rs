@@ -13,7 +13,6 @@
 mod stream;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,29 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RelayConfig;
+pub use crate::config::{DEFAULT_PREFETCH, DEFAULT_STREAM, StreamConfig};
 use crate::shutdown::ShutdownBudget;
-use crate::sink::amqp::AmqpUrl;
 use crate::sink::websocket::{self, Relay};
 use crate::status::Status;
-
-/// The stream a relay node reads unless told otherwise (and the name the docs use).
-pub const DEFAULT_STREAM: &str = "pglive.live";
-/// Deliveries the broker may send ahead of the node's acknowledgements.
-pub const DEFAULT_PREFETCH: usize = 1000;
-/// `basic.qos` takes a 16-bit count.
-pub const MAX_PREFETCH: usize = u16::MAX as usize;
-
-/// `[relay]`: the RabbitMQ stream a node reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamConfig {
-    pub url: AmqpUrl,
-    /// PEM certificates to trust for `amqps://`, besides the system's.
-    pub ca_file: Option<PathBuf>,
-    pub stream: String,
-    pub prefetch: u16,
-    pub connect_timeout: Duration,
-    pub max_backoff: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

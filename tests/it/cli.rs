@@ -336,7 +336,9 @@ fn the_relay_example_configuration_is_valid() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example"),
     )
     .unwrap();
-    let err = pglive::config::relay_from_toml(&source).unwrap_err().to_string();
+    let err = pglive::config::relay_from_toml(&source)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("postgres") && err.contains("relay"), "{err}");
     let err = pglive::config::from_toml(&text).unwrap_err().to_string();
     assert!(err.contains("pglive relay"), "{err}");
