@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use crate::config::{Config, OnSlotLost, PostgresConfig, SinkConfig};
+use crate::config::{Config, OnSlotLost, PostgresConfig, RelayConfig, SinkConfig};
 use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog::{self, SlotInfo};
@@ -91,6 +91,52 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         out.push(Finding::fail(
             format!("a check query failed: {e}"),
             "make sure the role can read pg_catalog views",
+        ));
+    }
+    out
+}
+
+/// `pglive check` of a relay node's file: its warnings, its listeners, and the broker with
+/// its stream.
+pub async fn relay(config: &RelayConfig) -> Vec<Finding> {
+    let mut out: Vec<Finding> = config
+        .warnings
+        .iter()
+        .map(|w| Finding {
+            level: Level::Warn,
+            what: w.to_string(),
+            fix: None,
+        })
+        .collect();
+    let stream = &config.stream;
+    out.push(match crate::relay::probe(stream).await {
+        Ok(()) => Finding::ok(format!(
+            "relay: connected to {}; stream {:?} exists",
+            stream.url, stream.stream
+        )),
+        Err(e) => Finding::fail(
+            format!(
+                "relay: cannot read stream {:?} at {}: {e}",
+                stream.stream, stream.url
+            ),
+            "check relay.url (host, port, user, password, vhost) and relay.stream, and that \
+             the source runs with an amqp sink that has the same `stream`",
+        ),
+    });
+    out.push(
+        sink(
+            0,
+            &SinkConfig::WebSocket(Box::new(config.websocket.clone())),
+        )
+        .await,
+    );
+    if let Some(listen) = config.ops.listen {
+        out.push(bind_probe(
+            listen,
+            "ops.listen",
+            format!("ops endpoints can listen on {listen}"),
+            format!("ops.listen {listen}"),
+            "ops.listen",
         ));
     }
     out

@@ -109,8 +109,12 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Relay { config } = &cli.command {
-        return relay_main(&config.config, cli.log_format.as_deref());
+    match &cli.command {
+        Command::Relay { config } => return relay_main(&config.config, false, cli.log_format),
+        Command::Check { config } if config::is_relay_file(&config.config) => {
+            return relay_main(&config.config, true, cli.log_format);
+        }
+        _ => {}
     }
     let path = match &cli.command {
         Command::Run { config, .. }
@@ -187,8 +191,9 @@ fn log_format(flag: Option<&str>, configured: LogFormat) -> LogFormat {
 }
 
 /// `pglive relay`: a relay node on a multi-threaded runtime — it has no source to keep in
-/// order, and fanning out to thousands of sockets uses every core.
-fn relay_main(path: &std::path::Path, log_flag: Option<&str>) -> ExitCode {
+/// order, and fanning out to thousands of sockets uses every core. With `check`, `pglive
+/// check` of a relay node's file.
+fn relay_main(path: &std::path::Path, check: bool, log_flag: Option<String>) -> ExitCode {
     let config = match config::load_relay(Some(path)) {
         Ok(c) => c,
         Err(e) => {
@@ -197,11 +202,13 @@ fn relay_main(path: &std::path::Path, log_flag: Option<&str>) -> ExitCode {
         }
     };
     init_logging(
-        log_format(log_flag, config.ops.log_format),
+        log_format(log_flag.as_deref(), config.ops.log_format),
         config.ops.log_level.as_deref(),
     );
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
+    if !check {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -213,6 +220,10 @@ fn relay_main(path: &std::path::Path, log_flag: Option<&str>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if check {
+        let findings = runtime.block_on(pglive::check::relay(&config));
+        return report(&findings);
+    }
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone(), config.ops.shutdown_timeout));
@@ -280,20 +291,24 @@ async fn watch_signals(shutdown: CancellationToken, limit: std::time::Duration) 
 }
 
 async fn check(config: &Config) -> anyhow::Result<ExitCode> {
-    let findings = pglive::check::run(config).await;
-    for f in &findings {
+    Ok(report(&pglive::check::run(config).await))
+}
+
+/// Prints `check`'s findings; fails when one failed.
+fn report(findings: &[pglive::check::Finding]) -> ExitCode {
+    for f in findings {
         println!("{f}");
     }
     let failed = findings.iter().filter(|f| f.level == Level::Fail).count();
     if failed == 0 {
         println!("all checks passed");
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         println!(
             "{failed} check{} failed",
             if failed == 1 { "" } else { "s" }
         );
-        Ok(ExitCode::from(1))
+        ExitCode::from(1)
     }
 }
 

@@ -142,6 +142,13 @@ pub struct RelayConfig {
     pub warnings: Vec<Issue>,
 }
 
+/// Whether the file at `path` configures a relay node (it has a `[relay]` section).
+pub fn is_relay_file(path: &Path) -> bool {
+    Figment::from(Toml::file_exact(path))
+        .extract::<Dict>()
+        .is_ok_and(|top| top.contains_key("relay"))
+}
+
 /// Loads a relay node's `path` (if given) and the `PGLIVE_*` environment, and validates it.
 pub fn load_relay(path: Option<&Path>) -> Result<RelayConfig, ConfigError> {
     relay_from_figment(layered(path)?, true)

@@ -113,3 +113,8 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
     result.map_err(NodeError::Stream)
 }
+
+/// Whether the node's broker takes its connection and has its stream: `pglive check`.
+pub async fn probe(config: &StreamConfig) -> Result<(), String> {
+    stream::probe(config).await
+}

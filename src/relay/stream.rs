@@ -260,6 +260,23 @@ impl Reader {
     }
 }
 
+/// Connects, looks the stream up and closes: what `pglive check` asks of the broker.
+pub(super) async fn probe(config: &StreamConfig) -> Result<(), String> {
+    let message = |f: Failure| match f {
+        Failure::Fatal(m) | Failure::Retry(m) => m,
+    };
+    let conn = connect_to(
+        &config.url,
+        config.ca_file.as_deref(),
+        config.connect_timeout,
+    )
+    .await
+    .map_err(message)?;
+    let found = open(&conn, &config.stream, 1).await.map(|_| ());
+    let _ = conn.close(200, "check done".into()).await;
+    found.map_err(message)
+}
+
 /// A channel on `name`, checked to exist, with the consumer prefetch streams require.
 async fn open(conn: &Connection, name: &str, prefetch: u16) -> Result<Channel, Failure> {
     let channel = conn

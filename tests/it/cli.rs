@@ -345,6 +345,41 @@ fn the_relay_example_configuration_is_valid() {
 }
 
 #[test]
+fn check_on_a_relay_file_looks_for_the_stream() {
+    let mq = crate::support::broker::Vhost::new("check_relay");
+    let config = |stream: &str| {
+        format!(
+            "[relay]\nurl = \"{}\"\nstream = \"{stream}\"\n\
+             [[sinks]]\ntype = \"websocket\"\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\
+             allowed_origins = [\"http://localhost\"]\n[[tables]]\nname = \"t\"\n",
+            mq.url()
+        )
+    };
+    let (code, out, err) = pglive(&["check"], &config("missing.live"));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("FAIL  relay: cannot read stream \"missing.live\"")
+            && out.contains("does not exist")
+            && out.contains("amqp sink"),
+        "{out}"
+    );
+    mq.queue_with("checks", "present.live", "#", {
+        let mut args = lapin::types::FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("stream".into()),
+        );
+        args
+    });
+    let (code, out, err) = pglive(&["check"], &config("present.live"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    relay: connected to") && out.contains("stream \"present.live\" exists"),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_reports_on_each_sink() {
     let db = TestDb::new("checksinks");
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
