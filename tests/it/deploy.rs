@@ -1,6 +1,7 @@
-//! The deployment files (`deploy/`): the systemd unit passes `systemd-analyze verify` with
-//! the built binary and keeps its hardening, every Kubernetes manifest passes strict schema
-//! validation, broken copies of them do not, and the ConfigMap holds a configuration pglive
+//! The deployment files (`deploy/`): the systemd units (the source's, and the relay nodes'
+//! template) pass `systemd-analyze verify` with the built binary and keep their hardening,
+//! every Kubernetes manifest (the source's and the relay nodes') passes strict schema
+//! validation, broken copies of them do not, and the ConfigMaps hold configurations pglive
 //! accepts. `scripts/validate-deploy.sh` does the checking and installs its tools if missing.
 
 use std::path::Path;
@@ -30,43 +31,51 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap()
 }
 
-/// A temporary copy of `deploy/kubernetes` with `deployment.yaml`'s `from` replaced by `to`.
-fn broken_manifests(from: &str, to: &str) -> tempfile::TempDir {
+/// A temporary copy of the manifests in `src` (its files, not its subdirectories) with
+/// `file`'s `from` replaced by `to`.
+fn broken_manifests(src: &str, file: &str, from: &str, to: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(ROOT).join("deploy/kubernetes");
-    for entry in std::fs::read_dir(&src).unwrap() {
+    for entry in std::fs::read_dir(Path::new(ROOT).join(src)).unwrap() {
         let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
     }
-    let deployment = dir.path().join("deployment.yaml");
-    let text = std::fs::read_to_string(&deployment).unwrap();
-    assert!(text.contains(from), "deployment.yaml has {from:?}");
-    std::fs::write(&deployment, text.replacen(from, to, 1)).unwrap();
+    let broken = dir.path().join(file);
+    let text = std::fs::read_to_string(&broken).unwrap();
+    assert!(text.contains(from), "{src}/{file} has {from:?}");
+    std::fs::write(&broken, text.replacen(from, to, 1)).unwrap();
     dir
 }
 
 #[test]
-fn the_systemd_unit_verifies_and_stays_hardened() {
+fn the_systemd_units_verify_and_stay_hardened() {
     let (ok, out) = validate("systemd", &[]);
     assert!(ok, "{out}");
-    assert!(
-        out.contains("verify: deploy/systemd/pglive.service OK"),
-        "{out}"
-    );
-    assert!(out.contains("overall exposure"), "{out}");
+    for unit in ["pglive.service", "pglive-relay@.service"] {
+        assert!(
+            out.contains(&format!("verify: deploy/systemd/{unit} OK")),
+            "{out}"
+        );
+    }
+    // The template is checked as an instance, as systemctl starts it.
+    for unit in ["pglive.service", "pglive-relay@a.service"] {
+        assert!(out.contains(&format!("{unit}: overall exposure")), "{out}");
+    }
 }
 
-#[test]
-fn a_mistake_in_the_unit_fails_verification() {
+/// A mistake in the unit `name` (written to a temporary file of that name and given to the
+/// script as `var`) fails verification, and so does the unit with some hardening dropped.
+fn a_mistake_in_a_unit_fails_verification(name: &str, var: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("pglive.service");
-    let text = read("deploy/systemd/pglive.service");
+    let unit = dir.path().join(name);
+    let text = read(&format!("deploy/systemd/{name}"));
     std::fs::write(
         &unit,
         text.replacen("NotifyAccess=main", "NotifyAcess=main", 1),
     )
     .unwrap();
-    let (ok, out) = validate("systemd", &[("DEPLOY_UNIT", &unit)]);
+    let (ok, out) = validate("systemd", &[(var, &unit)]);
     assert!(!ok, "a misspelled key must fail: {out}");
     assert!(out.contains("NotifyAcess"), "{out}");
 
@@ -77,16 +86,66 @@ fn a_mistake_in_the_unit_fails_verification() {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&unit, weaker).unwrap();
-    let (ok, out) = validate("systemd", &[("DEPLOY_UNIT", &unit)]);
+    let (ok, out) = validate("systemd", &[(var, &unit)]);
     assert!(!ok, "a weaker unit must fail: {out}");
     assert!(out.contains("is above"), "{out}");
+}
+
+#[test]
+fn a_mistake_in_the_unit_fails_verification() {
+    a_mistake_in_a_unit_fails_verification("pglive.service", "DEPLOY_UNIT");
+}
+
+#[test]
+fn a_mistake_in_the_relay_unit_fails_verification() {
+    a_mistake_in_a_unit_fails_verification("pglive-relay@.service", "DEPLOY_RELAY_UNIT");
 }
 
 #[test]
 fn the_kubernetes_manifests_pass_strict_validation() {
     let (ok, out) = validate("kubernetes", &[]);
     assert!(ok, "{out}");
-    assert!(out.contains("manifests OK"), "{out}");
+    for dir in ["deploy/kubernetes", "deploy/kubernetes/relay"] {
+        assert!(out.contains(&format!("manifests in {dir} OK")), "{out}");
+        assert!(
+            out.contains(&format!("{dir}/kustomization.yaml OK")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn a_broken_relay_manifest_fails_validation() {
+    for (file, from, to, named) in [
+        // A misspelled field (only strict validation catches it).
+        ("deployment.yaml", "maxSurge:", "maxSurg:", "maxSurg"),
+        // A value of the wrong type.
+        (
+            "hpa.yaml",
+            "averageUtilization: 70",
+            "averageUtilization: \"70%\"",
+            "'70%' is not of type",
+        ),
+        // An API version Kubernetes does not have (the validator only warns).
+        (
+            "hpa.yaml",
+            "apiVersion: autoscaling/v2",
+            "apiVersion: autoscaling/v3",
+            "autoscaling/v3",
+        ),
+        // A manifest kustomization.yaml does not apply.
+        (
+            "kustomization.yaml",
+            "  - hpa.yaml\n",
+            "",
+            "hpa.yaml is not listed",
+        ),
+    ] {
+        let dir = broken_manifests("deploy/kubernetes/relay", file, from, to);
+        let (ok, out) = validate("kubernetes", &[("DEPLOY_K8S_RELAY", dir.path())]);
+        assert!(!ok, "{to:?} in {file} must fail: {out}");
+        assert!(out.contains(named), "{to:?} in {file}: {out}");
+    }
 }
 
 #[test]
@@ -103,7 +162,7 @@ fn a_broken_deployment_fails_validation() {
         // An API version Kubernetes does not have (the validator only warns).
         ("apiVersion: apps/v1", "apiVersion: apps/v2", "apps/v2"),
     ] {
-        let dir = broken_manifests(from, to);
+        let dir = broken_manifests("deploy/kubernetes", "deployment.yaml", from, to);
         let (ok, out) = validate("kubernetes", &[("DEPLOY_K8S", dir.path())]);
         assert!(!ok, "{to:?} must fail: {out}");
         assert!(out.contains(named), "{to:?}: {out}");
