@@ -4,6 +4,7 @@
 //! validation, broken copies of them do not, and the ConfigMaps hold configurations pglive
 //! accepts. `scripts/validate-deploy.sh` does the checking and installs its tools if missing.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -169,14 +170,15 @@ fn a_broken_deployment_fails_validation() {
     }
 }
 
-/// `pglive.toml` as embedded in the ConfigMap, with its secrets read from `secrets`.
-fn configmap_toml(secrets: &Path) -> String {
-    let yaml = read("deploy/kubernetes/configmap.yaml");
+/// The file `key` as embedded in the ConfigMap `manifest`, with the secrets mounted at `mount`
+/// read from `secrets` instead.
+fn configmap_toml(manifest: &str, key: &str, mount: &str, secrets: &Path) -> String {
+    let yaml = read(manifest);
     let indent_of = |l: &str| l.len() - l.trim_start().len();
     let start = yaml
         .lines()
-        .position(|l| l.trim() == "pglive.toml: |")
-        .expect("configmap.yaml has pglive.toml");
+        .position(|l| l.trim() == format!("{key}: |"))
+        .unwrap_or_else(|| panic!("{manifest} has {key}"));
     let key_indent = indent_of(yaml.lines().nth(start).unwrap());
     let body: Vec<&str> = yaml
         .lines()
@@ -193,45 +195,92 @@ fn configmap_toml(secrets: &Path) -> String {
         .iter()
         .map(|l| format!("{}\n", l.get(indent..).unwrap_or("")))
         .collect();
-    toml.replace("/run/secrets/pglive", secrets.to_str().unwrap())
+    toml.replace(mount, secrets.to_str().unwrap())
+}
+
+/// The source's `pglive.toml`, with its secrets read from `secrets`.
+fn source_toml(secrets: &Path) -> String {
+    configmap_toml(
+        "deploy/kubernetes/configmap.yaml",
+        "pglive.toml",
+        "/run/secrets/pglive",
+        secrets,
+    )
+}
+
+/// The relay nodes' `relay.toml`, with their secrets read from `secrets`.
+fn relay_toml(secrets: &Path) -> String {
+    configmap_toml(
+        "deploy/kubernetes/relay/configmap.yaml",
+        "relay.toml",
+        "/run/secrets/pglive-relay",
+        secrets,
+    )
+}
+
+/// The lines of `toml` that are `[[tables]]` entries (comments and blank lines left out).
+fn tables_of(toml: &str) -> Vec<&str> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == "[[tables]]";
+        }
+        if inside && !line.is_empty() && !line.starts_with('#') {
+            out.push(line);
+        }
+    }
+    out
 }
 
 #[test]
 fn the_configmap_holds_a_valid_configuration() {
     let secrets = tempfile::tempdir().unwrap();
-    let write = |name: &str, value: &str| {
-        std::fs::write(secrets.path().join(name), value).unwrap();
-    };
-    write("postgres-password", "pw");
-    write("jwt-secret", "0123456789abcdef0123456789abcdef");
-    let config = pglive::config::from_toml(&configmap_toml(secrets.path()))
-        .unwrap_or_else(|e| panic!("{e}"));
+    for (name, value) in [
+        ("postgres-password", "pw"),
+        ("amqp-password", "pw"),
+        ("amqp-ca.crt", "a certificate"),
+    ] {
+        let path = secrets.path().join(name);
+        std::fs::write(&path, value).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let config =
+        pglive::config::from_toml(&source_toml(secrets.path())).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.ops.listen, Some("0.0.0.0:9187".parse().unwrap()));
-    let relay = config.sinks.iter().find_map(|s| match s {
-        SinkConfig::WebSocket(ws) => Some(ws),
-        _ => None,
-    });
-    assert_eq!(
-        relay.expect("a websocket sink").listen,
-        "0.0.0.0:8080".parse().unwrap()
-    );
+    // The source only publishes into the stream, over TLS verified against the broker's CA.
+    let [SinkConfig::Amqp(amqp)] = config.sinks.as_slice() else {
+        panic!("one amqp sink: {:?}", config.sinks);
+    };
+    assert_eq!(amqp.ca_file, Some(secrets.path().join("amqp-ca.crt")));
+    let stream = amqp.stream.as_ref().expect("the amqp sink feeds a stream");
+    assert_eq!(stream.name, "pglive.live");
     // The server's certificate is verified, against the CA mounted from the Secret.
     let conn = &config.postgres.conn;
     assert_eq!(conn.sslmode, pglive::source::conninfo::SslMode::VerifyFull);
     assert_eq!(conn.sslrootcert, Some(secrets.path().join("ca.crt")));
     assert!(!conn.allow_insecure_password);
-    assert!(
-        !config.warnings.iter().any(|w| w.key == "postgres.url"),
-        "{:?}",
-        config.warnings
-    );
-    assert!(read("deploy/kubernetes/secret.example.yaml").contains("\n  ca.crt: |"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    let secret = read("deploy/kubernetes/secret.example.yaml");
+    for key in [
+        "postgres-password",
+        "ca.crt",
+        "amqp-password",
+        "amqp-ca.crt",
+    ] {
+        assert!(
+            secret.contains(&format!("\n  {key}: ")),
+            "{key} in {secret}"
+        );
+    }
 
-    // The example Secret's placeholder is too short a key: pglive refuses to start with it.
-    write("jwt-secret", "change-me");
-    let err = pglive::config::from_toml(&configmap_toml(secrets.path())).unwrap_err();
-    assert!(err.to_string().contains("jwt_secret_file"), "{err}");
-    assert!(read("deploy/kubernetes/secret.example.yaml").contains("jwt-secret: change-me"));
+    // Nothing connects to the source but Prometheus: browsers go to the relay nodes.
+    for file in [
+        "deploy/kubernetes/deployment.yaml",
+        "deploy/kubernetes/service.yaml",
+    ] {
+        assert!(!read(file).contains("8080"), "{file} has no WebSocket port");
+    }
 
     // The image, the Deployment and the unit all run the file the ConfigMap is mounted as.
     let path = "/etc/pglive/pglive.toml";
@@ -243,4 +292,16 @@ fn the_configmap_holds_a_valid_configuration() {
         assert!(read(file).contains(path), "{file} runs {path}");
     }
     assert!(read("deploy/kubernetes/deployment.yaml").contains("mountPath: /etc/pglive\n"));
+}
+
+#[test]
+fn the_relay_nodes_serve_what_the_source_publishes() {
+    let secrets = Path::new("/run/secrets/unused");
+    let (source, relay) = (source_toml(secrets), relay_toml(secrets));
+    let stream = "stream = \"pglive.live\"";
+    assert!(source.contains(stream), "{source}");
+    assert!(relay.contains(stream), "{relay}");
+    // Clients may subscribe to exactly the channels the source publishes.
+    assert!(!tables_of(&source).is_empty(), "{source}");
+    assert_eq!(tables_of(&source), tables_of(&relay));
 }
