@@ -7,8 +7,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use pglive::config::SinkConfig;
+use pglive::sink::websocket::Auth;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -233,6 +235,23 @@ fn tables_of(toml: &str) -> Vec<&str> {
     out
 }
 
+/// Writes the secret file `name` into `dir`, readable by its owner only (as pglive wants).
+fn write_secret(dir: &Path, name: &str, value: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, value).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The first number after `key: ` in `text`.
+fn number_after(text: &str, key: &str) -> u64 {
+    let at = text.find(&format!("{key}: ")).expect(key) + key.len() + 2;
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect(key)
+}
+
 #[test]
 fn the_configmap_holds_a_valid_configuration() {
     let secrets = tempfile::tempdir().unwrap();
@@ -241,9 +260,7 @@ fn the_configmap_holds_a_valid_configuration() {
         ("amqp-password", "pw"),
         ("amqp-ca.crt", "a certificate"),
     ] {
-        let path = secrets.path().join(name);
-        std::fs::write(&path, value).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_secret(secrets.path(), name, value);
     }
     let config =
         pglive::config::from_toml(&source_toml(secrets.path())).unwrap_or_else(|e| panic!("{e}"));
@@ -304,4 +321,64 @@ fn the_relay_nodes_serve_what_the_source_publishes() {
     // Clients may subscribe to exactly the channels the source publishes.
     assert!(!tables_of(&source).is_empty(), "{source}");
     assert_eq!(tables_of(&source), tables_of(&relay));
+}
+
+#[test]
+fn the_relay_configmap_holds_a_valid_relay_configuration() {
+    let secrets = tempfile::tempdir().unwrap();
+    for (name, value) in [
+        ("amqp-password", "pw"),
+        ("amqp-ca.crt", "a certificate"),
+        ("jwt-secret", "0123456789abcdef0123456789abcdef"),
+    ] {
+        write_secret(secrets.path(), name, value);
+    }
+    let config = pglive::config::relay_from_toml(&relay_toml(secrets.path()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // The stream the source fills, over TLS verified against the broker's CA.
+    assert_eq!(config.stream.stream, "pglive.live");
+    assert!(config.stream.url.to_string().starts_with("amqps://"));
+    assert_eq!(
+        config.stream.ca_file,
+        Some(secrets.path().join("amqp-ca.crt"))
+    );
+    // Clients present a token; the ports are the Deployment's.
+    let ws = &config.websocket;
+    assert!(matches!(ws.auth, Auth::Jwt { .. }), "{:?}", ws.auth);
+    assert_eq!(ws.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(config.ops.listen, Some("0.0.0.0:9187".parse().unwrap()));
+    let deployment = read("deploy/kubernetes/relay/deployment.yaml");
+    for port in ["containerPort: 8080", "containerPort: 9187"] {
+        assert!(deployment.contains(port), "{port}");
+    }
+
+    // A starting node reads history_age of the stream, which must still hold that much.
+    write_secret(secrets.path(), "postgres-password", "pw");
+    let source =
+        pglive::config::from_toml(&source_toml(secrets.path())).unwrap_or_else(|e| panic!("{e}"));
+    let [SinkConfig::Amqp(amqp)] = source.sinks.as_slice() else {
+        panic!("one amqp sink: {:?}", source.sinks);
+    };
+    let kept = amqp.stream.as_ref().expect("a stream").max_age;
+    assert!(ws.history_age < kept, "{:?} < {kept:?}", ws.history_age);
+
+    // The pod's grace period covers its preStop pause and the node's shutdown.
+    let grace = Duration::from_secs(number_after(&deployment, "terminationGracePeriodSeconds"));
+    let pre_stop = deployment.find("preStop:").expect("a preStop pause");
+    let pause = Duration::from_secs(number_after(&deployment[pre_stop..], "seconds"));
+    assert!(pause + config.ops.shutdown_timeout < grace, "{grace:?}");
+
+    // The example Secret's placeholder is too short a key: the node refuses to start with it.
+    write_secret(secrets.path(), "jwt-secret", "change-me");
+    let err = pglive::config::relay_from_toml(&relay_toml(secrets.path())).unwrap_err();
+    assert!(err.to_string().contains("jwt_secret_file"), "{err}");
+    let secret = read("deploy/kubernetes/relay/secret.example.yaml");
+    assert!(secret.contains("jwt-secret: change-me"), "{secret}");
+
+    // The Deployment runs the file the ConfigMap is mounted as; the unit, its instance's file.
+    assert!(deployment.contains("\"/etc/pglive-relay/relay.toml\""));
+    assert!(deployment.contains("mountPath: /etc/pglive-relay\n"));
+    let unit = read("deploy/systemd/pglive-relay@.service");
+    assert!(unit.contains("relay --config /etc/pglive/relay-%i.toml\n"));
 }
