@@ -1,8 +1,10 @@
 //! The deployment files (`deploy/`): the systemd units (the source's, and the relay nodes'
 //! template) pass `systemd-analyze verify` with the built binary and keep their hardening,
 //! every Kubernetes manifest (the source's and the relay nodes') passes strict schema
-//! validation, broken copies of them do not, and the ConfigMaps hold configurations pglive
-//! accepts. `scripts/validate-deploy.sh` does the checking and installs its tools if missing.
+//! validation, broken copies of them do not, the ConfigMaps hold configurations pglive
+//! accepts, and relay nodes run from the relay ConfigMap's file (on the loopback broker) become
+//! ready and stop within the pod's grace period. `scripts/validate-deploy.sh` does the
+//! checking and installs its tools if missing.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,6 +13,10 @@ use std::time::Duration;
 
 use pglive::config::SinkConfig;
 use pglive::sink::websocket::Auth;
+
+use crate::support::broker::Vhost;
+use crate::support::cluster::free_port;
+use crate::support::{Daemon, http_get, wait_until};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -381,4 +387,65 @@ fn the_relay_configmap_holds_a_valid_relay_configuration() {
     assert!(deployment.contains("mountPath: /etc/pglive-relay\n"));
     let unit = read("deploy/systemd/pglive-relay@.service");
     assert!(unit.contains("relay --config /etc/pglive/relay-%i.toml\n"));
+}
+
+/// The relay ConfigMap's file for a node on the loopback: the broker at `url` (no TLS, its
+/// password in the URL) and the ports `ws` and `ops`; the rest as deployed.
+fn loopback_relay_toml(secrets: &Path, url: &str, ws: u16, ops: u16) -> String {
+    relay_toml(secrets)
+        .lines()
+        .filter(|l| !l.starts_with("password_file") && !l.starts_with("ca_file"))
+        .map(|l| {
+            let l = if l.starts_with("url = ") {
+                format!("url = \"{url}\"")
+            } else {
+                l.replace("0.0.0.0:8080", &format!("127.0.0.1:{ws}"))
+                    .replace("0.0.0.0:9187", &format!("127.0.0.1:{ops}"))
+            };
+            format!("{l}\n")
+        })
+        .collect()
+}
+
+#[test]
+fn relay_nodes_from_the_configmap_become_ready_and_stop_within_the_grace_period() {
+    let mq = Vhost::new("deploy_relay");
+    let mut stream = lapin::types::FieldTable::default();
+    stream.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("stream".into()),
+    );
+    mq.queue_with("pglive", "pglive.live", "#", stream);
+    let secrets = tempfile::tempdir().unwrap();
+    write_secret(
+        secrets.path(),
+        "jwt-secret",
+        "0123456789abcdef0123456789abcdef",
+    );
+    // As many nodes as the autoscaler keeps at least, on one host.
+    let hpa = read("deploy/kubernetes/relay/hpa.yaml");
+    let mut nodes: Vec<(Daemon, u16)> = (0..number_after(&hpa, "minReplicas"))
+        .map(|_| {
+            let (ws, ops) = (free_port(), free_port());
+            let config = loopback_relay_toml(secrets.path(), &mq.url(), ws, ops);
+            (Daemon::spawn(&config, &["relay"]), ops)
+        })
+        .collect();
+    assert_eq!(nodes.len(), 3);
+    for (node, ops) in &nodes {
+        wait_until(&format!("node {} ready", node.pid()), || {
+            http_get(*ops, "/readyz").is_some_and(|(code, _)| code == 200)
+        });
+    }
+
+    // SIGTERM (after the preStop pause): the node closes its clients and exits 0 before the
+    // grace period is over.
+    let deployment = read("deploy/kubernetes/relay/deployment.yaml");
+    let grace = number_after(&deployment, "terminationGracePeriodSeconds");
+    let pre_stop = deployment.find("preStop:").expect("a preStop pause");
+    let pause = number_after(&deployment[pre_stop..], "seconds");
+    let (mut node, _) = nodes.pop().unwrap();
+    node.signal("TERM");
+    let status = node.wait_exit(Duration::from_secs(grace - pause));
+    assert!(status.success(), "{status:?}\n{}", node.stderr());
 }
