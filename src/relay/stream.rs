@@ -226,6 +226,7 @@ impl Reader {
     fn caught_up_if(&self, caught_up: bool) {
         if caught_up {
             tracing::info!(stream = %self.config.stream, "relay: caught up with the stream; ready");
+            self.feed.caught_up();
             self.status.streaming();
         } else {
             self.status.not_streaming(format!(

@@ -52,11 +52,39 @@ struct Held {
     frame: Utf8Bytes,
 }
 
-/// A subscriber, and while it resumes from an event the hub has not seen yet, that event and
-/// when to give up waiting for it.
+/// A subscriber, and while it resumes from an event the hub has not placed yet, the wait.
 struct Subscriber {
     client: Arc<Client>,
-    after: Option<(EventId, Instant)>,
+    after: Option<Wait>,
+}
+
+/// A subscriber resuming from `since`, an event the hub has not seen on the channel (yet).
+/// Events up to `since` are not sent (the client has them); when `since` passes on the
+/// channel (`seen`), the events after it are; an event after it without `since` having passed
+/// means the hub never had it: the client gets `resync`, then events again.
+struct Wait {
+    since: EventId,
+    seen: bool,
+    deadline: Instant,
+    resync: Utf8Bytes,
+}
+
+impl Wait {
+    /// Whether event `id` goes to the waiting client, and whether the wait is over; a wait
+    /// that ends unseen has queued `resync` first.
+    fn pass(&mut self, id: EventId, client: &Client) -> (bool, bool) {
+        if id < self.since {
+            return (false, false);
+        }
+        if id == self.since {
+            self.seen = true;
+            return (false, false);
+        }
+        if !self.seen {
+            client.offer(self.resync.clone());
+        }
+        (true, true)
+    }
 }
 
 #[derive(Default)]
@@ -76,7 +104,10 @@ struct State {
     channels: HashMap<String, Channel>,
     /// The newest event published: every later one will be published too, in order.
     latest: Option<EventId>,
-    /// Subscribers waiting for an event newer than `latest`.
+    /// Whether the hub has caught up with its source: until then (a relay node reading its
+    /// history), a `since` it does not hold yet may still come.
+    complete: bool,
+    /// Subscribers waiting for the event they resume from.
     waiting: usize,
 }
 
@@ -91,9 +122,15 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(history: usize, history_age: Duration) -> Hub {
+    /// `complete`: whether the hub holds everything there is from the start (the in-process
+    /// relay), or is still catching up with its source (a relay node, until
+    /// [`Hub::caught_up`]).
+    pub fn new(history: usize, history_age: Duration, complete: bool) -> Hub {
         Hub {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                complete,
+                ..State::default()
+            }),
             history,
             history_age,
         }
@@ -117,12 +154,15 @@ impl Hub {
         state.latest = Some(state.latest.map_or(id, |l| l.max(id)));
         let ch = state.channels.entry(channel.to_owned()).or_default();
         for sub in ch.subscribers.values_mut() {
-            if let Some((after, _)) = sub.after {
-                if id <= after {
+            if let Some(wait) = &mut sub.after {
+                let (send, over) = wait.pass(id, &sub.client);
+                if over {
+                    sub.after = None;
+                    state.waiting -= 1;
+                }
+                if !send {
                     continue;
                 }
-                sub.after = None;
-                state.waiting -= 1;
             }
             sub.client.offer(frame.clone());
         }
@@ -148,8 +188,9 @@ impl Hub {
     /// Subscribes `client` to `channel`: queues `subscribed` (`ack`), then the events after
     /// `since` if they are all still held (or `resync` if not), and from then on every new
     /// event — all under one lock, so nothing is missed or sent twice in between. A `since`
-    /// newer than every event published so far (the client came from a relay node that is
-    /// ahead) is waited for: events up to it are not sent, later ones are.
+    /// that may still come is waited for (see [`Wait`]): one newer than every event published
+    /// so far (the client came from a relay node that is ahead), or any one while the hub is
+    /// still catching up and has not covered it.
     pub fn subscribe(
         &self,
         client: &Arc<Client>,
@@ -160,7 +201,12 @@ impl Hub {
     ) {
         let mut state = self.lock();
         let state = &mut *state;
-        let latest = state.latest;
+        // Newer than everything published: it may come. Before anything was published, only
+        // a hub still catching up may get it: the first events will tell (see `Wait`).
+        let may_come = |since: EventId| match state.latest {
+            Some(latest) => since > latest,
+            None => !state.complete,
+        };
         let ch = state.channels.entry(channel.to_owned()).or_default();
         let mut sub = Subscriber {
             client: client.clone(),
@@ -175,8 +221,13 @@ impl Hub {
                         client.offer(held.frame.clone());
                     }
                 }
-                None if latest.is_some_and(|l| since > l) => {
-                    sub.after = Some((since, Instant::now() + RESUME_WAIT));
+                None if may_come(since) => {
+                    sub.after = Some(Wait {
+                        since,
+                        seen: false,
+                        deadline: Instant::now() + RESUME_WAIT,
+                        resync,
+                    });
                     state.waiting += 1;
                 }
                 None => client.offer(resync),
@@ -241,7 +292,7 @@ impl Hub {
         let mut gave_up = 0;
         for (name, ch) in &mut state.channels {
             for sub in ch.subscribers.values_mut() {
-                if sub.after.is_some_and(|(_, deadline)| deadline <= now) {
+                if sub.after.as_ref().is_some_and(|w| w.deadline <= now) {
                     sub.after = None;
                     gave_up += 1;
                     sub.client.offer(resync(name));
@@ -249,6 +300,28 @@ impl Hub {
             }
         }
         state.waiting -= gave_up;
+    }
+
+    /// The hub has caught up with its source: a `since` it has not seen by now, and that is
+    /// not newer than everything it has, will not come (`resync`).
+    pub fn caught_up(&self) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if state.complete {
+            return;
+        }
+        state.complete = true;
+        let latest = state.latest;
+        for ch in state.channels.values_mut() {
+            for sub in ch.subscribers.values_mut() {
+                let Some(wait) = &sub.after else { continue };
+                if !wait.seen && latest.is_none_or(|l| wait.since <= l) {
+                    sub.client.offer(wait.resync.clone());
+                    sub.after = None;
+                    state.waiting -= 1;
+                }
+            }
+        }
     }
 
     /// Channels with an entry (subscribers or history).
@@ -276,7 +349,7 @@ mod tests {
 
     #[test]
     fn an_entry_lives_while_it_has_subscribers_or_history() {
-        let hub = Hub::new(0, Duration::from_secs(60));
+        let hub = Hub::new(0, Duration::from_secs(60), true);
         let (a, _rx) = Client::new(1, 16);
         for n in 0..1000 {
             let name = format!("resources/{n}");
@@ -285,7 +358,7 @@ mod tests {
         }
         assert_eq!(hub.channels(), 0, "no history kept: nothing left behind");
 
-        let hub = Hub::new(10, Duration::from_secs(60));
+        let hub = Hub::new(10, Duration::from_secs(60), true);
         hub.publish("resources/posts", id(1), frame("e1"));
         let set: HashSet<String> = ["resources/posts".to_owned(), "resources/x".to_owned()].into();
         hub.subscribe(&a, "resources/x", None, frame("ack"), frame("resync"));
@@ -297,7 +370,7 @@ mod tests {
 
     #[test]
     fn history_expires_and_the_sweep_drops_what_is_left_unused() {
-        let hub = Hub::new(10, Duration::from_millis(1));
+        let hub = Hub::new(10, Duration::from_millis(1), true);
         hub.publish("resources/posts", id(1), frame("e1"));
         assert_eq!(hub.channels(), 1);
         let start = Instant::now();
@@ -318,7 +391,7 @@ mod tests {
 
     #[test]
     fn a_since_newer_than_anything_published_waits_for_it_and_an_older_unknown_one_resyncs() {
-        let hub = Hub::new(10, Duration::from_secs(60));
+        let hub = Hub::new(10, Duration::from_secs(60), true);
         let (a, mut rx) = Client::new(1, 64);
         // Nothing published yet: nothing is known to follow, so any `since` resyncs.
         hub.subscribe(&a, "c", Some(id(5)), frame("ack"), frame("resync"));
@@ -343,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_subscriber_that_waits_in_vain_is_told_to_resync_and_gets_events_again() {
-        let hub = Hub::new(10, Duration::from_secs(60));
+        let hub = Hub::new(10, Duration::from_secs(60), true);
         hub.publish("c", id(1), frame("e1"));
         let (a, mut rx) = Client::new(1, 64);
         hub.subscribe(&a, "c", Some(id(9)), frame("ack"), frame("resync"));
@@ -356,7 +429,10 @@ mod tests {
             .subscribers
             .get_mut(&1)
             .unwrap()
-            .after = Some((id(9), Instant::now()));
+            .after
+            .as_mut()
+            .unwrap()
+            .deadline = Instant::now();
         hub.give_up_waiting(|c| frame(&format!("resync {c}")));
         hub.publish("c", id(2), frame("e2"));
         assert_eq!(drain(&mut rx), ["resync c", "e2"]);
@@ -366,5 +442,55 @@ mod tests {
         assert_eq!(hub.lock().waiting, 1);
         hub.unsubscribe(1, "c");
         assert_eq!(hub.lock().waiting, 0);
+    }
+
+    #[test]
+    fn a_hub_catching_up_holds_a_since_until_the_stream_shows_whether_it_had_it() {
+        let hub = Hub::new(10, Duration::from_secs(60), false);
+        let (a, mut rx_a) = Client::new(1, 64);
+        let (b, mut rx_b) = Client::new(2, 64);
+        let (c, mut rx_c) = Client::new(3, 64);
+        // Nothing read yet: all three wait.
+        hub.subscribe(&a, "c", Some(id(5)), frame("ack"), frame("resync"));
+        hub.subscribe(&b, "c", Some(id(2)), frame("ack"), frame("resync"));
+        hub.subscribe(&c, "c", Some(id(7)), frame("ack"), frame("resync"));
+        // The history starts at 3: b's event was before it, so b refetches, then gets events.
+        hub.publish("c", id(3), frame("e3"));
+        hub.publish("c", id(5), frame("e5"));
+        hub.publish("c", id(6), frame("e6"));
+        assert_eq!(
+            drain(&mut rx_a),
+            ["ack", "e6"],
+            "5 passed: what follows is sent"
+        );
+        assert_eq!(drain(&mut rx_b), ["ack", "resync", "e3", "e5", "e6"]);
+        assert_eq!(drain(&mut rx_c), ["ack"], "7 is still ahead");
+        // Caught up: 7 is newer than everything, so it may still come from the source.
+        hub.caught_up();
+        assert_eq!(drain(&mut rx_c), Vec::<String>::new());
+        // An event past 7 without 7 on this channel: 7 was not one of its events.
+        hub.publish("c", id(8), frame("e8"));
+        assert_eq!(drain(&mut rx_c), ["resync", "e8"]);
+        assert_eq!(hub.lock().waiting, 0);
+    }
+
+    #[test]
+    fn catching_up_ends_the_waits_for_events_the_hub_never_had() {
+        let hub = Hub::new(10, Duration::from_secs(60), false);
+        let (a, mut rx) = Client::new(1, 64);
+        hub.subscribe(&a, "quiet", Some(id(4)), frame("ack"), frame("resync"));
+        hub.publish("other", id(3), frame("o3"));
+        hub.publish("other", id(9), frame("o9"));
+        hub.caught_up();
+        assert_eq!(
+            drain(&mut rx),
+            ["ack", "resync"],
+            "4 is older than the latest, 9"
+        );
+        assert_eq!(hub.lock().waiting, 0);
+        // Complete and nothing held: resync at once.
+        let (b, mut rx_b) = Client::new(2, 64);
+        hub.subscribe(&b, "quiet", Some(id(4)), frame("ack"), frame("resync"));
+        assert_eq!(drain(&mut rx_b), ["ack", "resync"]);
     }
 }

@@ -124,9 +124,24 @@ pub struct Relay {
 impl Relay {
     /// `label`: the sink's metric label; `stop`: when to close every connection.
     pub fn new(config: WsSinkConfig, label: &str, stop: CancellationToken) -> Relay {
+        Relay::with_hub(config, label, stop, true)
+    }
+
+    /// A relay node's relay: its hub is catching up with the stream until
+    /// [`Feed::caught_up`].
+    pub fn catching_up(config: WsSinkConfig, label: &str, stop: CancellationToken) -> Relay {
+        Relay::with_hub(config, label, stop, false)
+    }
+
+    fn with_hub(
+        config: WsSinkConfig,
+        label: &str,
+        stop: CancellationToken,
+        complete: bool,
+    ) -> Relay {
         Relay {
             shared: Arc::new(Shared {
-                hub: Hub::new(config.history, config.history_age),
+                hub: Hub::new(config.history, config.history_age, complete),
                 channels: config.channels.iter().cloned().collect(),
                 config,
                 clients: metrics::gauge!(crate::status::metric::WEBSOCKET_CLIENTS, "sink" => label.to_owned()),
@@ -214,6 +229,12 @@ impl Feed {
         self.shared
             .hub
             .publish_at(channel, id, Utf8Bytes::from(json), at);
+    }
+
+    /// The node has read the stream up to where it stood: a `since` not seen by now (and not
+    /// newer than everything seen) will not come.
+    pub fn caught_up(&self) {
+        self.shared.hub.caught_up();
     }
 
     /// Whether a client may subscribe to `channel`: the node passes only those on.
