@@ -3,7 +3,8 @@
 # integration tests (which start their own PostgreSQL with wal_level=logical, nats-server,
 # Mosquitto and redis-server on free ports, and use the local RabbitMQ, started here if it is
 # not running), the short chaos run (its own PostgreSQL and RabbitMQ node), then the Refine live
-# provider's tests and the browser tests (pglive's relay; a Socket.IO cluster through Redis).
+# provider's tests and the browser tests (pglive's relay; a relay node on a RabbitMQ stream; a
+# Socket.IO cluster through Redis).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,7 +1,7 @@
 // What the browser tests share: a PostgreSQL client, free ports, the small REST API that
-// simple-rest expects (over a `posts` table) serving the built app too, pglive and other
-// servers started as child processes that are ready once their log says so, Debian's
-// Chromium, and the clean-up of the table, slot and publication.
+// simple-rest expects (over a `posts` table) serving the built app too, pglive (a source, or a
+// relay node) and other servers started as child processes that are ready once their log
+// says so, Debian's Chromium, and the clean-up of the table, slot and publication.
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
@@ -127,6 +127,24 @@ export function startProcess(name, command, args, ready) {
 /** pglive with `config` (a file), ready once its log holds every line of `lines`. */
 export const startPglive = (bin, config, lines) =>
   startProcess("pglive", bin, ["run", "-c", config], (out) => lines.every((l) => out.includes(l)));
+
+/**
+ * `pglive relay` with `config` (a file): a relay node, returned once it serves WebSockets and
+ * its `readyz` URL (the ops listener's /readyz) answers 200: caught up with the stream.
+ */
+export async function startRelayNode(bin, config, readyz) {
+  const node = await startProcess("pglive relay", bin, ["relay", "-c", config], (out) =>
+    out.includes("WebSocket relay listening"),
+  );
+  const ready = async () => (await fetch(readyz).catch(() => undefined))?.status === 200;
+  try {
+    await waitFor(`${readyz} to answer 200`, ready);
+  } catch (e) {
+    await node.stop();
+    throw new Error(`${e.message}; the relay node's log:\n${node.output}`);
+  }
+  return node;
+}
 
 export const launchChromium = () =>
   chromium.launch({
