@@ -1653,3 +1653,4 @@ fn webhook_problems_name_their_keys_and_never_quote_secrets() {
 
 mod presets;
 mod redis;
+mod relay;

@@ -14,6 +14,7 @@ mod nats;
 mod ops;
 mod presets;
 mod redis;
+mod relay;
 mod slot;
 mod webhook;
 mod websocket;

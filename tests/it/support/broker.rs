@@ -222,6 +222,55 @@ impl Vhost {
         }
     }
 
+    /// The first `n` messages of the stream queue `stream`, read by a consumer from its first
+    /// offset (a stream keeps them for every reader; basic.get does not apply).
+    #[track_caller]
+    pub fn stream_messages(&self, stream: &str, n: usize) -> Vec<Message> {
+        use futures_util::StreamExt;
+        use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+        let conn = &self.client.lock().unwrap().0;
+        self.rt.block_on(async {
+            let channel = conn.create_channel().await.unwrap();
+            channel
+                .basic_qos(100, BasicQosOptions::default())
+                .await
+                .unwrap();
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-stream-offset".into(),
+                AMQPValue::LongString("first".into()),
+            );
+            let mut consumer = channel
+                .basic_consume(
+                    stream.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    args,
+                )
+                .await
+                .expect("consume from the stream");
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while got.len() < n {
+                let Ok(Some(Ok(d))) = tokio::time::timeout_at(deadline, consumer.next()).await
+                else {
+                    panic!(
+                        "stream {stream}: {} of {n} messages within {WAIT:?}",
+                        got.len()
+                    );
+                };
+                d.acker.ack(BasicAckOptions::default()).await.unwrap();
+                got.push(Message {
+                    routing_key: d.routing_key.to_string(),
+                    body: d.data.clone(),
+                    properties: d.properties.clone(),
+                });
+            }
+            let _ = channel.close(200, "read".into()).await;
+            got
+        })
+    }
+
     /// Messages currently waiting in `queue`, without taking them.
     pub fn depth(&self, queue: &str) -> u32 {
         let channel = self.channel();
@@ -277,9 +326,10 @@ pub fn message_ids(messages: &[Message]) -> Vec<Value> {
 }
 
 /// A TCP relay to the broker on a port of its own, whose connections can be cut: a broker that
-/// is not there yet, or a network that drops a connection.
+/// is not there yet, or a network that drops a connection (and, with `refuse`, stays down).
 pub struct Relay {
     open: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+    refusing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Relay {
@@ -287,10 +337,16 @@ impl Relay {
     pub fn start(port: u16) -> Relay {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let open = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let refusing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conns = open.clone();
+        let refused = refusing.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
+                if refused.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = std::net::TcpStream::connect(HOST) else {
                     continue;
                 };
@@ -309,7 +365,7 @@ impl Relay {
                 }
             }
         });
-        Relay { open }
+        Relay { open, refusing }
     }
 
     /// Drops every relayed connection, as a failing network would.
@@ -317,6 +373,18 @@ impl Relay {
         for s in self.open.lock().unwrap().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Closes every new connection at once (the broker stays unreachable) until [`Relay::allow`].
+    pub fn refuse(&self) {
+        self.refusing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Relays new connections again.
+    pub fn allow(&self) {
+        self.refusing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -303,6 +303,20 @@ impl Cluster {
         }
     }
 
+    /// A psql session on `db` that runs each statement written to its standard input as it
+    /// comes (each in its own transaction), stopping at the first error; for writers that
+    /// commit steadily without starting a process per statement.
+    pub fn psql_session(&self, db: &str) -> std::process::Child {
+        Command::new(self.bindir.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+            .args(["-U", "postgres", "-p", &self.port.to_string(), "-d", db])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn psql")
+    }
+
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
         use std::io::Write;
         let mut child = Command::new(self.bindir.join("psql"))

@@ -7,6 +7,7 @@ pub mod cluster;
 // Used by the NATS, MQTT and Redis sink tests.
 #[allow(dead_code)]
 pub mod service;
+pub mod swarm;
 pub mod ws;
 
 use std::io::{BufRead, BufReader};
@@ -214,6 +215,11 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process has exited (both its output pipes are closed).
+    pub fn has_exited(&self) -> bool {
+        self.output.0.lock().unwrap().closed >= 2
     }
 
     /// Every stdout line parsed as JSON.
