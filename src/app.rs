@@ -250,7 +250,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let budget = ShutdownBudget::new(config.ops.shutdown_timeout);
     let status = Arc::new(Status::new(
-        &config.postgres.slot,
+        &format!("slot {}", config.postgres.slot),
         sink_labels(&config.sinks),
     ));
     start_background(&config, listeners.ops, &status, &tasks, &root);

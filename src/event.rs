@@ -55,7 +55,8 @@ pub enum Id {
 }
 
 /// The stable identity of an event: the commit LSN of its transaction and its ordinal in it.
-#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug)]
+/// Ordered as the events are: by commit, then within the transaction.
+#[derive(Copy, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct EventId {
     pub commit_lsn: Lsn,
     pub ordinal: u64,

@@ -22,6 +22,8 @@
 //! - [`ops`]: the `/healthz` `/readyz` `/metrics` listener, systemd notifications and the slot
 //!   monitor.
 //! - [`http`]: the accept loop both HTTP listeners share: connection cap, header timeout.
+//! - [`relay`]: a relay node (`pglive relay`): the WebSocket relay fed from a RabbitMQ stream
+//!   instead of a slot, any number of them behind a load balancer.
 //! - [`app`]: wires the stages and owns every task; [`shutdown`]: how a shutdown spends its
 //!   time; [`backoff`]: reconnection delays; [`config`] loads and validates settings;
 //!   [`check`] verifies the server side.
@@ -38,6 +40,7 @@ pub mod lsn;
 pub mod map;
 pub mod ops;
 pub mod pipeline;
+pub mod relay;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -54,6 +54,12 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Serve WebSocket clients from a RabbitMQ stream as a relay node (no PostgreSQL); run any
+    /// number of them behind a load balancer.
+    Relay {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Drop the replication slot and the publication (frees the WAL the slot holds).
     Teardown {
         #[command(flatten)]
@@ -103,11 +109,15 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Relay { config } = &cli.command {
+        return relay_main(&config.config, cli.log_format.as_deref());
+    }
     let path = match &cli.command {
         Command::Run { config, .. }
         | Command::Check { config }
         | Command::Setup { config }
-        | Command::Teardown { config, .. } => config.config.clone(),
+        | Command::Teardown { config, .. }
+        | Command::Relay { config } => config.config.clone(),
     };
     let config = match config::load(Some(&path)) {
         Ok(c) => c,
@@ -116,12 +126,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let format = match cli.log_format.as_deref() {
-        Some("json") => LogFormat::Json,
-        Some(_) => LogFormat::Text,
-        None => config.ops.log_format,
-    };
-    init_logging(format, config.ops.log_level.as_deref());
+    init_logging(
+        log_format(cli.log_format.as_deref(), config.ops.log_format),
+        config.ops.log_level.as_deref(),
+    );
     // `check` lists them among its findings.
     if !matches!(cli.command, Command::Check { .. }) {
         for warning in &config.warnings {
@@ -149,6 +157,7 @@ fn main() -> ExitCode {
             Command::Check { .. } => check(&config).await,
             Command::Setup { .. } => setup(&config).await,
             Command::Teardown { force, .. } => teardown(&config, force).await,
+            Command::Relay { .. } => unreachable!("handled by relay_main"),
         }
     });
     // Do not wait for a write stuck on a blocked stdout: what it held was not confirmed.
@@ -163,6 +172,64 @@ fn main() -> ExitCode {
                     path.display()
                 );
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--log-format`, else the configured one.
+fn log_format(flag: Option<&str>, configured: LogFormat) -> LogFormat {
+    match flag {
+        Some("json") => LogFormat::Json,
+        Some(_) => LogFormat::Text,
+        None => configured,
+    }
+}
+
+/// `pglive relay`: a relay node on a multi-threaded runtime — it has no source to keep in
+/// order, and fanning out to thousands of sockets uses every core.
+fn relay_main(path: &std::path::Path, log_flag: Option<&str>) -> ExitCode {
+    let config = match config::load_relay(Some(path)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pglive: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(
+        log_format(log_flag, config.ops.log_format),
+        config.ops.log_level.as_deref(),
+    );
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pglive: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone(), config.ops.shutdown_timeout));
+        let metrics = match config.ops.listen {
+            Some(_) => Some(pglive::ops::install_metrics().map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let listeners = pglive::relay::Listeners::bind(&config, metrics).await?;
+        pglive::relay::run(config, listeners, shutdown).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pglive: {e:#}");
             ExitCode::from(1)
         }
     }

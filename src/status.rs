@@ -37,6 +37,12 @@ pub mod metric {
     pub const WEBSOCKET_CLIENTS: &str = "pglive_websocket_clients";
     pub const HTTP_CONNECTIONS_REFUSED: &str = "pglive_http_connections_refused_total";
     pub const SLOT_RECREATED: &str = "pglive_slot_recreated_total";
+    /// A relay node's events passed from the stream to its clients.
+    pub const RELAY_EVENTS: &str = "pglive_relay_events_total";
+    /// A relay node's events skipped as replays of ones it passed already.
+    pub const RELAY_DUPLICATES: &str = "pglive_relay_duplicates_total";
+    /// The offset of the last stream message a relay node read.
+    pub const RELAY_STREAM_OFFSET: &str = "pglive_relay_stream_offset";
 
     /// Buckets of [`COMMIT_TO_ACK`], in seconds.
     pub const COMMIT_TO_ACK_BUCKETS: &[f64] = &[
@@ -106,6 +112,18 @@ pub fn describe_metrics() {
         "The slot's wal_status: 1 for the current one."
     );
     describe_gauge!(WEBSOCKET_CLIENTS, "Connected WebSocket relay clients.");
+    describe_counter!(
+        RELAY_EVENTS,
+        "Relay node: events read from the stream and passed to the clients' channels."
+    );
+    describe_counter!(
+        RELAY_DUPLICATES,
+        "Relay node: stream messages skipped because their meta.id was passed already (a source's replay)."
+    );
+    describe_gauge!(
+        RELAY_STREAM_OFFSET,
+        "Relay node: the offset of the last stream message read."
+    );
     describe_counter!(
         HTTP_CONNECTIONS_REFUSED,
         "Connections refused at accept because the listener was at its connection cap."
@@ -244,7 +262,8 @@ pub enum SourceState {
 
 /// The state of the whole pipeline.
 pub struct Status {
-    pub slot: String,
+    /// What the pipeline reads, for people: `slot pglive`, `stream pglive.live`.
+    pub reading: String,
     /// Streaming or why not; the last reason before stopping is kept in `reason`.
     source: watch::Sender<SourceState>,
     reason: Mutex<Result<(), String>>,
@@ -264,12 +283,13 @@ pub struct Status {
 }
 
 impl Status {
-    /// `sinks`: each sink's label and, if it is not ready at start, why.
-    pub fn new(slot: &str, sinks: Vec<(String, Option<String>)>) -> Status {
+    /// `source`: what it reads, for people (`slot pglive`); `sinks`: each sink's label and,
+    /// if it is not ready at start, why.
+    pub fn new(source: &str, sinks: Vec<(String, Option<String>)>) -> Status {
         // Shown (as 0) before anything happens, so that an alert on it has a series to watch.
         metrics::counter!(metric::SLOT_RECREATED).increment(0);
         Status {
-            slot: slot.to_owned(),
+            reading: source.to_owned(),
             source: watch::Sender::new(SourceState::NotStreaming("starting".into())),
             reason: Mutex::new(Err("starting".to_owned())),
             ever_streamed: AtomicBool::new(false),

@@ -12,6 +12,7 @@ mod issues;
 mod ops;
 mod postgres;
 mod raw;
+mod relay;
 mod sinks;
 mod tables;
 mod warnings;
@@ -29,6 +30,7 @@ pub use issues::{ConfigError, Issue};
 pub use ops::{LogFormat, OpsConfig};
 pub use postgres::{OnSlotLost, PostgresConfig};
 pub use raw::parse_duration;
+pub use relay::{DEFAULT_PREFETCH, DEFAULT_STREAM, MAX_PREFETCH, StreamConfig};
 pub use sinks::SinkConfig;
 
 use issues::{Issues, env_var_name};
@@ -71,6 +73,9 @@ const RAW_ENV_KEYS: &[&str] = &[
     "postgres.publication",
     "ops.listen",
     "ops.log_level",
+    "relay.url",
+    "relay.password_file",
+    "relay.stream",
 ];
 /// Environment variables with this prefix (and a `__` section separator) override the file.
 pub const ENV_PREFIX: &str = "PGLIVE_";
@@ -92,6 +97,11 @@ pub struct Config {
 
 /// Loads `path` (if given) and the `PGLIVE_*` environment, and validates the result.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    from_figment(layered(path)?, true)
+}
+
+/// The file at `path` (if given) under the `PGLIVE_*` environment.
+fn layered(path: Option<&Path>) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = path {
         if !path.exists() {
@@ -117,7 +127,81 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
             figment = figment.merge(Serialized::default(key, value));
         }
     }
-    from_figment(figment, true)
+    Ok(figment)
+}
+
+/// The resolved configuration of a relay node (`pglive relay`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The RabbitMQ stream the node reads.
+    pub stream: StreamConfig,
+    /// The WebSocket server it runs: the in-process relay's settings.
+    pub websocket: crate::sink::websocket::WsSinkConfig,
+    pub tables: Vec<TableRule>,
+    pub ops: OpsConfig,
+    pub warnings: Vec<Issue>,
+}
+
+/// Loads a relay node's `path` (if given) and the `PGLIVE_*` environment, and validates it.
+pub fn load_relay(path: Option<&Path>) -> Result<RelayConfig, ConfigError> {
+    relay_from_figment(layered(path)?, true)
+}
+
+/// Parses a relay node's configuration from TOML text alone (no environment).
+pub fn relay_from_toml(text: &str) -> Result<RelayConfig, ConfigError> {
+    relay_from_figment(Figment::from(Toml::string(text)), false)
+}
+
+/// Resolves a relay node's sections: `[relay]`, its one `[[sinks]]` (a websocket server),
+/// `[[tables]]` (for the channel names; `[events]` is accepted and unused) and `[ops]`.
+fn relay_from_figment(figment: Figment, env: bool) -> Result<RelayConfig, ConfigError> {
+    let top: Dict = figment.extract().map_err(issues::unreadable)?;
+    let mut issues = Issues::new(figment, env);
+    for key in top.keys() {
+        match key.as_str() {
+            "relay" | "sinks" | "tables" | "events" | "ops" => {}
+            "postgres" => issues.push(
+                "postgres",
+                "a relay node reads the RabbitMQ stream, never PostgreSQL; remove [postgres] \
+                 (it belongs in the configuration of `pglive run`)",
+            ),
+            _ => issues.push(
+                key.clone(),
+                "unknown section; a relay node reads: relay, sinks, tables, events, ops",
+            ),
+        }
+    }
+    let (raw_relay, _) = raw::section(&top, &mut issues, "relay");
+    let (raw_events, _) = raw::section::<tables::RawEvents>(&top, &mut issues, "events");
+    let (raw_ops, _) = raw::section(&top, &mut issues, "ops");
+    let raw_tables = raw::array(&top, &mut issues, "tables");
+    let raw_sinks = raw::array(&top, &mut issues, "sinks");
+
+    let stream = relay::resolve_relay(&mut issues, raw_relay, top.contains_key("relay"));
+    let ops = ops::resolve_ops(&mut issues, raw_ops);
+    tables::resolve_events(&mut issues, raw_events);
+    let tables = tables::resolve_tables(&mut issues, raw_tables, top.contains_key("tables"));
+    let websocket = sinks::resolve_relay_server(
+        &mut issues,
+        raw_sinks,
+        top.contains_key("sinks"),
+        &tables,
+        &ops,
+    );
+    let (Some(stream), Some(websocket)) = (stream, websocket) else {
+        return Err(issues.into_error());
+    };
+    if !issues.is_empty() {
+        return Err(issues.into_error());
+    }
+    let warnings = sinks::warnings(&[SinkConfig::WebSocket(Box::new(websocket.clone()))]);
+    Ok(RelayConfig {
+        stream,
+        websocket,
+        tables,
+        ops,
+        warnings,
+    })
 }
 
 /// Parses a configuration from TOML text alone (no environment); for tests and examples.
@@ -131,7 +215,13 @@ fn from_figment(figment: Figment, env: bool) -> Result<Config, ConfigError> {
     let top: Dict = figment.extract().map_err(issues::unreadable)?;
     let mut issues = Issues::new(figment, env);
     for key in top.keys() {
-        if !["postgres", "events", "tables", "sinks", "ops"].contains(&key.as_str()) {
+        if key == "relay" {
+            issues.push(
+                key.clone(),
+                "[relay] configures a relay node and is read by `pglive relay`; give the \
+                 node a file of its own",
+            );
+        } else if !["postgres", "events", "tables", "sinks", "ops"].contains(&key.as_str()) {
             issues.push(
                 key.clone(),
                 "unknown section; expected one of: postgres, events, tables, sinks, ops",

@@ -28,7 +28,7 @@ impl RawDuration {
     }
 }
 
-/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"` or a bare number of seconds.
+/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"`, `"7d"` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -41,7 +41,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("{text:?}: unknown unit (use ms, s, m or h)")),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("{text:?}: unknown unit (use ms, s, m, h or d)")),
     };
     Ok(d)
 }

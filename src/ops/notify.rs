@@ -13,13 +13,13 @@ use crate::status::{SourceState, Status};
 /// Tells systemd of every change of the source's state, and pings its watchdog, until `stop`.
 pub async fn run(status: Arc<Status>, stop: CancellationToken) {
     let mut changes = status.watch();
-    let slot = status.slot.clone();
+    let source = status.reading.clone();
     let watchdog = watchdog(stop.clone());
     tokio::pin!(watchdog);
     // Streaming may have begun before this task first ran.
     let mut ready_sent = status.has_streamed();
     if ready_sent {
-        ready(&format!("streaming from slot {slot}"));
+        ready(&format!("streaming from {source}"));
     }
     let mut stopping_sent = false;
     loop {
@@ -36,7 +36,7 @@ pub async fn run(status: Arc<Status>, stop: CancellationToken) {
                 // on before this task saw it.
                 if !ready_sent && status.has_streamed() {
                     ready_sent = true;
-                    ready(&format!("streaming from slot {slot}"));
+                    ready(&format!("streaming from {source}"));
                     if state == SourceState::Streaming {
                         continue;
                     }
@@ -50,7 +50,7 @@ pub async fn run(status: Arc<Status>, stop: CancellationToken) {
                     }
                 }
                 match state {
-                    SourceState::Streaming => self::status(&format!("streaming from slot {slot}")),
+                    SourceState::Streaming => self::status(&format!("streaming from {source}")),
                     SourceState::NotStreaming(why) => self::status(&why),
                     SourceState::Stopping => {}
                 }

@@ -303,6 +303,8 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
         "subject_prefix",
         "stream",
         "create_stream",
+        "stream_max_age",
+        "stream_max_bytes",
         "duplicate_window",
         "tls",
     ] {
@@ -311,6 +313,35 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
             "config.toml.example documents {key}"
         );
     }
+}
+
+#[test]
+fn the_relay_example_configuration_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("relay.toml.example");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt");
+    std::fs::write(&secret, "a-secret-of-at-least-thirty-two-bytes").unwrap();
+    // The example's secret file exists on a server, not here.
+    let text = text.replace(
+        "/run/secrets/pglive-jwt-secret",
+        &secret.display().to_string(),
+    );
+    let config = pglive::config::relay_from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.stream.stream, pglive::relay::DEFAULT_STREAM);
+    assert_eq!(config.tables[0].channel, "resources/products");
+    assert_eq!(config.websocket.listen.port(), 8080);
+    // The source's example is not a relay node's configuration, and the other way round.
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml.example"),
+    )
+    .unwrap();
+    let err = pglive::config::relay_from_toml(&source)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("postgres") && err.contains("relay"), "{err}");
+    let err = pglive::config::from_toml(&text).unwrap_err().to_string();
+    assert!(err.contains("pglive relay"), "{err}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::config::issues::Issues;
 use crate::config::raw::{RawDuration, at_least_one, duration, read_secret_file};
 use crate::config::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_BACKOFF};
 use crate::map::TableRule;
+use crate::sink::amqp::StreamQueue;
 use crate::sink::amqp::{self, AmqpSinkConfig, AmqpUrl, OnReject, RoutingKey};
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -27,6 +28,9 @@ pub(in crate::config) struct RawAmqp {
     connect_timeout: Option<RawDuration>,
     max_backoff: Option<RawDuration>,
     ca_file: Option<PathBuf>,
+    stream: Option<String>,
+    stream_max_age: Option<RawDuration>,
+    stream_max_bytes: Option<u64>,
 }
 
 impl RawAmqp {
@@ -85,6 +89,13 @@ impl RawAmqp {
             );
         }
         let on_reject = on_reject(issues, &key("on_reject"), self.on_reject.as_deref());
+        let stream = stream(
+            issues,
+            key,
+            self.stream,
+            self.stream_max_age.as_ref(),
+            self.stream_max_bytes,
+        );
         Some(SinkConfig::Amqp(Box::new(AmqpSinkConfig {
             url: url?,
             exchange,
@@ -97,6 +108,7 @@ impl RawAmqp {
             connect_timeout,
             max_backoff,
             ca_file: self.ca_file,
+            stream,
         })))
     }
 }
@@ -137,4 +149,60 @@ fn on_reject(issues: &mut Issues, key: &str, policy: Option<&str>) -> OnReject {
             OnReject::Retry
         }
     }
+}
+
+/// The stream queue to declare and bind (`stream`), with its retention; the retention keys
+/// need `stream`.
+fn stream(
+    issues: &mut Issues,
+    key: impl Fn(&str) -> String,
+    name: Option<String>,
+    max_age: Option<&RawDuration>,
+    max_bytes: Option<u64>,
+) -> Option<StreamQueue> {
+    let Some(name) = name else {
+        for (k, set) in [
+            ("stream_max_age", max_age.is_some()),
+            ("stream_max_bytes", max_bytes.is_some()),
+        ] {
+            if set {
+                issues.push(key(k), "needs `stream`: the stream queue it applies to");
+            }
+        }
+        return None;
+    };
+    if name.is_empty() || name.len() > 255 || name.starts_with("amq.") {
+        issues.push(
+            key("stream"),
+            "must be 1 to 255 bytes, not starting with \"amq.\" (reserved by RabbitMQ)",
+        );
+    }
+    let max_age = match max_age.map(RawDuration::resolve) {
+        None => amqp::DEFAULT_STREAM_MAX_AGE,
+        Some(Ok(d)) if d >= std::time::Duration::from_secs(1) => d,
+        Some(Ok(_)) => {
+            issues.push(key("stream_max_age"), "must be at least 1s");
+            amqp::DEFAULT_STREAM_MAX_AGE
+        }
+        Some(Err(e)) => {
+            issues.push(key("stream_max_age"), e);
+            amqp::DEFAULT_STREAM_MAX_AGE
+        }
+    };
+    let max_bytes = match max_bytes {
+        None => amqp::DEFAULT_STREAM_MAX_BYTES,
+        Some(n) if n >= amqp::MIN_STREAM_MAX_BYTES => n,
+        Some(_) => {
+            issues.push(
+                key("stream_max_bytes"),
+                format!("must be at least {} (1 MiB)", amqp::MIN_STREAM_MAX_BYTES),
+            );
+            amqp::DEFAULT_STREAM_MAX_BYTES
+        }
+    };
+    Some(StreamQueue {
+        name,
+        max_age,
+        max_bytes,
+    })
 }

@@ -169,3 +169,40 @@ pub(super) fn warnings(sinks: &[SinkConfig]) -> Vec<Issue> {
         })
         .collect()
 }
+
+/// A relay node's `[[sinks]]`: exactly one entry, of type `websocket` (its server), resolved;
+/// none when there is no usable one (reported).
+pub(super) fn resolve_relay_server(
+    issues: &mut Issues,
+    sinks: Vec<(usize, RawSink)>,
+    present: bool,
+    tables: &[TableRule],
+    ops: &OpsConfig,
+) -> Option<WsSinkConfig> {
+    if sinks.is_empty() && !present {
+        issues.push(
+            "sinks",
+            "a relay node serves WebSocket clients: add one [[sinks]] entry with \
+             type = \"websocket\" and its listen address",
+        );
+    }
+    let mut server = Vec::new();
+    for (i, raw) in sinks {
+        match raw {
+            RawSink::Websocket(_) if server.is_empty() => server.push((i, raw)),
+            RawSink::Websocket(_) => issues.push(
+                format!("sinks[{i}].type"),
+                "a relay node serves one websocket sink; run another node for another port",
+            ),
+            _ => issues.push(
+                format!("sinks[{i}].type"),
+                "a relay node only serves WebSocket clients; other sinks belong in the \
+                 configuration of `pglive run`",
+            ),
+        }
+    }
+    match resolve_sinks(issues, server, true, tables, ops).pop() {
+        Some(SinkConfig::WebSocket(ws)) => Some(*ws),
+        _ => None,
+    }
+}

@@ -26,7 +26,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_core::Stream;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::AMQPUri;
@@ -49,6 +52,46 @@ pub const DEFAULT_EXCHANGE: &str = "pglive";
 pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
 /// Bytes of message bodies awaiting their confirms at once.
 pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 16 << 20;
+/// A stream's retention by age: relay nodes read at most an hour back (`history_age`).
+pub const DEFAULT_STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
+/// A stream's retention by size.
+pub const DEFAULT_STREAM_MAX_BYTES: u64 = 1 << 30;
+pub const MIN_STREAM_MAX_BYTES: u64 = 1 << 20;
+/// The header carrying when pglive published a message (ms since 1970).
+pub const PUBLISHED_HEADER: &str = "published_ms";
+
+/// A RabbitMQ stream queue the sink declares and binds to its exchange (every routing key),
+/// for relay nodes and other stream readers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamQueue {
+    pub name: String,
+    /// `x-max-age`.
+    pub max_age: Duration,
+    /// `x-max-length-bytes`.
+    pub max_bytes: u64,
+}
+
+impl StreamQueue {
+    /// The declaration's arguments. Segments are an eighth of the size limit (at most
+    /// RabbitMQ's default of 500 MB), so that retention, which drops whole segments, keeps
+    /// close to the limit.
+    fn arguments(&self) -> FieldTable {
+        let segment = (self.max_bytes / 8).clamp(MIN_STREAM_MAX_BYTES, 500_000_000);
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        args.insert(
+            "x-max-age".into(),
+            AMQPValue::LongString(format!("{}s", self.max_age.as_secs()).into()),
+        );
+        let long = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
+        args.insert("x-max-length-bytes".into(), long(self.max_bytes));
+        args.insert("x-stream-max-segment-size-bytes".into(), long(segment));
+        args
+    }
+}
 
 /// What to do when the broker nacks a message, or returns it as unroutable (`mandatory`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,11 +218,13 @@ pub struct AmqpSinkConfig {
     pub max_backoff: Duration,
     /// PEM certificates to trust for `amqps://`, besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// A stream queue to declare and bind at each connection.
+    pub stream: Option<StreamQueue>,
 }
 
 /// Why an attempt failed.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// Retrying cannot help (credentials, permissions, a missing exchange): stop the daemon.
     Fatal(String),
     /// The connection, channel or broker failed; reconnect and publish again.
@@ -478,7 +523,22 @@ fn failure_message(f: Failure) -> String {
 }
 
 async fn connect(config: &AmqpSinkConfig) -> Result<Connection, Failure> {
-    let tls = match &config.ca_file {
+    connect_to(
+        &config.url,
+        config.ca_file.as_deref(),
+        config.connect_timeout,
+    )
+    .await
+}
+
+/// Connects to the broker at `url` within `timeout`, trusting `ca_file` besides the system's
+/// certificates: the sink's connection and a relay node's.
+pub(crate) async fn connect_to(
+    url: &AmqpUrl,
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<Connection, Failure> {
+    let tls = match ca_file {
         None => OwnedTLSConfig::default(),
         Some(path) => OwnedTLSConfig {
             identity: None,
@@ -490,16 +550,13 @@ async fn connect(config: &AmqpSinkConfig) -> Result<Connection, Failure> {
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("pglive {}", env!("CARGO_PKG_VERSION")).into());
     let connecting = Connection::connect_uri_with_config(
-        config.url.uri(),
+        url.uri(),
         properties,
         tls,
         lapin::runtime::default_runtime().map_err(|e| Failure::Fatal(describe(&e)))?,
     );
-    match tokio::time::timeout(config.connect_timeout, connecting).await {
-        Err(_) => Err(Failure::Retry(format!(
-            "no connection within {:?}",
-            config.connect_timeout
-        ))),
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => Err(Failure::Retry(format!("no connection within {timeout:?}"))),
         Ok(Err(e)) => Err(classify(&e, "connect")),
         Ok(Ok(conn)) => Ok(conn),
     }
@@ -578,6 +635,9 @@ impl Session {
                 )),
                 _ => classify(&e, "declare the exchange"),
             })?;
+        if let Some(stream) = &config.stream {
+            declare_stream(&channel, stream, &config.exchange).await?;
+        }
         Ok(Session {
             conn,
             channel,
@@ -585,6 +645,42 @@ impl Session {
             _watch: None,
         })
     }
+}
+
+/// Declares the stream queue (durable, with its retention) and binds it to `exchange` for
+/// every routing key.
+async fn declare_stream(
+    channel: &Channel,
+    stream: &StreamQueue,
+    exchange: &str,
+) -> Result<(), Failure> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(stream.name.as_str().into(), options, stream.arguments())
+        .await
+        .map_err(|e| match amqp_code(&e) {
+            Some(406) => Failure::Fatal(format!(
+                "queue {:?} exists with other settings than this stream ({}): another queue \
+                 type, or other retention; delete it (rabbitmqctl delete_queue), or set \
+                 stream_max_age and stream_max_bytes to what it has",
+                stream.name,
+                describe(&e)
+            )),
+            _ => classify(&e, "declare the stream"),
+        })?;
+    channel
+        .queue_bind(
+            stream.name.as_str().into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| classify(&e, "bind the stream to the exchange"))
 }
 
 /// A message being published: resolves with the broker's confirmation.
@@ -641,6 +737,10 @@ pub fn properties(event: &LiveEvent) -> BasicProperties {
         AMQPValue::LongString(LongString::from(event.table.as_ref())),
     );
     headers.insert("xid".into(), AMQPValue::LongUInt(event.xid));
+    headers.insert(
+        PUBLISHED_HEADER.into(),
+        AMQPValue::LongLongInt(crate::status::unix_micros_now() / 1000),
+    );
     BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
         .with_delivery_mode(2)
@@ -652,14 +752,14 @@ pub fn properties(event: &LiveEvent) -> BasicProperties {
 }
 
 /// The AMQP reply code of an error the broker sent, if it was one.
-fn amqp_code(e: &lapin::Error) -> Option<u16> {
+pub(crate) fn amqp_code(e: &lapin::Error) -> Option<u16> {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
         _ => None,
     }
 }
 
-fn describe(e: &lapin::Error) -> String {
+pub(crate) fn describe(e: &lapin::Error) -> String {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => {
             format!("{} {}", amqp.get_id(), amqp.get_message())
@@ -670,7 +770,7 @@ fn describe(e: &lapin::Error) -> String {
 }
 
 /// Sorts a broker error into "fix the configuration" and "try again".
-fn classify(e: &lapin::Error, doing: &str) -> Failure {
+pub(crate) fn classify(e: &lapin::Error, doing: &str) -> Failure {
     let what = format!("cannot {doing}: {}", describe(e));
     if let lapin::ErrorKind::IOError(io) = e.kind()
         && crate::source::tls::certificate_refused(io)

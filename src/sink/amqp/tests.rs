@@ -18,6 +18,7 @@ fn config(max_inflight: usize, max_inflight_bytes: usize) -> AmqpSinkConfig {
         connect_timeout: Duration::from_secs(1),
         max_backoff: Duration::from_secs(1),
         ca_file: None,
+        stream: None,
     }
 }
 

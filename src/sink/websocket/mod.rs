@@ -137,6 +137,13 @@ impl Relay {
         }
     }
 
+    /// What a relay node publishes the events it reads into.
+    pub fn feed(&self) -> Feed {
+        Feed {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// The sink that publishes every event into the hub.
     pub fn sink(&self) -> WebSocketSink {
         WebSocketSink {
@@ -168,6 +175,9 @@ impl Relay {
         let mut sweep =
             tokio::time::interval(shared.config.history_age.max(Duration::from_secs(1)));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Subscribers resuming from an event that never came are told to refetch.
+        let mut waits = tokio::time::interval(Duration::from_secs(1));
+        waits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The accept loop runs until `shared.stop`.
         let mut serving = true;
         loop {
@@ -175,6 +185,7 @@ impl Relay {
                 _ = shared.stop.cancelled() => break,
                 _ = &mut server, if serving => serving = false,
                 _ = sweep.tick() => shared.hub.sweep(),
+                _ = waits.tick() => shared.hub.give_up_waiting(|c| control("resync", c)),
             }
         }
         // The accept loop ends at once; what it waits for are requests still being read, and
@@ -187,6 +198,27 @@ impl Relay {
             shared.sessions.wait().await;
         })
         .await;
+    }
+}
+
+/// Publishes events a relay node reads into its hub.
+#[derive(Clone)]
+pub struct Feed {
+    shared: Arc<Shared>,
+}
+
+impl Feed {
+    /// Publishes one event (its JSON text) on `channel`; `at`: when it was published
+    /// upstream, from which its history ages.
+    pub fn publish(&self, channel: &str, id: EventId, json: String, at: std::time::Instant) {
+        self.shared
+            .hub
+            .publish_at(channel, id, Utf8Bytes::from(json), at);
+    }
+
+    /// Whether a client may subscribe to `channel`: the node passes only those on.
+    pub fn serves(&self, channel: &str) -> bool {
+        self.shared.channels.contains(channel)
     }
 }
 
