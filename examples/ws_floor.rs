@@ -72,7 +72,10 @@ impl Hub {
 
     /// Encodes the next event once, dated now, and hands it to every subscriber.
     fn publish(&self) -> Result<()> {
-        let _order = self.publishing.lock().map_err(|_| "publishing lock poisoned")?;
+        let _order = self
+            .publishing
+            .lock()
+            .map_err(|_| "publishing lock poisoned")?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let unix_micros = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros())?;
         let event = LiveEvent::new(

@@ -136,8 +136,12 @@ async fn client(
 ) -> Vec<u32> {
     // Servers send small frames: a small read buffer (the default is 128 KiB per connection).
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let mut ws = match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
-        .await
+    let mut ws = match tokio_tungstenite::connect_async_with_config(
+        url.as_str(),
+        Some(config),
+        true,
+    )
+    .await
     {
         Ok((ws, _)) => ws,
         Err(e) => {

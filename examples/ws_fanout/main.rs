@@ -85,7 +85,11 @@ fn main() -> Result<()> {
 /// Where the events come from.
 enum Publisher {
     Db(tokio_postgres::Client),
-    Floor(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>),
+    Floor(
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ),
 }
 
 impl Publisher {
@@ -99,8 +103,8 @@ impl Publisher {
             db.batch_execute("SET synchronous_commit = on").await?;
             return Ok(Publisher::Db(db));
         }
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(args.urls[0].as_str(), None, true)
-            .await?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(args.urls[0].as_str(), None, true).await?;
         Ok(Publisher::Floor(ws))
     }
 
@@ -146,7 +150,12 @@ impl ClientProc {
                 }
             }
         });
-        Ok(ClientProc { pid: child.id(), child, stdin, lines })
+        Ok(ClientProc {
+            pid: child.id(),
+            child,
+            stdin,
+            lines,
+        })
     }
 
     /// The next line, which must start with `word`; its rest.
@@ -157,7 +166,13 @@ impl ClientProc {
             .ok_or_else(|| format!("client process {} exited before `{word}`", self.pid))??;
         line.strip_prefix(word)
             .map(|rest| rest.trim().to_owned())
-            .ok_or_else(|| format!("client process {}: `{word}` expected, got {line:.80}", self.pid).into())
+            .ok_or_else(|| {
+                format!(
+                    "client process {}: `{word}` expected, got {line:.80}",
+                    self.pid
+                )
+                .into()
+            })
     }
 
     fn say(&mut self, line: &str) -> Result<()> {
@@ -201,7 +216,8 @@ fn spawn_clients(args: &RunArgs) -> Result<Vec<ClientProc>> {
 
 /// CPU seconds of this process and its client processes.
 fn generator_cpu(procs: &[ClientProc]) -> f64 {
-    procfs::cpu_secs(std::process::id()) + procs.iter().map(|p| procfs::cpu_secs(p.pid)).sum::<f64>()
+    procfs::cpu_secs(std::process::id())
+        + procs.iter().map(|p| procfs::cpu_secs(p.pid)).sum::<f64>()
 }
 
 /// CPU seconds over `secs` seconds, in percent of one core.
@@ -285,7 +301,9 @@ async fn collect(procs: &mut [ClientProc]) -> Result<Tally> {
             match field.split_once('=') {
                 Some(("delivered", v)) => tally.delivered += v.parse::<u64>()?,
                 Some(("resyncs", v)) => tally.resyncs += v.parse::<u64>()?,
-                Some(("worst_p99_us", v)) => tally.worst_p99_us = tally.worst_p99_us.max(v.parse()?),
+                Some(("worst_p99_us", v)) => {
+                    tally.worst_p99_us = tally.worst_p99_us.max(v.parse()?)
+                }
                 Some(("hist", v)) => tally.hist.merge(v)?,
                 _ => return Err(format!("client process {}: unexpected {field:.80}", p.pid).into()),
             }

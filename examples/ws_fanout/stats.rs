@@ -26,14 +26,20 @@ impl Histogram {
         if self.buckets.is_empty() {
             return "-".into();
         }
-        let pairs: Vec<String> = self.buckets.iter().map(|(b, n)| format!("{b}:{n}")).collect();
+        let pairs: Vec<String> = self
+            .buckets
+            .iter()
+            .map(|(b, n)| format!("{b}:{n}"))
+            .collect();
         pairs.join(",")
     }
 
     /// Adds what `encode` wrote.
     pub fn merge(&mut self, encoded: &str) -> Result<()> {
         for pair in encoded.split(',').filter(|p| !p.is_empty() && *p != "-") {
-            let (b, n) = pair.split_once(':').ok_or("histogram: bucket:count expected")?;
+            let (b, n) = pair
+                .split_once(':')
+                .ok_or("histogram: bucket:count expected")?;
             let n: u64 = n.parse()?;
             *self.buckets.entry(b.parse()?).or_default() += n;
             self.total += n;
