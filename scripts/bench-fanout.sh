@@ -19,7 +19,7 @@
 #   SETUPS="floor inprocess" LOADS="10000:5" BUSY_LOADS="" scripts/bench-fanout.sh
 #
 # Prints a table: latency p50/p99 over all deliveries and the worst client's p99, frames
-# delivered per second, frames dropped, resyncs, the CPU of the processes serving the clients
+# delivered per second, frames dropped, resyncs, connection attempts tried again, the CPU of the processes serving the clients
 # (all relay nodes together; 100 % = one core) and their memory per 1,000 connected clients
 # (resident memory after connecting, minus before), the CPU of the process feeding the relay
 # nodes (`pglive run`) and of the load generator. A process may open only `ulimit -Hn` files:
@@ -175,7 +175,7 @@ stop_servers() {
   fi
 }
 
-columns='%-20s %7s %5s %8s %8s %8s %9s %10s %8s %7s %6s %11s %7s %7s\n'
+columns='%-22s %7s %5s %8s %8s %8s %9s %10s %8s %7s %7s %6s %11s %7s %7s\n'
 row() { printf "$columns" "$@"; }
 
 run_row() { # setup clients rate busy(true|false)
@@ -208,8 +208,10 @@ run_row() { # setup clients rate busy(true|false)
     ${src_pid:+--source-pid "$src_pid"} --per-process "$((fd_clients < 10000 ? fd_clients : 10000))" \
     "${mode[@]}" "${urls[@]}"); then
     line="failed"
+    tail -n 5 "$work"/*.log >&2 || true
   fi
   stop_servers
+  for f in "$work"/*.log; do : >"$f"; done
   if [ -n "$busy" ]; then
     kill -KILL "$busy" 2>/dev/null || true
     wait "$busy" 2>/dev/null || true
@@ -217,13 +219,13 @@ run_row() { # setup clients rate busy(true|false)
   fi
   get() { echo "$line" | tr ' ' '\n' | sed -n "s/^$1=//p" | grep . || echo -; }
   row "$label" "$clients_note" "$rate" "$(get p50_ms)" "$(get p99_ms)" "$(get worst_client_p99_ms)" \
-    "$(get frames_per_s)" "$(get delivered)" "$(get dropped)" "$(get resyncs)" "$(get server_cpu_pct)" \
+    "$(get frames_per_s)" "$(get delivered)" "$(get dropped)" "$(get resyncs)" "$(get retries)" "$(get server_cpu_pct)" \
     "$(get kib_per_1000_clients)" "$(get source_cpu_pct)" "$(get generator_cpu_pct)"
 }
 
 stream="" streams=0 capped=false
 echo "# $(nproc) cores; load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
-row setup clients ev/s p50_ms p99_ms worst99 frames/s delivered dropped resyncs cpu_% KiB/1000cl src_cpu gen_cpu
+row setup clients ev/s p50_ms p99_ms worst99 frames/s delivered dropped resyncs retries cpu_% KiB/1000cl src_cpu gen_cpu
 for load in $LOADS $(for b in $BUSY_LOADS; do case " $LOADS " in *" $b "*) ;; *) echo "busy:$b" ;; esac; done); do
   busy_only=false
   case $load in busy:*) busy_only=true load=${load#busy:} ;; esac

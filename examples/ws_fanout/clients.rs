@@ -1,11 +1,15 @@
 //! One client process (`ws_fanout clients …`), started by the coordinator and driven over its
 //! standard input and output, one line each way:
 //!
-//! 1. connects COUNT clients, client `FIRST + i` to `URLS[(FIRST + i) % len]`, in waves, each
-//!    subscribed to `resources/fanout`; prints `ready` once all are subscribed;
+//! 1. connects COUNT clients, client `FIRST + i` to `URLS[(FIRST + i) % len]`, each subscribed
+//!    to `resources/fanout`, at most IN_FLIGHT of them connecting at a time (a crowd arriving
+//!    as fast as the servers take it, without overrunning their listen backlogs); a client whose
+//!    connection fails tries again, up to 5 times, as a browser would; prints `ready` once all
+//!    are subscribed;
 //! 2. reads `published N` (N events were published), waits until each client has N events (at
 //!    most 30 s) and prints `done`;
-//! 3. prints `result delivered=… resyncs=… worst_p99_us=… hist=…` (hist: stats.rs) and exits.
+//! 3. prints `result delivered=… resyncs=… retries=… worst_p99_us=… hist=…` (hist: stats.rs)
+//!    and exits.
 //!
 //! A delivery's latency is the client's clock at receipt minus the event's `date`.
 
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncBufReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -34,9 +38,9 @@ pub struct Args {
     /// Worker threads of this process's runtime.
     #[arg(long)]
     workers: usize,
-    /// Clients this process connects every 20 ms.
+    /// Clients of this process connecting at the same time, at most.
     #[arg(long)]
-    wave: usize,
+    in_flight: usize,
     #[arg(required = true)]
     urls: Vec<String>,
 }
@@ -56,21 +60,25 @@ pub fn main(args: Args) -> Result<()> {
 struct Tally {
     delivered: AtomicU64,
     resyncs: AtomicU64,
+    /// Connection attempts that failed and were tried again.
+    retries: AtomicU64,
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// Attempts at connecting and subscribing, per client.
+const ATTEMPTS: u32 = 5;
 
 async fn run(args: Args) -> Result<()> {
     let tally = Arc::new(Tally::default());
     let stop = CancellationToken::new();
     let (ready_tx, mut ready) = mpsc::channel(args.count.max(1));
     let mut tasks = Vec::with_capacity(args.count);
-    // Connect in waves, as a crowd of browsers would arrive, without overrunning the backlog.
-    for wave in (0..args.count).collect::<Vec<_>>().chunks(args.wave.max(1)) {
-        for i in wave {
-            let url = args.urls[(args.first + i) % args.urls.len()].clone();
-            let (tally, stop, ready) = (tally.clone(), stop.clone(), ready_tx.clone());
-            tasks.push(tokio::spawn(client(url, tally, stop, ready)));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let gate = Arc::new(Semaphore::new(args.in_flight.max(1)));
+    for i in 0..args.count {
+        let url = args.urls[(args.first + i) % args.urls.len()].clone();
+        let (tally, stop, ready) = (tally.clone(), stop.clone(), ready_tx.clone());
+        tasks.push(tokio::spawn(client(url, tally, stop, ready, gate.clone())));
     }
     for _ in 0..args.count {
         match tokio::time::timeout(Duration::from_secs(120), ready.recv()).await {
@@ -120,39 +128,35 @@ async fn report(tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>, tally: &Tally) ->
         latencies.iter().for_each(|l| hist.add(*l));
     }
     say(&format!(
-        "result delivered={} resyncs={} worst_p99_us={worst_p99} hist={}",
+        "result delivered={} resyncs={} retries={} worst_p99_us={worst_p99} hist={}",
         tally.delivered.load(Ordering::Relaxed),
         tally.resyncs.load(Ordering::Relaxed),
+        tally.retries.load(Ordering::Relaxed),
         hist.encode()
     ))
 }
 
-/// One client: connects, subscribes, then records the latency of every event until `stop`.
+/// One client: connects and subscribes (holding a place at `gate` meanwhile), then records
+/// the latency of every event until `stop`.
 async fn client(
     url: String,
     tally: Arc<Tally>,
     stop: CancellationToken,
     ready: mpsc::Sender<std::result::Result<(), String>>,
+    gate: Arc<Semaphore>,
 ) -> Vec<u32> {
-    // Servers send small frames: a small read buffer (the default is 128 KiB per connection).
-    let config = WebSocketConfig::default().read_buffer_size(4096);
-    let mut ws = match tokio_tungstenite::connect_async_with_config(
-        url.as_str(),
-        Some(config),
-        true,
-    )
-    .await
-    {
-        Ok((ws, _)) => ws,
+    let Ok(place) = gate.acquire_owned().await else {
+        return Vec::new();
+    };
+    let mut ws = match join_retrying(&url, &tally).await {
+        Ok(ws) => ws,
         Err(e) => {
-            let _ = ready.send(Err(format!("{url}: {e}"))).await;
+            let _ = ready.send(Err(e)).await;
             return Vec::new();
         }
     };
-    if let Err(e) = ws.send(Message::text(SUBSCRIBE)).await {
-        let _ = ready.send(Err(format!("{url}: {e}"))).await;
-        return Vec::new();
-    }
+    drop(place);
+    let _ = ready.send(Ok(())).await;
     let mut latencies = Vec::new();
     loop {
         let frame = tokio::select! {
@@ -160,7 +164,7 @@ async fn client(
             f = ws.next() => f,
         };
         match frame {
-            Some(Ok(Message::Text(text))) => on_text(&text, &mut latencies, &tally, &ready).await,
+            Some(Ok(Message::Text(text))) => on_text(&text, &mut latencies, &tally),
             Some(Ok(_)) => {}
             Some(Err(_)) | None => break,
         }
@@ -169,22 +173,55 @@ async fn client(
     latencies
 }
 
+/// `join`, tried again after a failure (a reset while the server's backlog overflows), after
+/// 100 ms, 200 ms, … as a browser's reconnect would.
+async fn join_retrying(url: &str, tally: &Tally) -> std::result::Result<Ws, String> {
+    let mut attempt = 1;
+    loop {
+        match join(url).await {
+            Ok(ws) => return Ok(ws),
+            Err(e) if attempt >= ATTEMPTS => {
+                return Err(format!("{url}: {e} ({attempt} attempts)"));
+            }
+            Err(_) => {
+                tally.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// Connects, subscribes and waits for `subscribed` (no event comes before it).
+async fn join(url: &str) -> Result<Ws> {
+    // Servers send small frames: a small read buffer (the default is 128 KiB per connection).
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    ws.send(Message::text(SUBSCRIBE)).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) if text.contains(r#""op":"subscribed""#) => {
+                return Ok(ws);
+            }
+            Some(Ok(Message::Text(text))) => {
+                return Err(format!("before subscribed: {text:.200}").into());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err("closed before subscribed".into()),
+        }
+    }
+}
+
 /// Event frames hold `"date":"…"`; control frames carry `"op"` and no date (their keys may
 /// come in any order).
-async fn on_text(
-    text: &str,
-    latencies: &mut Vec<u32>,
-    tally: &Tally,
-    ready: &mpsc::Sender<std::result::Result<(), String>>,
-) {
+fn on_text(text: &str, latencies: &mut Vec<u32>, tally: &Tally) {
     if let Some(at) = text.find(r#""date":""#) {
         let now = now_micros();
         if let Some(date) = parse_date(&text[at + 8..]) {
             latencies.push((now - date).clamp(0, i64::from(u32::MAX)) as u32);
         }
         tally.delivered.fetch_add(1, Ordering::Relaxed);
-    } else if text.contains(r#""op":"subscribed""#) {
-        let _ = ready.send(Ok(())).await;
     } else if text.contains(r#""op":"resync""#) {
         tally.resyncs.fetch_add(1, Ordering::Relaxed);
     }

@@ -13,10 +13,10 @@
 //! receipt minus the event's `date` (the commit time; same machine, same clock).
 //!
 //! Prints one line of `key=value` figures: latency p50/p99 over all deliveries and the worst
-//! client's p99, frames delivered per second, dropped frames, resyncs, the servers' CPU (the
-//! PIDs together, from /proc) and their memory per 1,000 clients (resident after the clients
-//! connected minus before), the load generator's own CPU and, with `--source-pid`, the
-//! source's CPU.
+//! client's p99, frames delivered per second, dropped frames, resyncs, connection attempts
+//! tried again (clients.rs), the servers' CPU (the PIDs together, from /proc) and their memory
+//! per 1,000 clients (resident after the clients connected minus before), the load
+//! generator's own CPU and, with `--source-pid`, the source's CPU.
 
 mod clients;
 mod procfs;
@@ -33,6 +33,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use stats::Histogram;
+
+/// Clients connecting at the same time, at most: half the listen backlog a tokio listener
+/// has (1,024), so that a server that is slow to accept is not sent more than it can queue.
+const IN_FLIGHT: usize = 512;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -190,7 +194,7 @@ impl Drop for ClientProc {
 }
 
 /// Starts the client processes: `per_process` clients each at most, the cores' worth of
-/// worker threads between them, connecting 250 clients every 20 ms between them.
+/// worker threads between them, `IN_FLIGHT` clients connecting at a time between them.
 fn spawn_clients(args: &RunArgs) -> Result<Vec<ClientProc>> {
     let procs = args.clients.div_ceil(args.per_process.max(1)).max(1);
     let cores = std::thread::available_parallelism()?.get();
@@ -205,8 +209,8 @@ fn spawn_clients(args: &RunArgs) -> Result<Vec<ClientProc>> {
             count.to_string(),
             "--workers".to_owned(),
             (cores / procs).max(1).to_string(),
-            "--wave".to_owned(),
-            (250 / procs).max(1).to_string(),
+            "--in-flight".to_owned(),
+            (IN_FLIGHT / procs).max(1).to_string(),
         ];
         child_args.extend(args.urls.iter().cloned());
         out.push(ClientProc::spawn(&child_args)?);
@@ -263,7 +267,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let tally = collect(&mut procs).await?;
     let expected = total * args.clients as u64;
     println!(
-        "clients={} rate={} events={total} delivered={} dropped={} resyncs={} \
+        "clients={} rate={} events={total} delivered={} dropped={} resyncs={} retries={} \
          p50_ms={:.1} p99_ms={:.1} worst_client_p99_ms={:.1} frames_per_s={:.0} \
          server_cpu_pct={:.0} source_cpu_pct={} generator_cpu_pct={:.0} \
          rss_base_kib={rss_before} rss_connected_kib={rss_connected} kib_per_1000_clients={:.0}",
@@ -272,6 +276,7 @@ async fn run(args: RunArgs) -> Result<()> {
         tally.delivered,
         expected.saturating_sub(tally.delivered),
         tally.resyncs,
+        tally.retries,
         tally.hist.percentile_ms(50),
         tally.hist.percentile_ms(99),
         tally.worst_p99_us as f64 / 1000.0,
@@ -289,6 +294,7 @@ async fn run(args: RunArgs) -> Result<()> {
 struct Tally {
     delivered: u64,
     resyncs: u64,
+    retries: u64,
     worst_p99_us: u64,
     hist: Histogram,
 }
@@ -301,6 +307,7 @@ async fn collect(procs: &mut [ClientProc]) -> Result<Tally> {
             match field.split_once('=') {
                 Some(("delivered", v)) => tally.delivered += v.parse::<u64>()?,
                 Some(("resyncs", v)) => tally.resyncs += v.parse::<u64>()?,
+                Some(("retries", v)) => tally.retries += v.parse::<u64>()?,
                 Some(("worst_p99_us", v)) => {
                     tally.worst_p99_us = tally.worst_p99_us.max(v.parse()?)
                 }
