@@ -19,11 +19,12 @@
 #   SETUPS="floor inprocess" LOADS="10000:5" BUSY_LOADS="" scripts/bench-fanout.sh
 #
 # Prints a table: latency p50/p99 over all deliveries and the worst client's p99, frames
-# delivered per second, frames dropped, resyncs, connection attempts tried again, the CPU of the processes serving the clients
-# (all relay nodes together; 100 % = one core) and their memory per 1,000 connected clients
-# (resident memory after connecting, minus before), the CPU of the process feeding the relay
-# nodes (`pglive run`) and of the load generator. A process may open only `ulimit -Hn` files:
-# a setup whose server process would need more gets fewer clients (the row says how many).
+# delivered per second, frames dropped, resyncs, connection attempts tried again, the CPU of
+# the processes serving the clients (all relay nodes together; 100 % = one core) and their
+# memory per 1,000 connected clients (resident memory after connecting, minus before), the
+# CPU of the process feeding the relay nodes (`pglive run`) and of the load generator. A
+# process may open only `ulimit -Hn` files: a setup whose server process would need more
+# gets fewer clients (the row says how many).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
