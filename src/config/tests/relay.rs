@@ -3,7 +3,7 @@
 
 use super::*;
 
-use crate::relay::{DEFAULT_PREFETCH, DEFAULT_STREAM, StreamConfig};
+use crate::config::{DEFAULT_PREFETCH, DEFAULT_STREAM, StreamConfig};
 use crate::sink::amqp::{AmqpUrl, StreamQueue};
 
 const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
