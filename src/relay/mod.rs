@@ -86,7 +86,7 @@ pub async fn run(
     }
     tasks.spawn(crate::ops::notify::run(status.clone(), root.clone()));
     let clients_stop = root.child_token();
-    let relay = Relay::new(
+    let relay = Relay::catching_up(
         config.websocket.clone(),
         websocket::NAME,
         clients_stop.clone(),

@@ -157,16 +157,27 @@ impl Reader {
             Err(e) => return classify(&e, "consume from the stream"),
         };
         // The offset to pass before being ready; none: ready now.
-        let mut behind = match tail {
+        let behind = match tail {
             Some((offset, published)) if published.is_none_or(|p| p >= start_ms) => {
                 Some(offset).filter(|o| self.position.next.is_none_or(|n| n <= *o))
             }
             _ => None,
         };
         self.caught_up_if(behind.is_none());
+        self.read(&mut consumer, behind).await
+    }
+
+    /// Reads deliveries until the connection fails; `behind`: the offset to pass before the
+    /// node is ready.
+    async fn read(&mut self, consumer: &mut lapin::Consumer, mut behind: Option<u64>) -> Failure {
+        let name = self.config.stream.clone();
+        let mut resumed_at = self.position.next;
         let mut unacked: Option<lapin::Acker> = None;
         let mut count = 0usize;
         let ack_every = usize::from(self.config.prefetch).div_ceil(2);
+        // A stream that sends nothing for this long while the node is behind has nothing more
+        // to send: the node started past its end (clocks, or a message without published_ms).
+        let mut quiet = tokio::time::Instant::now() + TAIL_PROBE;
         loop {
             let next = tokio::select! {
                 d = consumer.next() => d,
@@ -176,21 +187,32 @@ impl Reader {
                     }
                     continue;
                 }
+                _ = tokio::time::sleep_until(quiet), if behind.is_some() => {
+                    behind = None;
+                    self.caught_up_if(true);
+                    continue;
+                }
             };
             let delivery = match next {
                 None => return Failure::Retry("the broker ended the consumer".into()),
                 Some(Err(e)) => return classify(&e, "read the stream"),
                 Some(Ok(d)) => d,
             };
-            let offset = match stream_offset(&delivery.properties) {
-                Some(o) => o,
-                None => {
-                    return Failure::Fatal(format!(
-                        "queue {name:?} is not a stream (its deliveries carry no x-stream-offset); \
-                         point relay.stream at the stream the source's amqp sink declares"
-                    ));
-                }
+            let Some(offset) = stream_offset(&delivery.properties) else {
+                return Failure::Fatal(format!(
+                    "queue {name:?} is not a stream (its deliveries carry no x-stream-offset); \
+                     point relay.stream at the stream the source's amqp sink declares"
+                ));
             };
+            quiet = tokio::time::Instant::now() + TAIL_PROBE;
+            if let Some(expected) = resumed_at.take()
+                && offset != expected
+            {
+                tracing::warn!(stream = %name, expected, offset,
+                    "relay: the stream no longer holds what follows the last message read \
+                     (retention dropped it, or the stream was recreated); clients are told to resync");
+                self.feed.gap();
+            }
             self.handle(&delivery, offset);
             unacked = Some(delivery.acker);
             count += 1;
@@ -375,7 +397,7 @@ fn published_at(props: &lapin::BasicProperties) -> Instant {
     let Some(ms) = published_ms(props) else {
         return now;
     };
-    let age_ms = crate::status::unix_micros_now() / 1000 - ms;
+    let age_ms = (crate::status::unix_micros_now() / 1000).saturating_sub(ms);
     now.checked_sub(Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)))
         .unwrap_or(now)
 }

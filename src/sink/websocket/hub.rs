@@ -60,30 +60,26 @@ struct Subscriber {
 
 /// A subscriber resuming from `since`, an event the hub has not seen on the channel (yet).
 /// Events up to `since` are not sent (the client has them); when `since` passes on the
-/// channel (`seen`), the events after it are; an event after it without `since` having passed
-/// means the hub never had it: the client gets `resync`, then events again.
+/// channel the wait is over and the events after it are sent; an event after it without
+/// `since` having passed means the hub never had it: the client gets `resync`, then events.
 struct Wait {
     since: EventId,
-    seen: bool,
     deadline: Instant,
     resync: Utf8Bytes,
 }
 
 impl Wait {
     /// Whether event `id` goes to the waiting client, and whether the wait is over; a wait
-    /// that ends unseen has queued `resync` first.
-    fn pass(&mut self, id: EventId, client: &Client) -> (bool, bool) {
+    /// that ends without `since` has queued `resync` first.
+    fn pass(&self, id: EventId, client: &Client) -> (bool, bool) {
         if id < self.since {
-            return (false, false);
-        }
-        if id == self.since {
-            self.seen = true;
-            return (false, false);
-        }
-        if !self.seen {
+            (false, false)
+        } else if id == self.since {
+            (false, true)
+        } else {
             client.offer(self.resync.clone());
+            (true, true)
         }
-        (true, true)
     }
 }
 
@@ -154,7 +150,7 @@ impl Hub {
         state.latest = Some(state.latest.map_or(id, |l| l.max(id)));
         let ch = state.channels.entry(channel.to_owned()).or_default();
         for sub in ch.subscribers.values_mut() {
-            if let Some(wait) = &mut sub.after {
+            if let Some(wait) = &sub.after {
                 let (send, over) = wait.pass(id, &sub.client);
                 if over {
                     sub.after = None;
@@ -224,7 +220,6 @@ impl Hub {
                 None if may_come(since) => {
                     sub.after = Some(Wait {
                         since,
-                        seen: false,
                         deadline: Instant::now() + RESUME_WAIT,
                         resync,
                     });
@@ -315,13 +310,30 @@ impl Hub {
         for ch in state.channels.values_mut() {
             for sub in ch.subscribers.values_mut() {
                 let Some(wait) = &sub.after else { continue };
-                if !wait.seen && latest.is_none_or(|l| wait.since <= l) {
+                if latest.is_none_or(|l| wait.since <= l) {
                     sub.client.offer(wait.resync.clone());
                     sub.after = None;
                     state.waiting -= 1;
                 }
             }
         }
+    }
+
+    /// What the hub held no longer follows on from what comes next (its source lost events):
+    /// every subscriber gets `resync(channel)` and the history goes.
+    pub fn resync_all(&self, resync: impl Fn(&str) -> Utf8Bytes) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        for (name, ch) in &mut state.channels {
+            ch.history.clear();
+            for sub in ch.subscribers.values_mut() {
+                if sub.after.take().is_some() {
+                    state.waiting -= 1;
+                }
+                sub.client.offer(resync(name));
+            }
+        }
+        state.channels.retain(|_, ch| !ch.is_unused());
     }
 
     /// Channels with an entry (subscribers or history).
@@ -492,5 +504,32 @@ mod tests {
         let (b, mut rx_b) = Client::new(2, 64);
         hub.subscribe(&b, "quiet", Some(id(4)), frame("ack"), frame("resync"));
         assert_eq!(drain(&mut rx_b), ["ack", "resync"]);
+    }
+
+    #[test]
+    fn a_wait_ends_when_its_event_passes_and_a_gap_resyncs_everyone() {
+        let hub = Hub::new(10, Duration::from_secs(60), true);
+        hub.publish("c", id(1), frame("e1"));
+        let (a, mut rx) = Client::new(1, 64);
+        hub.subscribe(&a, "c", Some(id(2)), frame("ack"), frame("resync"));
+        hub.publish("c", id(2), frame("e2"));
+        assert_eq!(hub.lock().waiting, 0, "2 passed: the wait is over");
+        // A quiet channel afterwards: nothing to give up on.
+        hub.give_up_waiting(|c| frame(&format!("resync {c}")));
+        assert_eq!(drain(&mut rx), ["ack"]);
+        let (b, mut rx_b) = Client::new(2, 64);
+        hub.subscribe(&b, "c", Some(id(7)), frame("ack"), frame("resync"));
+        assert_eq!(hub.lock().waiting, 1);
+        hub.resync_all(|c| frame(&format!("resync {c}")));
+        assert_eq!(drain(&mut rx), ["resync c"]);
+        assert_eq!(drain(&mut rx_b), ["ack", "resync c"]);
+        assert_eq!(hub.lock().waiting, 0);
+        let (c, mut rx_c) = Client::new(3, 64);
+        hub.subscribe(&c, "c", Some(id(1)), frame("ack"), frame("resync"));
+        assert_eq!(
+            drain(&mut rx_c),
+            ["ack", "resync"],
+            "the history went with the gap"
+        );
     }
 }

@@ -237,6 +237,12 @@ impl Feed {
         self.shared.hub.caught_up();
     }
 
+    /// The stream no longer holds what follows the node's last event (retention dropped it, or
+    /// the stream was recreated): every client is told to refetch, and the history goes.
+    pub fn gap(&self) {
+        self.shared.hub.resync_all(|c| control("resync", c));
+    }
+
     /// Whether a client may subscribe to `channel`: the node passes only those on.
     pub fn serves(&self, channel: &str) -> bool {
         self.shared.channels.contains(channel)
