@@ -27,12 +27,7 @@ scripts/rabbitmq.sh
 cargo build --release --locked --quiet --example amqp_bench
 tool=$(dirname "$bin")/examples/amqp_bench
 
-vhost=pglive_bench
-rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
-rabbitmqctl -q add_vhost "$vhost" >/dev/null
-rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
-at_exit 'rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1'
-amqp="amqp://guest:guest@127.0.0.1:5672/$vhost"
+fresh_vhost pglive_bench
 "$tool" setup "$amqp" pglive bench
 
 q -c "CREATE TABLE bench (id bigint PRIMARY KEY, qty int, name text)"

@@ -22,6 +22,17 @@ PY
   end=$(q -c "SELECT pg_current_wal_insert_lsn()")
 }
 
+# A RabbitMQ vhost of the benchmark's own on the local broker (guest may use it), deleted on
+# exit; sets `amqp`, its URL.
+fresh_vhost() {
+  vhost=$1
+  rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+  rabbitmqctl -q add_vhost "$vhost" >/dev/null
+  rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+  at_exit 'rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1'
+  amqp="amqp://guest:guest@127.0.0.1:5672/$vhost"
+}
+
 # CPU seconds (user + system) that `/usr/bin/time -o "$work/cpu" -f "%U %S"` recorded.
 cpu_secs() {
   python3 -c "print(f'{sum(map(float, open(\"$work/cpu\").read().split())):.2f}')"

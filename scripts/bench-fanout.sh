@@ -49,12 +49,7 @@ servers=()   # every process serving or feeding the clients of the current row
 busy=""
 at_exit 'for p in "${servers[@]}" $busy; do kill -KILL "$p" 2>/dev/null; done'
 if $needs_rabbitmq; then
-  vhost=pglive_fanout
-  rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
-  rabbitmqctl -q add_vhost "$vhost" >/dev/null
-  rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
-  at_exit 'rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1'
-  amqp="amqp://guest:guest@127.0.0.1:5672/$vhost"
+  fresh_vhost pglive_fanout
 fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

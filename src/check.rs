@@ -1,6 +1,7 @@
 //! `pglive check`: verifies every prerequisite of `run` against the live server — wal_level,
 //! the role's privileges, each mapped table and its key, the publication and the slot — and
-//! says, for each problem, the setting or SQL that fixes it.
+//! says, for each problem, the setting or SQL that fixes it. For a relay node's file
+//! ([`relay`]): its broker and stream, and its listeners.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use tokio_postgres::Client;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
-use crate::config::{Config, OnSlotLost, PostgresConfig, RelayConfig, SinkConfig};
+use crate::config::{Config, Issue, OnSlotLost, PostgresConfig, RelayConfig, SinkConfig};
 use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog::{self, SlotInfo};
@@ -99,15 +100,7 @@ pub async fn run(config: &Config) -> Vec<Finding> {
 /// `pglive check` of a relay node's file: its warnings, its listeners, and the broker with
 /// its stream.
 pub async fn relay(config: &RelayConfig) -> Vec<Finding> {
-    let mut out: Vec<Finding> = config
-        .warnings
-        .iter()
-        .map(|w| Finding {
-            level: Level::Warn,
-            what: w.to_string(),
-            fix: None,
-        })
-        .collect();
+    let mut out = warned(&config.warnings);
     let stream = &config.stream;
     out.push(match crate::relay::probe(stream).await {
         Ok(()) => Finding::ok(format!(
@@ -130,43 +123,42 @@ pub async fn relay(config: &RelayConfig) -> Vec<Finding> {
         )
         .await,
     );
-    if let Some(listen) = config.ops.listen {
-        out.push(bind_probe(
-            listen,
-            "ops.listen",
-            format!("ops endpoints can listen on {listen}"),
-            format!("ops.listen {listen}"),
-            "ops.listen",
-        ));
-    }
+    out.extend(config.ops.listen.map(ops_listener));
     out
 }
 
 /// What needs no PostgreSQL: what the configuration itself weakens (unverified server, secrets
 /// others can read), each sink, and the ops listener.
 async fn local(config: &Config) -> Vec<Finding> {
-    let mut out: Vec<Finding> = config
-        .warnings
+    let mut out = warned(&config.warnings);
+    for (i, s) in config.sinks.iter().enumerate() {
+        out.push(sink(i, s).await);
+    }
+    out.extend(config.ops.listen.map(ops_listener));
+    out
+}
+
+/// What the configuration itself weakens, as findings.
+fn warned(warnings: &[Issue]) -> Vec<Finding> {
+    warnings
         .iter()
         .map(|w| Finding {
             level: Level::Warn,
             what: w.to_string(),
             fix: None,
         })
-        .collect();
-    for (i, s) in config.sinks.iter().enumerate() {
-        out.push(sink(i, s).await);
-    }
-    if let Some(listen) = config.ops.listen {
-        out.push(bind_probe(
-            listen,
-            "ops.listen",
-            format!("ops endpoints can listen on {listen}"),
-            format!("ops.listen {listen}"),
-            "ops.listen",
-        ));
-    }
-    out
+        .collect()
+}
+
+/// Whether the ops listener can listen on `listen`.
+fn ops_listener(listen: SocketAddr) -> Finding {
+    bind_probe(
+        listen,
+        "ops.listen",
+        format!("ops endpoints can listen on {listen}"),
+        format!("ops.listen {listen}"),
+        "ops.listen",
+    )
 }
 
 /// Whether a listener can bind `addr` now (the probe's socket is closed at once). `ok` is the

@@ -144,15 +144,8 @@ fn main() -> ExitCode {
     // process too. Measured on a backlog drain, a multi-threaded runtime spent about 20% more
     // CPU (waking tasks across threads) for no gain in throughput. Blocking writes (stdout,
     // files) still run on tokio's blocking pool.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pglive: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::from(1);
     };
     let is_run = matches!(cli.command, Command::Run { .. });
     let result = runtime.block_on(async {
@@ -179,6 +172,15 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The async runtime `builder` makes (with I/O and timers); none when it cannot start (said).
+fn runtime(mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("pglive: cannot start the async runtime: {e}"))
+        .ok()
 }
 
 /// `--log-format`, else the configured one.
@@ -210,27 +212,15 @@ fn relay_main(path: &std::path::Path, check: bool, log_flag: Option<String>) -> 
             tracing::warn!("{warning}");
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pglive: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime(tokio::runtime::Builder::new_multi_thread()) else {
+        return ExitCode::from(1);
     };
     if check {
         let findings = runtime.block_on(pglive::check::relay(&config));
         return report(&findings);
     }
     let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone(), config.ops.shutdown_timeout));
-        let metrics = match config.ops.listen {
-            Some(_) => Some(pglive::ops::install_metrics().map_err(anyhow::Error::msg)?),
-            None => None,
-        };
+        let (shutdown, metrics) = serve_as_daemon(&config.ops)?;
         let listeners = pglive::relay::Listeners::bind(&config, metrics).await?;
         pglive::relay::run(config, listeners, shutdown).await?;
         tracing::info!("stopped");
@@ -247,18 +237,30 @@ fn relay_main(path: &std::path::Path, check: bool, log_flag: Option<String>) -> 
 }
 
 async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<ExitCode> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone(), config.ops.shutdown_timeout));
-    let metrics = match config.ops.listen {
-        Some(_) => Some(pglive::ops::install_metrics().map_err(anyhow::Error::msg)?),
-        None => None,
-    };
+    let (shutdown, metrics) = serve_as_daemon(&config.ops)?;
     let listeners = pglive::app::Listeners::bind(&config, metrics).await?;
     match pglive::app::run(config, listeners, stop_at, shutdown).await? {
         Stopped::Shutdown => tracing::info!("stopped"),
         Stopped::ReachedStopLsn(lsn) => tracing::info!(flush = %lsn, "reached the stop position"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `run` and `relay` share: the token the signals cancel, and the metrics recorder when
+/// `ops.listen` serves `/metrics`. Runs inside the runtime.
+fn serve_as_daemon(
+    ops: &config::OpsConfig,
+) -> anyhow::Result<(
+    CancellationToken,
+    Option<metrics_exporter_prometheus::PrometheusHandle>,
+)> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone(), ops.shutdown_timeout));
+    let metrics = match ops.listen {
+        Some(_) => Some(pglive::ops::install_metrics().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    Ok((shutdown, metrics))
 }
 
 /// The first SIGTERM or SIGINT starts a graceful shutdown, which the pipeline keeps within

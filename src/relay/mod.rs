@@ -12,6 +12,8 @@
 
 mod stream;
 
+pub use stream::probe;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,9 +114,4 @@ pub async fn run(
     tasks.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tasks.wait()).await;
     result.map_err(NodeError::Stream)
-}
-
-/// Whether the node's broker takes its connection and has its stream: `pglive check`.
-pub async fn probe(config: &StreamConfig) -> Result<(), String> {
-    stream::probe(config).await
 }

@@ -213,7 +213,8 @@ impl Reader {
                      (retention dropped it, or the stream was recreated); clients are told to resync");
                 self.feed.gap();
             }
-            self.handle(&delivery, offset);
+            let at = published_at(&delivery.properties);
+            self.handle(delivery.data, offset, at);
             unacked = Some(delivery.acker);
             count += 1;
             if behind.is_some_and(|o| offset >= o) {
@@ -260,10 +261,10 @@ impl Reader {
 
     /// Passes one delivery's event to the hub, unless it is not a LiveEvent, a replay of one
     /// passed already, or on a channel this node does not serve.
-    fn handle(&mut self, delivery: &lapin::message::Delivery, offset: u64) {
+    fn handle(&mut self, body: Vec<u8>, offset: u64, at: Instant) {
         self.position.next = Some(offset + 1);
         self.offset.set(offset as f64);
-        let Some((channel, id, json)) = parse(&delivery.data) else {
+        let Some((channel, id, json)) = parse(body) else {
             tracing::warn!(offset, stream = %self.config.stream,
                 "relay: skipped a message that is not a LiveEvent (JSON with channel and meta.id)");
             return;
@@ -277,14 +278,13 @@ impl Reader {
             tracing::debug!(%channel, "relay: event on a channel this node does not serve");
             return;
         }
-        let at = published_at(&delivery.properties);
         self.feed.publish(&channel, id, json, at);
         self.events.increment(1);
     }
 }
 
 /// Connects, looks the stream up and closes: what `pglive check` asks of the broker.
-pub(super) async fn probe(config: &StreamConfig) -> Result<(), String> {
+pub async fn probe(config: &StreamConfig) -> Result<(), String> {
     let message = |f: Failure| match f {
         Failure::Fatal(m) | Failure::Retry(m) => m,
     };
@@ -402,12 +402,13 @@ fn published_at(props: &lapin::BasicProperties) -> Instant {
         .unwrap_or(now)
 }
 
-/// The channel, id and text of a LiveEvent message.
-fn parse(body: &[u8]) -> Option<(String, EventId, String)> {
-    let text = std::str::from_utf8(body).ok()?;
-    let head: Head = serde_json::from_str(text).ok()?;
+/// The channel, id and text of a LiveEvent message (the text is the body, not a copy).
+fn parse(body: Vec<u8>) -> Option<(String, EventId, String)> {
+    let text = String::from_utf8(body).ok()?;
+    let head: Head = serde_json::from_str(&text).ok()?;
     let id = head.meta.id.parse().ok()?;
-    Some((head.channel.into_owned(), id, text.to_owned()))
+    let channel = head.channel.into_owned();
+    Some((channel, id, text))
 }
 
 #[cfg(test)]
@@ -417,13 +418,16 @@ mod tests {
     #[test]
     fn a_live_event_is_parsed_and_anything_else_is_not() {
         let body = br#"{"channel":"resources/posts","type":"created","payload":{"ids":[1]},"date":"2026-12-02T00:00:00Z","meta":{"id":"0/16B3748:0"}}"#;
-        let (channel, id, text) = parse(body).expect("a LiveEvent");
+        let (channel, id, text) = parse(body.to_vec()).expect("a LiveEvent");
         assert_eq!(channel, "resources/posts");
         assert_eq!(id.to_string(), "0/16B3748:0");
         assert_eq!(text.as_bytes(), body);
-        assert!(parse(b"not json").is_none());
-        assert!(parse(br#"{"channel":"x"}"#).is_none(), "no meta.id");
-        assert!(parse(br#"{"channel":"x","meta":{"id":"nope"}}"#).is_none());
-        assert!(parse(&[0xff, 0xfe]).is_none(), "not UTF-8");
+        assert!(parse(b"not json".to_vec()).is_none());
+        assert!(
+            parse(br#"{"channel":"x"}"#.to_vec()).is_none(),
+            "no meta.id"
+        );
+        assert!(parse(br#"{"channel":"x","meta":{"id":"nope"}}"#.to_vec()).is_none());
+        assert!(parse(vec![0xff, 0xfe]).is_none(), "not UTF-8");
     }
 }

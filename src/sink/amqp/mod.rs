@@ -12,6 +12,11 @@
 //! every message of them not yet confirmed, in order (the confirmed start of the oldest batch
 //! is not published twice). Consumers may therefore see a message twice; `message_id` (the
 //! event's `meta.id`) is the same both times.
+//!
+//! With `stream`, each connection also declares that stream queue (retention from the config)
+//! and binds it to the exchange for every routing key: what relay nodes read. Every message
+//! carries `published_ms`, from which they age their history. Relay nodes connect with
+//! [`connect_to`] too.
 
 mod routing;
 

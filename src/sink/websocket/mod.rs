@@ -1,5 +1,7 @@
 //! The WebSocket relay: browsers connect to pglive itself, subscribe to channels, and receive
-//! every event of those channels, one LiveEvent JSON object per text frame.
+//! every event of those channels, one LiveEvent JSON object per text frame. Events come in
+//! as a sink's batches ([`WebSocketSink`], in `pglive run`) or, on a relay node, one by one
+//! from a RabbitMQ stream ([`Feed`]); the hub, protocol and limits are the same.
 //!
 //! Protocol (text frames, JSON):
 //! - client → `{"op":"subscribe","channel":C}` (optionally `"since":"<meta.id>"`),
