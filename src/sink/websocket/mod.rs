@@ -26,6 +26,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -395,16 +396,21 @@ async fn serve_client(mut socket: WebSocket, access: Access, shared: &Shared) {
     let mut last_heard = tokio::time::Instant::now();
     // A write that takes this long means the client stopped reading.
     let write_timeout = config.ping_interval * 2;
-    // Created once: polling a registered future is cheaper than registering one per frame.
-    let stop = shared.stop.cancelled();
+    // The client's own token: polling the shared one would lock its mutex (and its waiter
+    // list's) for every frame of every client. Created once: polling a registered future is
+    // cheaper than registering one per frame.
+    let stop = shared.stop.child_token();
+    let stop = stop.cancelled();
     tokio::pin!(stop);
+    let mut outgoing = Vec::new();
     let closing = loop {
-        let outgoing = tokio::select! {
+        outgoing.clear();
+        tokio::select! {
             biased;
             _ = &mut stop => break Some((CLOSE_GOING_AWAY, "pglive is stopping")),
             _ = &mut expiry => break Some((CLOSE_POLICY, "token expired")),
             frame = frames.recv() => match frame {
-                Some(first) => outgoing(first, &mut frames, &session),
+                Some(first) => queued(first, &mut frames, &session, &mut outgoing),
                 None => break None,
             },
             incoming = socket.recv() => {
@@ -416,33 +422,23 @@ async fn serve_client(mut socket: WebSocket, access: Access, shared: &Shared) {
                     }
                     Some(Ok(Message::Text(text))) => {
                         let expires = session.access.expires;
-                        let replies = handle(&text, &mut session, shared);
+                        outgoing = handle(&text, &mut session, shared);
                         if session.access.expires != expires {
                             expiry.as_mut().reset(deadline(session.access.expires));
                         }
-                        if replies.is_empty() {
-                            continue;
-                        }
-                        replies
                     }
-                    Some(Ok(Message::Binary(_))) => vec![error(None, "bad_request", "send text frames")],
-                    Some(Ok(_)) => continue, // ping (answered by the library) or pong
+                    Some(Ok(Message::Binary(_))) => outgoing.push(error(None, "bad_request", "send text frames")),
+                    Some(Ok(_)) => {} // ping (answered by the library) or pong
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > config.ping_interval * 2 {
                     break Some((CLOSE_POLICY, "no pong"));
                 }
-                vec![Message::Ping(Default::default())]
+                outgoing.push(Message::Ping(Default::default()));
             }
         };
-        let write = async {
-            for message in outgoing {
-                socket.feed(message).await?;
-            }
-            socket.flush().await
-        };
-        if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
+        if !outgoing.is_empty() && !write(&mut socket, &mut outgoing, write_timeout).await {
             break None;
         }
     };
@@ -453,32 +449,54 @@ async fn serve_client(mut socket: WebSocket, access: Access, shared: &Shared) {
     }
 }
 
-/// The frames to write now: `first` and whatever else is queued, or, for a client that fell
-/// too far behind, `resync` for each of its channels instead.
-fn outgoing(
+/// Puts the frames to write now into `out`: `first` and whatever else is queued, or, for a
+/// client that fell too far behind, `resync` for each of its channels instead.
+fn queued(
     first: Utf8Bytes,
     frames: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>,
     session: &Session,
-) -> Vec<Message> {
+    out: &mut Vec<Message>,
+) {
     if session.client.take_overflow() {
         // Too slow: drop what is queued and tell it to refetch every channel.
         while frames.try_recv().is_ok() {}
         let mut names: Vec<&String> = session.channels.iter().collect();
         names.sort();
-        return names
-            .into_iter()
-            .map(|c| Message::Text(control("resync", c)))
-            .collect();
+        out.extend(
+            names
+                .into_iter()
+                .map(|c| Message::Text(control("resync", c))),
+        );
+        return;
     }
     // Whatever else is queued goes out in the same write.
-    let mut out = vec![Message::Text(first)];
+    out.push(Message::Text(first));
     while out.len() < WRITE_BATCH {
         match frames.try_recv() {
             Ok(f) => out.push(Message::Text(f)),
             Err(_) => break,
         }
     }
-    out
+}
+
+/// Writes `out` (emptying it) and flushes; false if the client is gone or took longer than
+/// `within`. The timer starts only for a write the socket did not take at once: arming one
+/// per frame would cost every client a timer-wheel insertion and removal per event.
+async fn write(socket: &mut WebSocket, out: &mut Vec<Message>, within: Duration) -> bool {
+    let write = async {
+        for message in out.drain(..) {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    tokio::pin!(write);
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(written) => written.is_ok(),
+        Poll::Pending => {
+            matches!(tokio::time::timeout(within, write).await, Ok(Ok(())))
+        }
+    }
 }
 
 /// Sends a close frame and lets the client answer it, briefly.
