@@ -160,43 +160,34 @@ impl Mapper {
         Ok(())
     }
 
-    /// Whether `rel` is mapped but its replica identity does not name a usable key (FULL or
-    /// NOTHING), so the caller should look up the primary key and pass it to [`Mapper::relation`].
-    pub fn needs_primary_key(&self, rel: &Relation) -> bool {
+    /// Whether `rel` is a mapped table: the caller looks it up in the catalog and passes what
+    /// it found to [`Mapper::relation`].
+    pub fn is_mapped(&self, rel: &Relation) -> bool {
         self.rules
             .contains_key(&(rel.namespace.clone(), rel.name.clone()))
-            && (rel.replica_identity == b'f' || !rel.columns.iter().any(|c| c.key))
     }
 
-    /// Records a Relation message. `primary_key` names the primary-key columns when the caller
-    /// looked them up (see [`Mapper::needs_primary_key`]).
-    pub fn relation(&mut self, rel: &Relation, primary_key: Option<&[String]>) {
+    /// Records a Relation message, with what the catalog says of it (see
+    /// [`Mapper::is_mapped`]; `None` when it was not looked up).
+    pub fn relation(&mut self, rel: &Relation, catalogued: Option<&Catalogued>) {
         let key = (rel.namespace.clone(), rel.name.clone());
         let Some(source) = self.rules.get(&key) else {
             self.relations.insert(rel.oid, None);
             return;
         };
         let as_strings = self.ids_as_strings.get(&key).copied().unwrap_or(false);
-        let column = |index: usize| KeyColumn {
-            index,
-            as_number: !as_strings && INT_TYPE_OIDS.contains(&rel.columns[index].type_oid),
+        let column = |index: usize| {
+            let declared = rel.columns[index].type_oid;
+            let base = catalogued
+                .and_then(|c| c.base_types.get(&declared))
+                .copied()
+                .unwrap_or(declared);
+            KeyColumn {
+                index,
+                as_number: !as_strings && INT_TYPE_OIDS.contains(&base),
+            }
         };
-        let flagged: Vec<usize> = (0..rel.columns.len())
-            .filter(|&i| rel.columns[i].key)
-            .collect();
-        let key_columns = if rel.replica_identity != b'f' && !flagged.is_empty() {
-            flagged.into_iter().map(column).collect()
-        } else {
-            primary_key
-                .and_then(|pk| {
-                    pk.iter()
-                        .map(|name| rel.columns.iter().position(|c| &c.name == name))
-                        .collect::<Option<Vec<_>>>()
-                })
-                .filter(|cols| !cols.is_empty())
-                .map(|cols| cols.into_iter().map(column).collect())
-                .unwrap_or_default()
-        };
+        let key_columns = key_order(rel, catalogued).into_iter().map(column).collect();
         self.relations.insert(
             rel.oid,
             Some(Arc::new(Binding {
@@ -383,6 +374,53 @@ impl TxnHeader {
             self.commit_time,
         ));
     }
+}
+
+/// What the catalog says of a mapped relation, looked up when its Relation message arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalogued {
+    /// The primary key's columns, in key order (empty: none).
+    pub primary_key: Vec<String>,
+    /// The columns of the index named by `REPLICA IDENTITY USING INDEX`, in key order (empty:
+    /// none, or it is the primary key).
+    pub identity_index: Vec<String>,
+    /// The base type of each domain among the relation's column types.
+    pub base_types: HashMap<u32, u32>,
+}
+
+/// The positions of `rel`'s key columns in key order (empty: no usable key). The key is what
+/// the replica identity sends (the columns the Relation message flags), or the primary key
+/// under FULL identity; either way in the key's own order, which the Relation message does not
+/// give (it flags columns in table order): that of the catalog's index with exactly the flagged
+/// columns. A catalog that no longer has such an index (the table changed since) leaves table
+/// order.
+fn key_order(rel: &Relation, catalogued: Option<&Catalogued>) -> Vec<usize> {
+    let by_names = |names: &Vec<String>| {
+        names
+            .iter()
+            .map(|name| rel.columns.iter().position(|c| &c.name == name))
+            .collect::<Option<Vec<_>>>()
+            .filter(|cols| !cols.is_empty())
+    };
+    let flagged: Vec<usize> = (0..rel.columns.len())
+        .filter(|&i| rel.columns[i].key)
+        .collect();
+    if rel.replica_identity == b'f' || flagged.is_empty() {
+        return catalogued
+            .and_then(|c| by_names(&c.primary_key))
+            .unwrap_or_default();
+    }
+    let is_flagged_set = |cols: &Vec<usize>| {
+        let mut sorted = cols.clone();
+        sorted.sort_unstable();
+        sorted == flagged
+    };
+    catalogued
+        .into_iter()
+        .flat_map(|c| [&c.identity_index, &c.primary_key])
+        .filter_map(by_names)
+        .find(is_flagged_set)
+        .unwrap_or(flagged)
 }
 
 /// The key of one row, or `None` when a key column has no value in this tuple (filler, NULL,

@@ -212,6 +212,14 @@ fn audit() -> Relation {
     rel(AUDIT, "audit", &[("id", INT4, true), ("what", TEXT, false)])
 }
 
+/// What the catalog says of a table whose primary key is `columns`.
+fn pk(columns: &[&str]) -> Catalogued {
+    Catalogued {
+        primary_key: columns.iter().map(|&c| c.to_owned()).collect(),
+        ..Catalogued::default()
+    }
+}
+
 fn rule(table: &str) -> TableRule {
     TableRule {
         schema: "public".into(),
@@ -595,7 +603,7 @@ fn a_table_of_the_same_name_in_another_schema_is_not_mapped() {
         coalescing(1000),
         &[other, sales],
     );
-    assert!(!m.needs_primary_key(&rel_in(1, "archive", "products", b'f', &[])));
+    assert!(!m.is_mapped(&rel_in(1, "archive", "products", b'f', &[])));
     let out = feed(
         &mut m,
         &txn(vec![
@@ -937,8 +945,7 @@ fn full_products() -> Relation {
 fn replica_identity_full_uses_the_primary_key_it_is_given() {
     let mut m = Mapper::new(&[rule("products")], coalescing(1000));
     let r = full_products();
-    assert!(m.needs_primary_key(&r));
-    m.relation(&r, Some(&["id".to_owned()]));
+    m.relation(&r, Some(&pk(&["id"])));
     let out = feed(
         &mut m,
         &txn(vec![
@@ -973,7 +980,7 @@ fn replica_identity_full_with_an_unchanged_toast_value_falls_back_to_the_old_row
         &[("slug", TEXT, true), ("body", TEXT, true)],
     );
     let mut m = Mapper::new(&[rule("docs")], coalescing(1000));
-    m.relation(&r, Some(&["slug".to_owned()]));
+    m.relation(&r, Some(&pk(&["slug"])));
     let out = feed(
         &mut m,
         &txn(vec![update(
@@ -996,12 +1003,78 @@ fn replica_identity_full_with_a_composite_primary_key_in_pk_order() {
     );
     let mut m = Mapper::new(&[rule("pair")], coalescing(1000));
     // The primary key is (b, a): its order, not the column order, is the key order.
-    m.relation(&r, Some(&["b".to_owned(), "a".to_owned()]));
+    m.relation(&r, Some(&pk(&["b", "a"])));
     let out = feed(
         &mut m,
         &txn(vec![insert(1, &[V::T("1"), V::T("x"), V::T("v")])]),
     );
     assert_eq!(ids(&out), [Some(json!([["x", 1]]))]);
+}
+
+/// `pair (a int4, b text, v text, primary key (b, a))`: the Relation message flags a and b in
+/// table order under DEFAULT identity; events carry them in key order, as under FULL, across a
+/// switch from one identity to the other.
+#[test]
+fn a_composite_key_is_in_key_order_under_every_replica_identity() {
+    let cols = [("a", INT4, true), ("b", TEXT, true), ("v", TEXT, false)];
+    let default = rel_in(1, "public", "pair", b'd', &cols);
+    let mut full = default.clone();
+    full.replica_identity = b'f';
+    full.columns.iter_mut().for_each(|c| c.key = true);
+    let mut m = Mapper::new(&[rule("pair")], coalescing(1000));
+    m.relation(&default, Some(&pk(&["b", "a"])));
+    let row = [V::T("1"), V::T("x"), V::T("v")];
+    let mut out = feed(&mut m, &txn(vec![insert(1, &row)]));
+    m.relation(&full, Some(&pk(&["b", "a"])));
+    out.extend(feed(
+        &mut m,
+        &txn(vec![
+            update(1, Some((b'O', &row)), &row),
+            delete(1, b'O', &row),
+        ]),
+    ));
+    assert_eq!(ids(&out), vec![Some(json!([["x", 1]])); 3]);
+
+    // REPLICA IDENTITY USING INDEX on (v, a): that index's order.
+    let mut by_index = rel_in(1, "public", "pair", b'i', &cols);
+    by_index.columns[1].key = false;
+    by_index.columns[2].key = true;
+    let catalogued = Catalogued {
+        identity_index: vec!["v".into(), "a".into()],
+        ..pk(&["b", "a"])
+    };
+    m.relation(&by_index, Some(&catalogued));
+    let out = feed(
+        &mut m,
+        &txn(vec![delete(1, b'K', &[V::T("1"), V::N, V::T("v")])]),
+    );
+    assert_eq!(ids(&out), [Some(json!([["v", 1]]))]);
+
+    // A catalog that no longer describes the flagged columns: table order.
+    m.relation(&default, Some(&pk(&["a"])));
+    let out = feed(&mut m, &txn(vec![insert(1, &row)]));
+    assert_eq!(ids(&out), [Some(json!([[1, "x"]]))]);
+}
+
+/// A domain over an integer type is a number, like its base type; over a domain too.
+#[test]
+fn a_key_whose_type_is_a_domain_over_an_integer_is_a_number() {
+    const POSINT: u32 = 16_500;
+    const SMALLPOS: u32 = 16_501;
+    const CODE: u32 = 16_502;
+    let r = rel(1, "d", &[("id", SMALLPOS, true), ("code", CODE, true)]);
+    let catalogued = Catalogued {
+        base_types: [(POSINT, INT8), (SMALLPOS, INT8), (CODE, TEXT)].into(),
+        ..pk(&["id", "code"])
+    };
+    let mut m = Mapper::new(&[rule("d")], coalescing(1000));
+    m.relation(&r, Some(&catalogued));
+    let out = feed(&mut m, &txn(vec![insert(1, &[V::T("42"), V::T("7")])]));
+    assert_eq!(ids(&out), [Some(json!([[42, "7"]]))]);
+    // Without the catalog, an unknown type stays text.
+    m.relation(&r, None);
+    let out = feed(&mut m, &txn(vec![insert(1, &[V::T("42"), V::T("7")])]));
+    assert_eq!(ids(&out), [Some(json!([["42", "7"]]))]);
 }
 
 #[test]
@@ -1020,7 +1093,7 @@ fn replica_identity_full_without_a_primary_key_has_no_ids() {
 
     // A primary key naming a column the relation does not have is no key either.
     let mut m = Mapper::new(&[rule("products")], coalescing(1000));
-    m.relation(&full_products(), Some(&["missing".to_owned()]));
+    m.relation(&full_products(), Some(&pk(&["missing"])));
     let out = feed(
         &mut m,
         &txn(vec![insert(PRODUCTS, &[V::T("lamp"), V::T("1"), V::N])]),
@@ -1029,7 +1102,7 @@ fn replica_identity_full_without_a_primary_key_has_no_ids() {
 
     // Nor is an empty one.
     let mut m = Mapper::new(&[rule("products")], coalescing(1000));
-    m.relation(&full_products(), Some(&[]));
+    m.relation(&full_products(), Some(&pk(&[])));
     let out = feed(
         &mut m,
         &txn(vec![insert(PRODUCTS, &[V::T("lamp"), V::T("1"), V::N])]),
@@ -1048,8 +1121,7 @@ fn flagged_key_columns_win_over_a_primary_key_unless_identity_is_full() {
         &[("id", INT4, false), ("sku", TEXT, true)],
     );
     let mut m = Mapper::new(&[rule("items")], coalescing(1000));
-    assert!(!m.needs_primary_key(&r));
-    m.relation(&r, Some(&["id".to_owned()]));
+    m.relation(&r, Some(&pk(&["id"])));
     let out = feed(&mut m, &txn(vec![insert(1, &[V::T("1"), V::T("S-1")])]));
     assert_eq!(ids(&out), [Some(json!(["S-1"]))]);
 }
@@ -1064,22 +1136,19 @@ fn replica_identity_nothing_uses_the_primary_key() {
         &[("id", INT8, false), ("v", TEXT, false)],
     );
     let mut m = Mapper::new(&[rule("items")], coalescing(1000));
-    assert!(m.needs_primary_key(&r));
-    m.relation(&r, Some(&["id".to_owned()]));
+    m.relation(&r, Some(&pk(&["id"])));
     let out = feed(&mut m, &txn(vec![insert(1, &[V::T("77"), V::N])]));
     assert_eq!(ids(&out), [Some(json!([77]))]);
 }
 
 #[test]
-fn needs_primary_key_only_for_mapped_tables_without_a_usable_identity() {
+fn only_mapped_tables_are_looked_up() {
     let m = Mapper::new(&[rule("products")], coalescing(1000));
-    assert!(!m.needs_primary_key(&products()));
-    assert!(m.needs_primary_key(&full_products()));
-    assert!(m.needs_primary_key(&rel(PRODUCTS, "products", &[("id", INT4, false)])));
-    // Unmapped: never looked up.
-    let mut unmapped_full = full_products();
-    unmapped_full.name = "other".into();
-    assert!(!m.needs_primary_key(&unmapped_full));
+    assert!(m.is_mapped(&products()));
+    assert!(m.is_mapped(&full_products()));
+    let mut unmapped = full_products();
+    unmapped.name = "other".into();
+    assert!(!m.is_mapped(&unmapped));
 }
 
 // ---- coalescing ----

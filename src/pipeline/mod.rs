@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::PostgresConfig;
-use crate::decode::LogicalMessage;
+use crate::decode::{LogicalMessage, Relation};
 use crate::lsn::Lsn;
-use crate::map::{Mapper, Step, TableRule};
+use crate::map::{Catalogued, Mapper, Step, TableRule};
 use crate::shutdown::ShutdownBudget;
 use crate::source::SourceError;
 use crate::source::catalog;
@@ -298,12 +298,12 @@ impl Pipeline {
         match msg {
             LogicalMessage::Begin(b) => self.txn_commit_time = b.commit_time,
             LogicalMessage::Relation(rel) => {
-                let pk = if self.mapper.needs_primary_key(rel) {
-                    Some(self.primary_key(control, &rel.namespace, &rel.name).await?)
+                let catalogued = if self.mapper.is_mapped(rel) {
+                    Some(self.catalogued(control, rel).await?)
                 } else {
                     None
                 };
-                self.mapper.relation(rel, pk.as_deref());
+                self.mapper.relation(rel, catalogued.as_ref());
                 return Ok(None);
             }
             _ => {}
@@ -341,17 +341,18 @@ impl Pipeline {
         } if *content == self.config.slot.as_bytes())
     }
 
-    async fn primary_key(
+    /// A mapped relation's keys and domains, from the catalog.
+    async fn catalogued(
         &self,
         control: &Client,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Vec<String>, SourceError> {
+        rel: &Relation,
+    ) -> Result<Catalogued, SourceError> {
         let timeout = self.config.connect_timeout;
-        tokio::time::timeout(timeout, catalog::primary_key(control, namespace, name))
+        let types: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+        tokio::time::timeout(timeout, catalog::relation_keys(control, rel.oid, &types))
             .await
             .map_err(|_| SourceError::Timeout {
-                what: "looking up a primary key",
+                what: "looking up a table's keys",
                 after: timeout,
             })?
     }

@@ -11,7 +11,7 @@ use super::error::SourceError;
 use super::sql::{quote_ident, quote_literal};
 use super::transport::{self, AuthGuard, Established};
 use crate::lsn::Lsn;
-use crate::map::TableRule;
+use crate::map::{Catalogued, TableRule};
 
 /// Connects the control session; its connection task runs until the client is dropped. The
 /// socket and TLS are set up as for the replication connection (see `transport`), and the
@@ -77,6 +77,60 @@ pub async fn primary_key(
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// What the catalog says of relation `oid` (as a Relation message names it) for mapping its
+/// changes: its primary key and replica-identity index in key order, and the base type of
+/// each domain among `type_oids` (a domain over a domain resolves to the last base).
+pub async fn relation_keys(
+    client: &Client,
+    oid: u32,
+    type_oids: &[u32],
+) -> Result<Catalogued, SourceError> {
+    let rows = client
+        .query(
+            "SELECT i.indisprimary, a.attname::text
+               FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
+              ORDER BY i.indisprimary, k.ord",
+            &[&oid],
+        )
+        .await?;
+    let mut keys = Catalogued::default();
+    for row in rows {
+        let (primary, name): (bool, String) = (row.get(0), row.get(1));
+        if primary {
+            keys.primary_key.push(name);
+        } else {
+            keys.identity_index.push(name);
+        }
+    }
+    let user_types: Vec<u32> = type_oids
+        .iter()
+        .copied()
+        .filter(|&t| t >= FIRST_NON_BUILTIN_OID)
+        .collect();
+    if !user_types.is_empty() {
+        let rows = client
+            .query(
+                "WITH RECURSIVE d(start, base) AS (
+                     SELECT oid, typbasetype FROM pg_type WHERE oid = ANY($1) AND typtype = 'd'
+                   UNION ALL
+                     SELECT d.start, t.typbasetype FROM d
+                       JOIN pg_type t ON t.oid = d.base AND t.typtype = 'd')
+                 SELECT d.start, d.base FROM d JOIN pg_type t ON t.oid = d.base AND t.typtype <> 'd'",
+                &[&user_types],
+            )
+            .await?;
+        keys.base_types = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    }
+    Ok(keys)
+}
+
+/// Types below this OID are PostgreSQL's own from `pg_type.dat`, none of them a domain
+/// (`FirstGenbkiObjectId`); the information schema's domains come after it.
+const FIRST_NON_BUILTIN_OID: u32 = 10_000;
 
 /// What the server says about a replication slot.
 #[derive(Debug, Clone)]

@@ -163,6 +163,48 @@ fn key_types_are_typed_and_exact() {
     assert!(k8.contains("\"ids\":[9007199254740993]"), "{k8}");
 }
 
+/// `primary key (b, a)` on a table declared `(a, b)`: every event carries `[b, a]`, under
+/// DEFAULT identity and after a switch to FULL mid-stream; a key whose type is a domain over an
+/// integer type (a domain over a domain, even) is a number.
+#[test]
+fn composite_keys_are_in_key_order_and_domains_are_their_base_type() {
+    let db = TestDb::new("keyorder");
+    db.sql(
+        "CREATE TABLE pair (a int, b text, v text, PRIMARY KEY (b, a));
+         CREATE DOMAIN posint AS int8 CHECK (VALUE > 0);
+         CREATE DOMAIN small AS posint CHECK (VALUE < 1000);
+         CREATE TABLE dom (id small PRIMARY KEY);",
+    );
+    let d = start(&db, &["name = \"pair\"", "name = \"dom\""], "");
+    db.sql("INSERT INTO pair VALUES (1, 'x', 'v')");
+    db.sql("ALTER TABLE pair REPLICA IDENTITY FULL");
+    db.sql("UPDATE pair SET v = 'w'");
+    db.sql("DELETE FROM pair");
+    db.sql("INSERT INTO dom VALUES (42)");
+    let events = d.wait_events("four events", |e| e.len() >= 4);
+    let pair: Vec<(String, Value)> = events
+        .iter()
+        .filter(|e| e["meta"]["table"] == "pair")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["payload"]["ids"].clone(),
+            )
+        })
+        .collect();
+    let key = json!([["x", 1]]);
+    assert_eq!(
+        pair,
+        [
+            ("created".to_owned(), key.clone()),
+            ("updated".to_owned(), key.clone()),
+            ("deleted".to_owned(), key),
+        ]
+    );
+    let dom = events.iter().find(|e| e["meta"]["table"] == "dom").unwrap();
+    assert_eq!(dom["payload"]["ids"], json!([42]));
+}
+
 #[test]
 fn key_changing_updates_carry_old_and_new_ids() {
     let db = TestDb::new("rekey");
