@@ -415,11 +415,14 @@ async fn tables(
 ) -> Result<(), SourceError> {
     let pg = &config.postgres;
     for (i, t) in config.tables.iter().enumerate() {
-        let name = format!("{}.{}", t.schema, t.name);
+        let name = t.qualified();
         let quoted = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
         out.push(match catalog::table_identity(client, &t.schema, &t.name).await? {
             None => Finding::fail(
-                format!("table {name} (tables[{i}]) does not exist"),
+                format!(
+                    "table {name} (tables[{i}]) does not exist (looked up: table {:?} in schema {:?})",
+                    t.name, t.schema
+                ),
                 format!("create the table, or correct tables[{i}].name"),
             ),
             Some(id) if !id.usable() => Finding::fail(

@@ -62,10 +62,10 @@ pub(super) fn resolve_tables(
                 continue;
             }
         };
-        if rules.iter().any(|r| r.schema == schema && r.name == name) {
+        if let Some(earlier) = rules.iter().find(|r| r.schema == schema && r.name == name) {
             issues.push(
                 format!("{key}.name"),
-                format!("table {schema}.{name} is mapped more than once"),
+                format!("table {} is mapped more than once", earlier.qualified()),
             );
         }
         let channel = t.channel.unwrap_or_else(|| format!("resources/{name}"));
@@ -91,20 +91,72 @@ pub(super) fn resolve_tables(
     rules
 }
 
-/// `schema.table` or `table` (schema `public`). Names are taken literally, as in the catalog.
+/// `schema.table` or `table` (schema `public`). Unquoted parts are taken literally, as in the
+/// catalog (no case folding); a part in double quotes may hold anything but NUL, with `""` for
+/// a quote — `"edge_b.dotted"` is one table name, `edge_b.dotted` a schema and a table.
 fn parse_table_name(text: &str) -> Result<(String, String), String> {
-    let parts: Vec<&str> = text.split('.').collect();
+    let parts = split_identifiers(text)?;
     let (schema, name) = match parts.as_slice() {
-        [name] => ("public", *name),
-        [schema, name] => (*schema, *name),
-        _ => return Err(format!("{text:?} is not `schema.table` or `table`")),
+        [name] => ("public".to_owned(), name.clone()),
+        [schema, name] => (schema.clone(), name.clone()),
+        _ => {
+            return Err(format!(
+                "`{text}` is not `schema.table` or `table` (a name holding a dot is written in \
+                 double quotes: name = '\"my.table\"')"
+            ));
+        }
     };
-    for part in [schema, name] {
+    for part in [&schema, &name] {
         if part.is_empty() || part.len() > 63 || part.contains('\0') {
             return Err(format!(
-                "{text:?}: each part must be 1 to 63 bytes (schema.table or table)"
+                "`{text}`: each part must be 1 to 63 bytes (schema.table or table)"
             ));
         }
     }
-    Ok((schema.to_owned(), name.to_owned()))
+    Ok((schema, name))
+}
+
+/// The dot-separated parts of `text`, each unquoted or in double quotes.
+fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
+    let mut parts = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                    None => return Err(format!("`{text}`: a quoted name is not closed")),
+                }
+            }
+            if chars.peek().is_some_and(|&c| c != '.') {
+                return Err(format!(
+                    "`{text}`: a quoted name must be followed by `.` or end"
+                ));
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if c == '"' {
+                    return Err(format!(
+                        "`{text}`: a quote may only open a part (quote the whole name)"
+                    ));
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        parts.push(part);
+        if chars.next().is_none() {
+            return Ok(parts);
+        }
+    }
 }

@@ -653,6 +653,41 @@ fn bad_table_names_are_rejected() {
     }
 }
 
+/// A name holding a dot (or a quote) is written in double quotes, part by part; quoting the
+/// whole `schema.table` makes it one table name.
+#[test]
+fn quoted_table_names_may_hold_dots_and_quotes() {
+    let table = |name: &str| {
+        let text = format!(
+            "[postgres]\nurl = \"{URL}\"\n[[tables]]\nname = '{name}'\n[[sinks]]\ntype = \"stdout\"\n"
+        );
+        let c = ok(&text);
+        let t = &c.tables[0];
+        (t.schema.clone(), t.name.clone(), t.qualified())
+    };
+    let s = |a: &str, b: &str, q: &str| (a.to_owned(), b.to_owned(), q.to_owned());
+    assert_eq!(
+        table(r#""edge_b.dotted""#),
+        s("public", "edge_b.dotted", r#"public."edge_b.dotted""#)
+    );
+    assert_eq!(
+        table("edge_b.dotted"),
+        s("edge_b", "dotted", "edge_b.dotted")
+    );
+    assert_eq!(
+        table(r#""My Schema"."a ""b"".c""#),
+        s("My Schema", "a \"b\".c", r#""My Schema"."a ""b"".c""#)
+    );
+    assert_eq!(table(r#"s."T""#), s("s", "T", r#"s."T""#));
+    for bad in [r#""open"#, r#""a"b"#, r#"a"b"#, r#""a"."b"."c""#, r#""""#] {
+        let text = format!(
+            "[postgres]\nurl = \"{URL}\"\n[[tables]]\nname = '{bad}'\n[[sinks]]\ntype = \"stdout\"\n"
+        );
+        let issue = only_issue(&text, "tables[0].name");
+        assert!(issue.message.contains(bad), "{bad}: {issue}");
+    }
+}
+
 #[test]
 fn no_tables_is_an_error() {
     let issue = only_issue(

@@ -23,6 +23,31 @@ pub struct TableRule {
     pub data_provider_name: Option<String>,
 }
 
+impl TableRule {
+    /// `schema.table` as a user writes it in `name`: a part that is not a plain lower-case
+    /// identifier in double quotes, so that `"edge_b.dotted"` (one table) and `edge_b.dotted`
+    /// (a schema and a table) read differently.
+    pub fn qualified(&self) -> String {
+        format!(
+            "{}.{}",
+            display_part(&self.schema),
+            display_part(&self.name)
+        )
+    }
+}
+
+fn display_part(part: &str) -> String {
+    let plain = part.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && part
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        part.to_owned()
+    } else {
+        format!("\"{}\"", part.replace('"', "\"\""))
+    }
+}
+
 /// How changes become events.
 #[derive(Debug, Clone, Copy)]
 pub struct MapOptions {

@@ -332,12 +332,16 @@ async fn check_tables(client: &Client, tables: &[TableRule]) -> Result<bool, Sou
         let identity = table_identity(client, &t.schema, &t.name).await?;
         any_partitioned |= identity.as_ref().is_some_and(|i| i.partitioned);
         let problem = match identity {
-            None => Some(format!("table {}.{} does not exist", t.schema, t.name)),
-            Some(id) if !id.usable() => Some(format!(
-                "table {}.{} has no primary key or usable REPLICA IDENTITY, so adding it to the \
-                 publication would make UPDATE and DELETE on it fail; fix: {}",
-                t.schema,
+            None => Some(format!(
+                "table {} does not exist (looked up: table {:?} in schema {:?})",
+                t.qualified(),
                 t.name,
+                t.schema
+            )),
+            Some(id) if !id.usable() => Some(format!(
+                "table {} has no primary key or usable REPLICA IDENTITY, so adding it to the \
+                 publication would make UPDATE and DELETE on it fail; fix: {}",
+                t.qualified(),
                 id.fix(&t.schema, &t.name)
             )),
             Some(_) => None,

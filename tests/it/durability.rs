@@ -453,6 +453,34 @@ fn partitioned_tables_are_published_under_their_own_name() {
     );
     assert!(out.contains("ok    table public.m"), "{out}");
     assert!(out.contains("covers every mapped table"), "{out}");
+    // A TRUNCATE of one partition is not published (PostgreSQL's rule, as the README says);
+    // a DELETE from it is, and a TRUNCATE of the parent. Events are in commit order, so the
+    // sequence shows the missing one.
+    db.sql("INSERT INTO m VALUES (5, now())");
+    db.sql("TRUNCATE m1");
+    db.sql("DELETE FROM m2");
+    db.sql("INSERT INTO m VALUES (7, now())");
+    db.sql("TRUNCATE m");
+    let is_five = |e: &serde_json::Value| e["payload"] == json!({"ids": [5]});
+    let events = d.wait_events("four more events", |e| {
+        e.iter()
+            .position(is_five)
+            .is_some_and(|at| e.len() >= at + 4)
+    });
+    let at = events.iter().position(is_five).unwrap();
+    let seen: Vec<(&str, &serde_json::Value)> = events[at..]
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), &e["payload"]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("created", &json!({"ids": [5]})),
+            ("deleted", &json!({"ids": [150, 160]})),
+            ("created", &json!({"ids": [7]})),
+            ("deleted", &json!({})),
+        ]
+    );
 }
 
 #[test]

@@ -205,6 +205,38 @@ fn composite_keys_are_in_key_order_and_domains_are_their_base_type() {
     assert_eq!(dom["payload"]["ids"], json!([42]));
 }
 
+/// A table whose name holds a dot is mapped with the name in double quotes; unquoted, the
+/// same text is a schema and a table, and `check` says exactly what it looked up.
+#[test]
+fn a_table_name_with_a_dot_is_mapped_quoted() {
+    let db = TestDb::new("dotted");
+    db.sql(
+        r#"CREATE TABLE "edge_b.dotted" (id int PRIMARY KEY);
+           CREATE TABLE plain (id int PRIMARY KEY);"#,
+    );
+    let (code, out, err) =
+        crate::support::pglive(&["check"], &db.config(&["name = 'edge_b.dotted'"], ""));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(r#"table edge_b.dotted (tables[0]) does not exist (looked up: table "dotted" in schema "edge_b")"#),
+        "{out}"
+    );
+    let d = start(
+        &db,
+        &[r#"name = '"edge_b.dotted"'"#, "name = \"plain\""],
+        "",
+    );
+    db.sql(r#"INSERT INTO "edge_b.dotted" VALUES (7); INSERT INTO plain VALUES (8);"#);
+    let events = d.wait_events("two events", |e| e.len() >= 2);
+    let dotted = events
+        .iter()
+        .find(|e| e["meta"]["table"] == "edge_b.dotted")
+        .unwrap();
+    assert_eq!(dotted["meta"]["schema"], "public");
+    assert_eq!(dotted["channel"], "resources/edge_b.dotted");
+    assert_eq!(dotted["payload"]["ids"], json!([7]));
+}
+
 #[test]
 fn key_changing_updates_carry_old_and_new_ids() {
     let db = TestDb::new("rekey");
