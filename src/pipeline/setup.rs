@@ -105,6 +105,8 @@ impl Setup<'_> {
             for change in changes {
                 tracing::info!("{change}");
             }
+        } else {
+            catalog::require_setup(control, &pg.publication, self.tables).await?;
         }
         match catalog::slot(control, &pg.slot).await? {
             Some(slot) if slot.is_lost() => {

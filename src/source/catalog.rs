@@ -324,6 +324,44 @@ pub async fn ensure_setup(
     Ok(done)
 }
 
+/// Without `auto_setup`: fails unless every mapped table exists and the publication covers
+/// each of them, naming the SQL that fixes it. A table the publication lacks would otherwise
+/// stream nothing while the others do.
+pub async fn require_setup(
+    client: &Client,
+    publication: &str,
+    tables: &[TableRule],
+) -> Result<(), SourceError> {
+    check_tables(client, tables).await?;
+    let quoted = |t: &&TableRule| format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+    let Some(present) = publication_tables(client, publication).await? else {
+        let all: Vec<String> = tables.iter().map(|t| quoted(&t)).collect();
+        return Err(SourceError::Fatal(format!(
+            "publication {publication} does not exist (postgres.auto_setup is off); create it: \
+             CREATE PUBLICATION {} FOR TABLE {};",
+            quote_ident(publication),
+            all.join(", ")
+        )));
+    };
+    let absent: Vec<&TableRule> = tables
+        .iter()
+        .filter(|t| !present.iter().any(|(s, n)| *s == t.schema && *n == t.name))
+        .collect();
+    if absent.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = absent.iter().map(|t| t.qualified()).collect();
+    let fix: Vec<String> = absent.iter().map(quoted).collect();
+    Err(SourceError::Fatal(format!(
+        "publication {publication} does not include {}, so no change of {} would be streamed \
+         (postgres.auto_setup is off); fix: ALTER PUBLICATION {} ADD TABLE {};",
+        names.join(", "),
+        if absent.len() == 1 { "it" } else { "them" },
+        quote_ident(publication),
+        fix.join(", ")
+    )))
+}
+
 /// Fails unless every mapped table exists and can publish UPDATE and DELETE; returns whether
 /// any of them is partitioned.
 async fn check_tables(client: &Client, tables: &[TableRule]) -> Result<bool, SourceError> {

@@ -168,6 +168,14 @@ fn setup_is_idempotent_check_passes_teardown_removes() {
         out.contains("ALTER PUBLICATION \"pglive\" ADD TABLE \"public\".\"u\""),
         "{out}"
     );
+    // `run` refuses to start rather than stream t and silently drop u.
+    let (code, out, err) = pglive(&["run"], &wider);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("publication pglive does not include public.u")
+            && err.contains("ALTER PUBLICATION \"pglive\" ADD TABLE \"public\".\"u\";"),
+        "{err}"
+    );
     let (code, out, _) = pglive(&["setup"], &wider);
     assert_eq!(code, 0);
     assert!(out.contains("added \"public\".\"u\""), "{out}");
