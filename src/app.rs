@@ -230,6 +230,7 @@ fn start_background(
     tasks.spawn(ops::monitor::run(
         config.postgres.clone(),
         config.ops.clone(),
+        config.tables.clone(),
         status.clone(),
         stop.clone(),
     ));

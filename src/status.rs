@@ -37,6 +37,8 @@ pub mod metric {
     pub const WEBSOCKET_CLIENTS: &str = "pglive_websocket_clients";
     pub const HTTP_CONNECTIONS_REFUSED: &str = "pglive_http_connections_refused_total";
     pub const SLOT_RECREATED: &str = "pglive_slot_recreated_total";
+    /// Mapped tables whose changes cannot stream: dropped, or missing from the publication.
+    pub const TABLES_UNSTREAMED: &str = "pglive_tables_unstreamed";
     /// A relay node's events passed from the stream to its clients.
     pub const RELAY_EVENTS: &str = "pglive_relay_events_total";
     /// A relay node's events skipped as replays of ones it passed already.
@@ -127,6 +129,10 @@ pub fn describe_metrics() {
     describe_counter!(
         HTTP_CONNECTIONS_REFUSED,
         "Connections refused at accept because the listener was at its connection cap."
+    );
+    describe_gauge!(
+        TABLES_UNSTREAMED,
+        "Mapped tables whose changes cannot stream: dropped, or not in the publication (and not added back)."
     );
     describe_counter!(
         SLOT_RECREATED,
@@ -280,6 +286,8 @@ pub struct Status {
     oldest_unconfirmed: AtomicI64,
     slot_stats: Mutex<SlotStats>,
     lag_warning: AtomicBool,
+    /// Mapped tables whose changes cannot stream, and why (the first), from the table watch.
+    tables: Mutex<(usize, Option<String>)>,
 }
 
 impl Status {
@@ -304,6 +312,7 @@ impl Status {
             oldest_unconfirmed: AtomicI64::new(0),
             slot_stats: Mutex::default(),
             lag_warning: AtomicBool::new(false),
+            tables: Mutex::default(),
         }
     }
 
@@ -372,6 +381,9 @@ impl Status {
             return Err("stopping".into());
         }
         lock(&self.reason).clone()?;
+        if let (_, Some(why)) = &*lock(&self.tables) {
+            return Err(why.clone());
+        }
         for (i, s) in self.sinks.iter().enumerate() {
             if let Some(why) = s.problem() {
                 return Err(format!("sinks[{i}] ({}): {why}", s.label));
@@ -445,6 +457,16 @@ impl Status {
 
     pub fn lag_warning(&self) -> bool {
         self.lag_warning.load(Ordering::Relaxed)
+    }
+
+    /// Sets the mapped tables whose changes cannot stream: how many, and the first's reason
+    /// (not ready while there is one).
+    pub fn set_unstreamed_tables(&self, count: usize, first: Option<String>) {
+        *lock(&self.tables) = (count, first);
+    }
+
+    pub fn unstreamed_tables(&self) -> usize {
+        lock(&self.tables).0
     }
 }
 

@@ -24,16 +24,25 @@ pub struct TableRule {
 }
 
 impl TableRule {
-    /// `schema.table` as a user writes it in `name`: a part that is not a plain lower-case
-    /// identifier in double quotes, so that `"edge_b.dotted"` (one table) and `edge_b.dotted`
-    /// (a schema and a table) read differently.
+    /// `schema.table` as a user writes it in `name` (see [`qualified`]).
     pub fn qualified(&self) -> String {
-        format!(
-            "{}.{}",
-            display_part(&self.schema),
-            display_part(&self.name)
-        )
+        qualified(&self.schema, &self.name)
     }
+}
+
+/// `schema.table` as a user writes it in a table's `name`: a part that is not a plain
+/// lower-case identifier in double quotes, so that `"edge_b.dotted"` (one table) and
+/// `edge_b.dotted` (a schema and a table) read differently.
+pub fn qualified(schema: &str, table: &str) -> String {
+    format!("{}.{}", display_part(schema), display_part(table))
+}
+
+/// A mapped table whose relation was renamed: still streamed, under its configured name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renamed {
+    pub configured: String,
+    pub now: String,
+    pub channel: String,
 }
 
 fn display_part(part: &str) -> String {
@@ -122,6 +131,10 @@ pub struct Mapper {
     ids_as_strings: HashMap<(String, String), bool>,
     options: MapOptions,
     relations: RelationCache<Option<Arc<Binding>>>,
+    /// The mapped tables' relation OIDs, as Relation messages named them: a table renamed
+    /// (`ALTER TABLE … RENAME`) is still the same relation, and stays mapped. Kept across
+    /// sessions.
+    mapped_oids: HashMap<u32, (String, String)>,
     txn: Option<Txn>,
     /// Each distinct channel once, in configuration order, with the first table mapped to it:
     /// where [`Mapper::refetch`] sends its events.
@@ -156,6 +169,7 @@ impl Mapper {
                 ..options
             },
             relations: RelationCache::default(),
+            mapped_oids: HashMap::new(),
             txn: None,
         }
     }
@@ -185,21 +199,44 @@ impl Mapper {
         Ok(())
     }
 
-    /// Whether `rel` is a mapped table: the caller looks it up in the catalog and passes what
-    /// it found to [`Mapper::relation`].
+    /// Records that relation `oid` is the table `schema.name` (looked up when a session
+    /// starts): if it is mapped, it stays mapped when renamed before its first change.
+    pub fn knows(&mut self, oid: u32, schema: &str, name: &str) {
+        let key = (schema.to_owned(), name.to_owned());
+        if self.rules.contains_key(&key) {
+            self.mapped_oids.insert(oid, key);
+        }
+    }
+
+    /// Whether `rel` is a mapped table (by its name, or as a mapped relation since renamed):
+    /// the caller looks it up in the catalog and passes what it found to
+    /// [`Mapper::relation`].
     pub fn is_mapped(&self, rel: &Relation) -> bool {
         self.rules
             .contains_key(&(rel.namespace.clone(), rel.name.clone()))
+            || self.mapped_oids.contains_key(&rel.oid)
     }
 
     /// Records a Relation message, with what the catalog says of it (see
-    /// [`Mapper::is_mapped`]; `None` when it was not looked up).
-    pub fn relation(&mut self, rel: &Relation, catalogued: Option<&Catalogued>) {
-        let key = (rel.namespace.clone(), rel.name.clone());
-        let Some(source) = self.rules.get(&key) else {
+    /// [`Mapper::is_mapped`]; `None` when it was not looked up). Returns the mapped table's
+    /// configured name when the relation now has another one (it was renamed).
+    pub fn relation(&mut self, rel: &Relation, catalogued: Option<&Catalogued>) -> Option<Renamed> {
+        let named = (rel.namespace.clone(), rel.name.clone());
+        let (key, renamed) = if self.rules.contains_key(&named) {
+            self.mapped_oids.insert(rel.oid, named.clone());
+            (named, None)
+        } else if let Some(configured) = self.mapped_oids.get(&rel.oid) {
+            let renamed = Renamed {
+                configured: qualified(&configured.0, &configured.1),
+                now: qualified(&rel.namespace, &rel.name),
+                channel: self.rules[configured].channel.to_string(),
+            };
+            (configured.clone(), Some(renamed))
+        } else {
             self.relations.insert(rel.oid, None);
-            return;
+            return None;
         };
+        let source = &self.rules[&key];
         let as_strings = self.ids_as_strings.get(&key).copied().unwrap_or(false);
         let column = |index: usize| {
             let declared = rel.columns[index].type_oid;
@@ -220,6 +257,7 @@ impl Mapper {
                 key: key_columns,
             })),
         );
+        renamed
     }
 
     /// Maps one message, appending any events it completes to `out`.

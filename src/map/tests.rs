@@ -1576,12 +1576,26 @@ fn other_messages_inside_a_transaction_are_ignored() {
 #[test]
 fn a_relation_message_rebinds_an_oid() {
     let mut m = mapper(&[rule("products")], coalescing(1000), &[products()]);
-    // The OID now names an unmapped table.
+    // ALTER TABLE products RENAME TO products_old: the same relation, still mapped, to its
+    // channel; the caller hears of the rename (also in a later session).
     let mut renamed = products();
     renamed.name = "products_old".into();
-    m.relation(&renamed, None);
+    let expected = Some(Renamed {
+        configured: "public.products".into(),
+        now: "public.products_old".into(),
+        channel: "resources/products".into(),
+    });
+    assert!(m.is_mapped(&renamed));
+    assert_eq!(m.relation(&renamed, None), expected);
+    m.reset();
+    assert_eq!(m.relation(&renamed, None), expected);
     let out = feed(&mut m, &txn(vec![insert(PRODUCTS, &[V::T("1"), V::N])]));
-    assert!(out.is_empty());
+    assert_eq!(ids(&out), [Some(json!([1]))]);
+    assert_eq!(out[0].channel.as_ref(), "resources/products");
+    // Another relation with an unmapped name is not mapped.
+    let mut other = audit();
+    other.name = "products_old2".into();
+    assert!(!m.is_mapped(&other));
     // And back, with the key now a text column.
     m.relation(
         &rel(

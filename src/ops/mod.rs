@@ -5,6 +5,7 @@
 
 pub mod monitor;
 pub mod notify;
+pub mod tables;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,7 @@ fn render(status: &Status, handle: &PrometheusHandle) -> String {
     }
     metrics::gauge!(metric::LAG_SECONDS).set(status.lag_seconds());
     metrics::gauge!(metric::LAG_WARNING).set(flag(status.lag_warning()));
+    metrics::gauge!(metric::TABLES_UNSTREAMED).set(status.unstreamed_tables() as f64);
     let stats = status.slot_stats();
     for s in WAL_STATUSES {
         let on = stats.wal_status.as_deref() == Some(s);

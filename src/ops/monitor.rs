@@ -1,8 +1,9 @@
 //! The slot monitor: on a connection of its own, reads the server's WAL position and the slot's
 //! `wal_status`, `safe_wal_size` and confirmed position every `postgres.status_interval`;
 //! warns (log and `pglive_lag_warning`) when lag passes `ops.lag_warning_*` or the slot's WAL
-//! is no longer reserved; and, with `postgres.heartbeat_interval`, writes a heartbeat message
-//! into the WAL so that the slot advances on servers whose other writes it cannot see.
+//! is no longer reserved; watches the mapped tables (see [`super::tables`]); and, with
+//! `postgres.heartbeat_interval`, writes a heartbeat message into the WAL so that the slot
+//! advances on servers whose other writes it cannot see.
 
 use std::sync::Arc;
 
@@ -12,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{OnSlotLost, OpsConfig, PostgresConfig};
 use crate::lsn::Lsn;
+use crate::map::TableRule;
+use crate::ops::tables::TableWatch;
+use crate::source::SourceError;
 use crate::source::catalog;
 use crate::status::{SlotStats, Status};
 
@@ -32,10 +36,17 @@ fn ticker(every: std::time::Duration) -> Interval {
 
 /// Runs until `stop`. Connection problems are logged at debug level and retried at the next
 /// tick: the replication source reports them where they matter.
-pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: CancellationToken) {
+pub async fn run(
+    pg: PostgresConfig,
+    ops: OpsConfig,
+    tables: Vec<TableRule>,
+    status: Arc<Status>,
+    stop: CancellationToken,
+) {
     let mut poll = ticker(pg.status_interval);
     let mut heartbeat = pg.heartbeat_interval.map(ticker);
     let mut monitor = Monitor {
+        tables: TableWatch::new(tables, pg.publication.clone(), pg.auto_setup),
         pg,
         ops,
         status,
@@ -52,7 +63,10 @@ pub async fn run(pg: PostgresConfig, ops: OpsConfig, status: Arc<Status>, stop: 
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = poll.tick() => monitor.poll().await,
+            _ = poll.tick() => {
+                monitor.poll().await;
+                monitor.watch_tables().await;
+            }
             _ = beat => monitor.heartbeat().await,
         }
     }
@@ -67,6 +81,7 @@ struct Monitor {
     client: Option<Client>,
     /// The last heartbeat failed: its warning is not repeated until one succeeds.
     heartbeat_failed: bool,
+    tables: TableWatch,
     /// The slot's `wal_status` as last read, to log changes only.
     last_wal_status: Option<String>,
 }
@@ -123,6 +138,23 @@ impl Monitor {
         self.report_lag();
     }
 
+    /// Checks the mapped tables (see [`TableWatch`]) on the instance that streams (a standby
+    /// would race it fixing the publication); elsewhere only notes their relation OIDs.
+    async fn watch_tables(&mut self) {
+        let Some(c) = connected(&mut self.client, &self.pg).await else {
+            return;
+        };
+        let watched = if self.status.is_streaming() {
+            within_source(&self.pg, self.tables.poll(c, &self.status)).await
+        } else {
+            within_source(&self.pg, self.tables.remember(c)).await
+        };
+        if let Err(e) = watched {
+            tracing::debug!(error = %e, "table watch query failed");
+            self.client = None;
+        }
+    }
+
     /// Logs a change of the slot's `wal_status` to one that puts changes at risk.
     fn report_wal_status(&mut self, stats: &SlotStats) {
         if stats.wal_status == self.last_wal_status {
@@ -176,6 +208,17 @@ async fn within<T>(
     query: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(pg.connect_timeout, query).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", pg.connect_timeout)),
+    }
+}
+
+/// [`within`] for a step that fails with a [`SourceError`].
+async fn within_source(
+    pg: &PostgresConfig,
+    step: impl Future<Output = Result<(), SourceError>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(pg.connect_timeout, step).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("no answer within {:?}", pg.connect_timeout)),
     }

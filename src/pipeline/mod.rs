@@ -184,6 +184,9 @@ impl Pipeline {
             version = session.stream.server_version(), "streaming");
         self.status.streaming();
         self.mapper.reset();
+        for (oid, schema, name) in &session.tables {
+            self.mapper.knows(*oid, schema, name);
+        }
         let mut stream = session.stream;
         match self.stream(&mut stream, &session.control).await {
             Ok(stopped) => self.finish(stream, stopped).await,
@@ -303,7 +306,10 @@ impl Pipeline {
                 } else {
                     None
                 };
-                self.mapper.relation(rel, catalogued.as_ref());
+                if let Some(r) = self.mapper.relation(rel, catalogued.as_ref()) {
+                    tracing::warn!(table = %r.configured, now = %r.now, channel = %r.channel,
+                        "a mapped table was renamed (ALTER TABLE … RENAME): its changes still stream to its channel, as the same relation; the configuration names the old name, which will not exist when pglive next starts: update the table's `name`");
+                }
                 return Ok(None);
             }
             _ => {}

@@ -18,6 +18,9 @@ use crate::status::Status;
 pub(super) struct Session {
     pub control: Client,
     pub stream: ReplicationStream,
+    /// The mapped tables' relation OIDs as (OID, schema, name), so that one renamed during
+    /// the session is still known as the same relation.
+    pub tables: Vec<(u32, String, String)>,
 }
 
 /// What the pipeline knows of its slot across sessions.
@@ -70,11 +73,13 @@ impl Setup<'_> {
         let read_timeout = status_interval
             .saturating_mul(3)
             .max(sender_timeout.unwrap_or_default().saturating_mul(2));
+        let tables = catalog::table_oids(&control, self.tables).await?;
         let conn = self.start(&control).await?;
         slot.known = true;
         Ok(Session {
             control,
             stream: ReplicationStream::new(conn, status_interval, read_timeout),
+            tables,
         })
     }
 

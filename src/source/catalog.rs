@@ -282,6 +282,68 @@ pub async fn publication_tables(
     Ok(Some(rows.iter().map(|r| (r.get(0), r.get(1))).collect()))
 }
 
+/// The relation OIDs of the mapped tables that exist, as (OID, schema, name).
+pub async fn table_oids(
+    client: &Client,
+    tables: &[TableRule],
+) -> Result<Vec<(u32, String, String)>, SourceError> {
+    let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+               FROM unnest($1::text[], $2::text[]) AS t(s, r)
+               JOIN pg_namespace n ON n.nspname = t.s
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
+                              AND c.relkind IN ('r', 'p')",
+            &[&schemas, &names],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Where a mapped table is now, as (OID, schema, name): the relation `oid` if it still exists
+/// (renamed or not), else the table called `schema.name`; `None`: neither exists.
+pub async fn locate_table(
+    client: &Client,
+    oid: Option<u32>,
+    schema: &str,
+    name: &str,
+) -> Result<Option<(u32, String, String)>, SourceError> {
+    let row = client
+        .query_opt(
+            "SELECT c.oid, n.nspname::text, c.relname::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p')
+                AND (c.oid = $1 OR (n.nspname = $2 AND c.relname = $3))
+              ORDER BY c.oid = $1 DESC LIMIT 1",
+            &[&oid.unwrap_or(0), &schema, &name],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+}
+
+/// Adds `schema.name` to the publication.
+pub async fn add_to_publication(
+    client: &Client,
+    publication: &str,
+    schema: &str,
+    name: &str,
+) -> Result<(), SourceError> {
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE {}.{}",
+            quote_ident(publication),
+            quote_ident(schema),
+            quote_ident(name)
+        ))
+        .await?;
+    Ok(())
+}
+
 /// Whether the publication publishes partitions under their root; `None` if it does not exist.
 pub async fn publication_via_root(
     client: &Client,

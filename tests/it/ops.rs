@@ -219,6 +219,55 @@ fn a_sink_that_cannot_deliver_makes_readyz_fail_with_its_reason_and_raises_the_l
     );
 }
 
+/// PostgreSQL says nothing of DDL in the stream: a renamed table keeps streaming with a
+/// warning; a dropped one is an error, a metric and a `/readyz` reason; created again, it is
+/// added back to the publication (auto_setup) and streams.
+#[test]
+fn renamed_dropped_and_recreated_tables_are_reported_and_streamed() {
+    let db = TestDb::new("ops_tables");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE keep (id int PRIMARY KEY)");
+    let port = free_port();
+    let config = db.config(
+        &["name = \"t\"", "name = \"keep\""],
+        &format!("[events]\ncoalesce = false\n{}", ops_section(port, "")),
+    );
+    let d = Daemon::run(&config);
+    wait_http(port, "/readyz", 200);
+    let has = |id: i64| move |e: &[Value]| ids(e).contains(&id);
+
+    db.sql("ALTER TABLE t RENAME TO t2");
+    db.sql("INSERT INTO t2 VALUES (1)");
+    let events = d.wait_events("the renamed table's row", has(1));
+    let row = events
+        .iter()
+        .find(|e| e["payload"]["ids"] == serde_json::json!([1]));
+    assert_eq!(row.unwrap()["channel"], "resources/t");
+    // The table watch's warning (the stream's own says the same at the Relation message).
+    d.wait_log("update tables[0].name");
+    assert_eq!(wait_http(port, "/readyz", 200), "ready\n");
+    db.sql("ALTER TABLE t2 RENAME TO t");
+
+    db.sql("DROP TABLE t");
+    let reason = wait_unready(port, "table public.t (tables[0]) was dropped");
+    assert!(reason.contains("cannot stream"), "{reason}");
+    d.wait_log("a mapped table was dropped");
+    assert_eq!(value(&scrape(port), "pglive_tables_unstreamed"), 1.0);
+
+    // Created again: not in the publication until the watch adds it back.
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    assert_eq!(wait_http(port, "/readyz", 200), "ready\n");
+    d.wait_log("added it back");
+    assert_eq!(value(&scrape(port), "pglive_tables_unstreamed"), 0.0);
+    db.sql("INSERT INTO t VALUES (2); INSERT INTO keep VALUES (3)");
+    let events = d.wait_events("rows of the re-created table and the other", |e| {
+        has(2)(e) && has(3)(e)
+    });
+    let row = events
+        .iter()
+        .find(|e| e["payload"]["ids"] == serde_json::json!([2]));
+    assert_eq!(row.unwrap()["channel"], "resources/t");
+}
+
 #[test]
 fn sigterm_with_a_stuck_sink_exits_zero_within_the_shutdown_timeout() {
     let db = TestDb::new("ops_stuck");
