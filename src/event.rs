@@ -83,6 +83,15 @@ impl std::str::FromStr for EventId {
     }
 }
 
+/// The prefix of the transactional logical message that names a transaction's origin:
+/// `SELECT pg_logical_emit_message(true, 'pglive.origin', '<client id>')` in a transaction
+/// puts the client id into `meta.origin` of its events, so that the client that made the
+/// change can skip them.
+pub const ORIGIN_PREFIX: &str = "pglive.origin";
+
+/// The longest origin carried into `meta.origin`; a longer one is ignored.
+pub const MAX_ORIGIN_BYTES: usize = 256;
+
 /// A LiveEvent as the pipeline sees it, with its JSON encoding already made.
 #[derive(Debug)]
 pub struct LiveEvent {
@@ -132,6 +141,8 @@ struct Meta<'a> {
     table: &'a str,
     #[serde(rename = "dataProviderName", skip_serializing_if = "Option::is_none")]
     data_provider_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<&'a str>,
 }
 
 impl LiveEvent {
@@ -143,6 +154,20 @@ impl LiveEvent {
         id: EventId,
         xid: u32,
         commit_time: i64,
+    ) -> LiveEvent {
+        LiveEvent::from_origin(source, kind, ids, id, xid, commit_time, None)
+    }
+
+    /// [`LiveEvent::new`] for a transaction that named its origin (`meta.origin`: see
+    /// [`ORIGIN_PREFIX`]).
+    pub fn from_origin(
+        source: &EventSource,
+        kind: EventKind,
+        ids: Option<&[Id]>,
+        id: EventId,
+        xid: u32,
+        commit_time: i64,
+        origin: Option<&str>,
     ) -> LiveEvent {
         let date = format_pg_timestamp(commit_time);
         let lsn = id.commit_lsn.to_string();
@@ -161,6 +186,7 @@ impl LiveEvent {
                 schema: &source.schema,
                 table: &source.table,
                 data_provider_name: source.data_provider_name.as_deref(),
+                origin,
             },
         };
         // Serializing plain strings, integers and slices into a Vec cannot fail.

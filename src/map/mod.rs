@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::decode::{LogicalMessage, OldTuple, Relation, RelationCache, Tuple, Value};
-use crate::event::{EventId, EventKind, EventSource, Id, LiveEvent};
+use crate::event::{
+    EventId, EventKind, EventSource, Id, LiveEvent, MAX_ORIGIN_BYTES, ORIGIN_PREFIX,
+};
 use crate::lsn::Lsn;
 
 /// Type OIDs whose text form becomes a JSON number: int2, int4, int8, oid.
@@ -113,6 +115,9 @@ struct TxnHeader {
     xid: u32,
     commit_time: i64,
     next_ordinal: u64,
+    /// What the transaction named as its origin (see [`ORIGIN_PREFIX`]), for the events made
+    /// after it did.
+    origin: Option<Box<str>>,
 }
 
 struct Group {
@@ -278,6 +283,7 @@ impl Mapper {
                         xid: b.xid,
                         commit_time: b.commit_time,
                         next_ordinal: 0,
+                        origin: None,
                     },
                     groups: Vec::new(),
                 });
@@ -332,14 +338,38 @@ impl Mapper {
                     }
                 }
             }
-            // Relations are recorded through `relation`; types, origins and messages carry no
-            // row changes.
+            LogicalMessage::Message {
+                transactional: true,
+                prefix: ORIGIN_PREFIX,
+                content,
+                ..
+            } => self.origin(content),
+            // Relations are recorded through `relation`; types, replication origins and other
+            // messages carry no row changes.
             LogicalMessage::Relation(_)
             | LogicalMessage::Type { .. }
             | LogicalMessage::Origin { .. }
             | LogicalMessage::Message { .. } => {}
         }
         Ok(Step::Continue)
+    }
+
+    /// A transaction named its origin: its events from here on carry it. One that is not
+    /// UTF-8, empty or longer than [`MAX_ORIGIN_BYTES`] is ignored.
+    fn origin(&mut self, content: &[u8]) {
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        match std::str::from_utf8(content) {
+            Ok(origin) if !origin.is_empty() && origin.len() <= MAX_ORIGIN_BYTES => {
+                txn.header.origin = Some(origin.into());
+            }
+            _ => tracing::debug!(
+                xid = txn.header.xid,
+                bytes = content.len(),
+                "ignoring a pglive.origin message that is empty, too long or not UTF-8"
+            ),
+        }
     }
 
     fn binding(&self, oid: u32) -> Result<Option<Arc<Binding>>, MapError> {
@@ -428,13 +458,14 @@ impl TxnHeader {
         };
         self.next_ordinal += 1;
         let ids = (!whole_table).then_some(ids);
-        out.push(LiveEvent::new(
+        out.push(LiveEvent::from_origin(
             source,
             kind,
             ids,
             id,
             self.xid,
             self.commit_time,
+            self.origin.as_deref(),
         ));
     }
 }

@@ -144,6 +144,17 @@ fn logical_message() -> Vec<u8> {
     b
 }
 
+/// A logical message with `prefix` and `content`, transactional or not.
+fn message(transactional: bool, prefix: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = vec![b'M', u8::from(transactional)];
+    b.extend_from_slice(&LSN.to_be_bytes());
+    b.extend_from_slice(prefix.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&(content.len() as i32).to_be_bytes());
+    b.extend_from_slice(content);
+    b
+}
+
 /// Begin, the changes, Commit, with the default LSN/xid/time.
 fn txn(changes: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let mut v = vec![begin()];
@@ -1870,4 +1881,50 @@ fn refetch_sends_one_star_event_per_channel_in_config_order_within_the_transacti
     assert_eq!(first["date"], COMMIT_DATE, "the marker's commit time");
     assert_eq!(js(&out[1])["meta"]["dataProviderName"], "second");
     assert!(out.iter().all(|e| e.kind == EventKind::Refetch));
+}
+
+// ---- origin ----
+
+fn origins(events: &[LiveEvent]) -> Vec<Option<String>> {
+    events
+        .iter()
+        .map(|e| {
+            let v: Json = serde_json::from_slice(&e.json).unwrap();
+            v["meta"]
+                .get("origin")
+                .map(|o| o.as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// `pg_logical_emit_message(true, 'pglive.origin', 'tab-7')` in a transaction: its events
+/// carry `meta.origin`; other transactions', other prefixes' and non-transactional messages'
+/// do not, nor does one that is too long.
+#[test]
+fn a_transaction_that_names_its_origin_gets_it_in_meta_origin() {
+    let mut m = mapper(&[rule("products")], coalescing(1000), &[products()]);
+    let row = |id: &'static str| insert(PRODUCTS, &[V::T(id), V::N]);
+    let mut out = feed(
+        &mut m,
+        &txn(vec![
+            message(true, "pglive.origin", b"tab-7"),
+            row("1"),
+            delete(PRODUCTS, b'K', &[V::T("2"), V::N]),
+        ]),
+    );
+    assert_eq!(
+        origins(&out),
+        [Some("tab-7".to_owned()), Some("tab-7".to_owned())]
+    );
+    let too_long = vec![b'x'; MAX_ORIGIN_BYTES + 1];
+    for changes in [
+        vec![row("3")],
+        vec![message(false, "pglive.origin", b"tab-7"), row("4")],
+        vec![message(true, "other", b"tab-7"), row("5")],
+        vec![message(true, "pglive.origin", &too_long), row("6")],
+        vec![message(true, "pglive.origin", b"\xff"), row("7")],
+    ] {
+        out = feed(&mut m, &txn(changes));
+        assert_eq!(origins(&out), [None]);
+    }
 }

@@ -237,6 +237,26 @@ fn a_table_name_with_a_dot_is_mapped_quoted() {
     assert_eq!(dotted["payload"]["ids"], json!([7]));
 }
 
+/// A transaction that names its origin with a logical message gets it in `meta.origin`.
+#[test]
+fn a_transaction_that_names_its_origin_carries_it() {
+    let db = TestDb::new("origin");
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let d = start(&db, &["name = \"t\""], "");
+    db.sql(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, 'pglive.origin', 'tab-1');
+         INSERT INTO t VALUES (1);
+         COMMIT;
+         INSERT INTO t VALUES (2);",
+    );
+    let events = d.wait_events("two events", |e| e.len() >= 2);
+    assert_eq!(events[0]["payload"]["ids"], json!([1]));
+    assert_eq!(events[0]["meta"]["origin"], "tab-1");
+    assert_eq!(events[1]["payload"]["ids"], json!([2]));
+    assert!(events[1]["meta"].get("origin").is_none(), "{}", events[1]);
+}
+
 #[test]
 fn key_changing_updates_carry_old_and_new_ids() {
     let db = TestDb::new("rekey");

@@ -63,6 +63,11 @@ export type PgliveOptions = {
   backoff?: { initialMs?: number; maxMs?: number };
   /** Errors the relay reports (`forbidden`, …). Default: console.warn. */
   onError?: (error: { channel?: string; code: string; message: string }) => void;
+  /** This tab's id, when its API writes it into the transaction
+   * (`SELECT pg_logical_emit_message(true, 'pglive.origin', '<id>')`): events whose
+   * `meta.origin` is this id are not passed on, since the mutation that caused them already
+   * refreshed this tab. Other tabs and users still get them. */
+  origin?: string;
   /** Another WebSocket implementation (tests, Node). Default: the global one. */
   WebSocket?: new (url: string) => SocketLike;
 };
@@ -246,6 +251,8 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
     }
     if (!channel) return;
     if (frame.meta?.id !== undefined) channel.lastId = frame.meta.id;
+    // Our own change: the mutation refreshed this tab already (still counted for `since`).
+    if (options.origin !== undefined && frame.meta?.origin === options.origin) return;
     deliver(channel, { ...frame, date: new Date(frame.date) });
   };
 

@@ -308,3 +308,32 @@ test("a token valid for months waits without overflowing the timer, and a cached
   assert.deepEqual(FakeSocket.all[0].sent.filter((m) => m.op === "auth"), []);
   p.close();
 });
+
+test("with origin, events this tab caused are skipped but still resumed from", async () => {
+  FakeSocket.all = [];
+  const p = liveProvider({ url: "ws://relay/live", origin: "tab-1", WebSocket: FakeSocket, backoff: { initialMs: 1, maxMs: 4 } });
+  const got: LiveEvent[] = [];
+  p.subscribe({ channel: "resources/posts", types: ["*"], callback: (e) => got.push(e) });
+  await tick();
+  const ws = FakeSocket.all[0];
+  ws.open();
+  ws.frame({ op: "subscribed", channel: "resources/posts" });
+  const mine = event("created", [1], "0/1:0");
+  ws.frame({ ...mine, meta: { ...mine.meta, origin: "tab-1" } });
+  const theirs = event("created", [2], "0/2:0");
+  ws.frame({ ...theirs, meta: { ...theirs.meta, origin: "tab-2" } });
+  const own = event("deleted", [3], "0/3:0");
+  ws.frame({ ...own, meta: { ...own.meta, origin: "tab-1" } });
+  ws.frame(event("updated", [4], "0/4:0"));
+  assert.deepEqual(got.map((e) => e.meta?.id), ["0/2:0", "0/4:0"]);
+  // Skipped events count for `since`: a reconnect resumes after the last one seen.
+  const last = event("updated", [5], "0/5:0");
+  ws.frame({ ...last, meta: { ...last.meta, origin: "tab-1" } });
+  assert.equal(got.length, 2);
+  ws.drop();
+  await until(() => FakeSocket.all.length === 2);
+  const again = FakeSocket.all[1];
+  again.open();
+  assert.deepEqual(again.sent, [{ op: "subscribe", channel: "resources/posts", since: "0/5:0" }]);
+  p.close();
+});
