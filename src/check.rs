@@ -15,6 +15,7 @@ use crate::config::{Config, Issue, OnSlotLost, PostgresConfig, RelayConfig, Sink
 use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog::{self, SlotInfo};
+use crate::source::row_filter;
 use crate::source::sql::{quote_ident, quote_literal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,6 +353,7 @@ async fn checks(
     role(client, out).await?;
     tables(config, client, out).await?;
     publication(config, client, out).await?;
+    row_filters(config, client, out).await?;
     slot(&config.postgres, client, out).await?;
     wal_retention(client, out).await
 }
@@ -461,6 +463,43 @@ fn missing(pg: &PostgresConfig, what: String, fix: String) -> Finding {
     } else {
         Finding::fail(what, fix)
     }
+}
+
+/// Each table's row filter: the configured ones are in the publication (and let UPDATE and
+/// DELETE work: the filter's columns must be in the replica identity), and the publication
+/// filters no other mapped table behind the configuration's back.
+async fn row_filters(
+    config: &Config,
+    client: &Client,
+    out: &mut Vec<Finding>,
+) -> Result<(), SourceError> {
+    let pg = &config.postgres;
+    let publication = quote_ident(&pg.publication);
+    for (i, t) in config.tables.iter().enumerate() {
+        let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+        let name = t.qualified();
+        match (row_filter::current(client, &pg.publication, t).await?, &t.row_filter) {
+            // Not in the publication (reported with it), or nothing to say.
+            (None, _) | (Some(None), None) => {}
+            (Some(None), Some(filter)) => out.push(missing(
+                pg,
+                format!("publication {} publishes every row of {name}, but tables[{i}].where filters them", pg.publication),
+                format!("pglive setup --config <file>   (or: ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table} WHERE ({filter});)"),
+            )),
+            (Some(Some(now)), None) => out.push(Finding::warn(
+                format!("publication {} filters the rows of {name} by {now}, which tables[{i}] does not say: only those rows give events", pg.publication),
+                format!("set tables[{i}].where, or ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table};"),
+            )),
+            (Some(Some(now)), Some(_)) => out.push(match row_filter::breaks_writes(client, t).await? {
+                None => Finding::ok(format!("table {name}: publication row filter {now}")),
+                Some(why) => Finding::fail(
+                    format!("UPDATE and DELETE on {name} fail under its publication row filter {now}: {why}"),
+                    format!("filter on columns of the replica identity (tables[{i}].where), or ALTER TABLE {table} REPLICA IDENTITY FULL;"),
+                ),
+            }),
+        }
+    }
+    Ok(())
 }
 
 /// The publication exists, covers every mapped table, and publishes every kind of change.

@@ -23,6 +23,8 @@ pub(super) struct RawTable {
     channel: Option<String>,
     ids_as_strings: Option<bool>,
     data_provider_name: Option<String>,
+    #[serde(rename = "where")]
+    row_filter: Option<String>,
 }
 
 /// Resolves `[events]`; a missing section gives the defaults.
@@ -80,12 +82,18 @@ pub(super) fn resolve_tables(
         if t.data_provider_name.as_deref() == Some("") {
             issues.push(format!("{key}.data_provider_name"), "must not be empty");
         }
+        if let Some(filter) = &t.row_filter
+            && let Err(e) = check_row_filter(filter)
+        {
+            issues.push(format!("{key}.where"), e);
+        }
         rules.push(TableRule {
             schema,
             name,
             channel,
             ids_as_strings: t.ids_as_strings.unwrap_or(false),
             data_provider_name: t.data_provider_name,
+            row_filter: t.row_filter,
         });
     }
     rules
@@ -159,4 +167,21 @@ fn split_identifiers(text: &str) -> Result<Vec<String>, String> {
             return Ok(parts);
         }
     }
+}
+
+/// The longest row filter accepted: far more than a filter needs.
+const MAX_ROW_FILTER_BYTES: usize = 4096;
+
+/// What can be told of a row filter without the server: it is an expression of its own (the
+/// server judges the rest when `setup` or `run` sets it).
+fn check_row_filter(filter: &str) -> Result<(), String> {
+    if filter.trim().is_empty() {
+        return Err("must not be empty; leave `where` out to publish every row".to_owned());
+    }
+    if filter.len() > MAX_ROW_FILTER_BYTES || filter.contains('\0') {
+        return Err(format!(
+            "must be at most {MAX_ROW_FILTER_BYTES} bytes, without NUL"
+        ));
+    }
+    Ok(())
 }

@@ -1689,3 +1689,19 @@ fn webhook_problems_name_their_keys_and_never_quote_secrets() {
 mod presets;
 mod redis;
 mod relay;
+
+#[test]
+fn a_row_filter_is_kept_as_written_and_an_empty_one_is_refused() {
+    let text = |filter: &str| {
+        format!(
+            "[postgres]\nurl = \"{URL}\"\n[[tables]]\nname = \"t\"\nwhere = \"{filter}\"\n[[sinks]]\ntype = \"stdout\"\n"
+        )
+    };
+    let c = ok(&text("org = 42 AND v <> 'a;b'"));
+    assert_eq!(
+        c.tables[0].row_filter.as_deref(),
+        Some("org = 42 AND v <> 'a;b'")
+    );
+    let issue = only_issue(&text("  "), "tables[0].where");
+    assert!(issue.message.contains("leave `where` out"), "{issue}");
+}

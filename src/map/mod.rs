@@ -23,6 +23,8 @@ pub struct TableRule {
     /// Emit every id as a JSON string (for clients that cannot hold int8 exactly).
     pub ids_as_strings: bool,
     pub data_provider_name: Option<String>,
+    /// `where`: the publication row filter (PostgreSQL 15+), as written.
+    pub row_filter: Option<String>,
 }
 
 impl TableRule {

@@ -238,6 +238,7 @@ fn rule(table: &str) -> TableRule {
         channel: format!("resources/{table}"),
         ids_as_strings: false,
         data_provider_name: None,
+        row_filter: None,
     }
 }
 

@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 
 use super::conninfo::ConnInfo;
 use super::error::SourceError;
+use super::row_filter;
 use super::sql::{quote_ident, quote_literal};
 use super::transport::{self, AuthGuard, Established};
 use crate::lsn::Lsn;
@@ -410,7 +411,7 @@ pub async fn require_setup(
         .filter(|t| !present.iter().any(|(s, n)| *s == t.schema && *n == t.name))
         .collect();
     if absent.is_empty() {
-        return Ok(());
+        return require_row_filters(client, publication, tables).await;
     }
     let names: Vec<String> = absent.iter().map(|t| t.qualified()).collect();
     let fix: Vec<String> = absent.iter().map(quoted).collect();
@@ -422,6 +423,33 @@ pub async fn require_setup(
         quote_ident(publication),
         fix.join(", ")
     )))
+}
+
+/// Without `auto_setup`: fails unless each table with `where` has a row filter in the
+/// publication (the server's wording differs from the configuration's, so which filter is not
+/// compared; `setup` sets the configured one).
+async fn require_row_filters(
+    client: &Client,
+    publication: &str,
+    tables: &[TableRule],
+) -> Result<(), SourceError> {
+    for (i, t) in tables.iter().enumerate() {
+        let Some(filter) = &t.row_filter else {
+            continue;
+        };
+        if row_filter::current(client, publication, t).await? == Some(None) {
+            let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+            let publication = quote_ident(publication);
+            return Err(SourceError::Fatal(format!(
+                "tables[{i}].where: publication {publication} publishes every row of {} \
+                 (postgres.auto_setup is off); fix: `pglive setup`, or ALTER PUBLICATION \
+                 {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE \
+                 {table} WHERE ({filter});",
+                t.qualified()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Fails unless every mapped table exists and can publish UPDATE and DELETE; returns whether
@@ -505,6 +533,14 @@ async fn ensure_publication(
                 .map(|(_, n)| n.as_str())
                 .collect();
             add_tables(client, publication, &missing, done).await?;
+        }
+    }
+    for (i, t) in tables.iter().enumerate() {
+        if let Some(now) = row_filter::apply(client, publication, i, t).await? {
+            done.push(format!(
+                "set the row filter of {} in publication {publication}: {now}",
+                t.qualified()
+            ));
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod conn;
 pub mod conninfo;
 pub mod error;
+pub mod row_filter;
 pub mod sql;
 pub mod stream;
 pub mod tls;

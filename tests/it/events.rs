@@ -257,6 +257,71 @@ fn a_transaction_that_names_its_origin_carries_it() {
     assert!(events[1]["meta"].get("origin").is_none(), "{}", events[1]);
 }
 
+/// `where` becomes the publication's row filter: rows it leaves out give no event (they never
+/// leave the server); `check` shows the filter; one that would break UPDATE and DELETE is
+/// refused, naming the key.
+#[test]
+fn a_row_filter_publishes_only_matching_rows() {
+    let db = TestDb::new("rowfilter");
+    db.sql(
+        "CREATE TABLE posts (id int PRIMARY KEY, org int NOT NULL, title text);
+         ALTER TABLE posts REPLICA IDENTITY FULL;",
+    );
+    let config = db.config(&["name = \"posts\"\nwhere = \"org = 42\""], "");
+    let d = Daemon::run(&config);
+    d.wait_log("streaming");
+    assert!(
+        d.stderr()
+            .contains("set the row filter of public.posts in publication pglive: (org = 42)"),
+        "{}",
+        d.stderr()
+    );
+    db.sql("INSERT INTO posts VALUES (1, 42, 'a'), (2, 7, 'b')");
+    db.sql("UPDATE posts SET title = 'c'");
+    db.sql("DELETE FROM posts");
+    db.sql("INSERT INTO posts VALUES (3, 42, 'd')");
+    let events = d.wait_events("four events", |e| e.len() >= 4);
+    let seen: Vec<(&str, &Value)> = events
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), &e["payload"]["ids"]))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("created", &json!([1])),
+            ("updated", &json!([1])),
+            ("deleted", &json!([1])),
+            ("created", &json!([3])),
+        ]
+    );
+    let (code, out, err) = crate::support::pglive(&["check"], &config);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ok    table public.posts: publication row filter (org = 42)"),
+        "{out}"
+    );
+
+    // A filter on a column outside the replica identity would make UPDATE and DELETE fail.
+    let db = TestDb::new("rowfilter_bad");
+    db.sql("CREATE TABLE k (id int PRIMARY KEY, org int)");
+    let config = db.config(&["name = \"k\"\nwhere = \"org = 1\""], "");
+    let (code, out, err) = crate::support::pglive(&["setup"], &config);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("tables[0].where (public.k): the server refused the row filter")
+            && err.contains("replica identity")
+            && err.contains("REPLICA IDENTITY FULL"),
+        "{err}"
+    );
+    db.sql("UPDATE k SET org = 2");
+    assert_eq!(
+        db.sql(
+            "SELECT coalesce(rowfilter, 'none') FROM pg_publication_tables WHERE tablename = 'k'"
+        ),
+        "none"
+    );
+}
+
 #[test]
 fn key_changing_updates_carry_old_and_new_ids() {
     let db = TestDb::new("rekey");
