@@ -278,9 +278,12 @@ fn a_row_filter_publishes_only_matching_rows() {
     );
     db.sql("INSERT INTO posts VALUES (1, 42, 'a'), (2, 7, 'b')");
     db.sql("UPDATE posts SET title = 'c'");
+    // A row that starts, then stops, matching: PostgreSQL sends an INSERT, then a DELETE.
+    db.sql("UPDATE posts SET org = 42 WHERE id = 2");
+    db.sql("UPDATE posts SET org = 7 WHERE id = 2");
     db.sql("DELETE FROM posts");
     db.sql("INSERT INTO posts VALUES (3, 42, 'd')");
-    let events = d.wait_events("four events", |e| e.len() >= 4);
+    let events = d.wait_events("six events", |e| e.len() >= 6);
     let seen: Vec<(&str, &Value)> = events
         .iter()
         .map(|e| (e["type"].as_str().unwrap(), &e["payload"]["ids"]))
@@ -290,6 +293,8 @@ fn a_row_filter_publishes_only_matching_rows() {
         [
             ("created", &json!([1])),
             ("updated", &json!([1])),
+            ("created", &json!([2])),
+            ("deleted", &json!([2])),
             ("deleted", &json!([1])),
             ("created", &json!([3])),
         ]
