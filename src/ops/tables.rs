@@ -19,6 +19,7 @@ use tokio_postgres::Client;
 use crate::map::{TableRule, qualified};
 use crate::source::SourceError;
 use crate::source::catalog;
+use crate::source::row_filter;
 use crate::source::sql::quote_ident;
 use crate::status::Status;
 
@@ -124,14 +125,47 @@ impl TableWatch {
                     quote_ident(&name)
                 )));
             }
-            catalog::add_to_publication(client, &self.publication, &schema, &name).await?;
-            tracing::warn!(table = %qualified(&schema, &name), publication = %self.publication,
-                "a mapped table was not in the publication (dropped and created again?): added it back (postgres.auto_setup); rows written to it before now were not delivered, as PostgreSQL publishes a table's changes only from when it is in the publication");
+            if let Some(refused) = self.add_back(client, i, &schema, &name).await? {
+                return Ok(Found::Unpublished(refused));
+            }
         }
         if (schema.as_str(), name.as_str()) != (t.schema.as_str(), t.name.as_str()) {
             return Ok(Found::Renamed(qualified(&schema, &name)));
         }
         Ok(Found::Streams)
+    }
+
+    /// Adds table `i`, now `schema.name`, back to the publication, with its row filter; or
+    /// says why not: without a usable key (UPDATE and DELETE on it would fail once it is
+    /// published), or a row filter the server refuses.
+    async fn add_back(
+        &self,
+        client: &Client,
+        i: usize,
+        schema: &str,
+        name: &str,
+    ) -> Result<Option<String>, SourceError> {
+        let identity = catalog::table_identity(client, schema, name).await?;
+        if let Some(id) = identity.filter(|id| !id.usable()) {
+            return Ok(Some(format!(
+                "it has no primary key or usable REPLICA IDENTITY, so adding it would make \
+                 UPDATE and DELETE on it fail; fix: {}",
+                id.fix(schema, name)
+            )));
+        }
+        let rule = TableRule {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+            ..self.tables[i].clone()
+        };
+        match row_filter::add(client, &self.publication, i, &rule).await {
+            Ok(()) => {}
+            Err(SourceError::Fatal(why)) => return Ok(Some(why)),
+            Err(e) => return Err(e),
+        }
+        tracing::warn!(table = %rule.qualified(), publication = %self.publication,
+            "a mapped table was not in the publication (dropped and created again?): added it back (postgres.auto_setup); rows written to it before now were not delivered, as PostgreSQL publishes a table's changes only from when it is in the publication");
+        Ok(None)
     }
 
     /// Logs what changed for table `i`.

@@ -327,24 +327,6 @@ pub async fn locate_table(
     Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
 }
 
-/// Adds `schema.name` to the publication.
-pub async fn add_to_publication(
-    client: &Client,
-    publication: &str,
-    schema: &str,
-    name: &str,
-) -> Result<(), SourceError> {
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {} ADD TABLE {}.{}",
-            quote_ident(publication),
-            quote_ident(schema),
-            quote_ident(name)
-        ))
-        .await?;
-    Ok(())
-}
-
 /// Whether the publication publishes partitions under their root; `None` if it does not exist.
 pub async fn publication_via_root(
     client: &Client,

@@ -47,6 +47,30 @@ async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
         .get(0))
 }
 
+/// Adds table `index` (`t`, not in the publication) to it, with its row filter if it has one
+/// (in one transaction that also checks UPDATE and DELETE still work, as [`apply`] does).
+pub async fn add(
+    client: &Client,
+    publication: &str,
+    index: usize,
+    t: &TableRule,
+) -> Result<(), SourceError> {
+    if t.row_filter.is_some() {
+        require_server(client, index).await?;
+    }
+    client.batch_execute("BEGIN").await?;
+    match set_and_read(client, publication, t, false).await {
+        Ok(_) => {
+            client.batch_execute("COMMIT").await?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(refused(index, t, &e))
+        }
+    }
+}
+
 /// Gives table `index` (`t`, in the publication) its configured row filter, unless it has it
 /// already; returns the filter in the server's wording when it was changed. A filter that the
 /// server refuses, or that would make UPDATE or DELETE of the table fail, is an error naming
@@ -57,13 +81,13 @@ pub async fn apply(
     index: usize,
     t: &TableRule,
 ) -> Result<Option<String>, SourceError> {
-    let Some(filter) = &t.row_filter else {
+    if t.row_filter.is_none() {
         return Ok(None);
-    };
+    }
     require_server(client, index).await?;
     let before = current(client, publication, t).await?.flatten();
     client.batch_execute("BEGIN").await?;
-    match set_and_read(client, publication, t, filter).await {
+    match set_and_read(client, publication, t, true).await {
         Ok(after) if Some(&after) == before.as_ref() => {
             client.batch_execute("ROLLBACK").await?;
             Ok(None)
@@ -90,28 +114,34 @@ async fn require_server(client: &Client, index: usize) -> Result<(), SourceError
     Ok(())
 }
 
-/// In the open transaction: replaces the table's entry in the publication by one with
-/// `filter`, plans an UPDATE and a DELETE of the table (which fail when the filter breaks
-/// them), and reads the filter back.
+/// In the open transaction: adds the table to the publication with its row filter (`replace`:
+/// in place of its entry there), plans an UPDATE and a DELETE of the table (which fail when the
+/// filter breaks them), and reads the filter back.
 async fn set_and_read(
     client: &Client,
     publication: &str,
     t: &TableRule,
-    filter: &str,
+    replace: bool,
 ) -> Result<String, tokio_postgres::Error> {
     let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
     let publication_q = quote_ident(publication);
-    client
-        .execute(
-            &format!("ALTER PUBLICATION {publication_q} DROP TABLE {table}"),
-            &[],
-        )
-        .await?;
+    if replace {
+        client
+            .execute(
+                &format!("ALTER PUBLICATION {publication_q} DROP TABLE {table}"),
+                &[],
+            )
+            .await?;
+    }
     // One statement (the extended protocol takes no more), so the filter's text is only ever
     // the filter.
+    let filter = match &t.row_filter {
+        Some(f) => format!(" WHERE ({f})"),
+        None => String::new(),
+    };
     client
         .execute(
-            &format!("ALTER PUBLICATION {publication_q} ADD TABLE {table} WHERE ({filter})"),
+            &format!("ALTER PUBLICATION {publication_q} ADD TABLE {table}{filter}"),
             &[],
         )
         .await?;
