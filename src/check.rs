@@ -486,16 +486,16 @@ async fn row_filters(
                 format!("publication {} publishes every row of {name}, but tables[{i}].where filters them", pg.publication),
                 format!("pglive setup --config <file>   (or: ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table} WHERE ({filter});)"),
             )),
-            (Some(Some(now)), None) => out.push(Finding::warn(
-                format!("publication {} filters the rows of {name} by {now}, which tables[{i}] does not say: only those rows give events", pg.publication),
-                format!("set tables[{i}].where, or ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table};"),
-            )),
-            (Some(Some(now)), Some(_)) => out.push(match row_filter::breaks_writes(client, t).await? {
-                None => Finding::ok(format!("table {name}: publication row filter {now}")),
+            (Some(Some(now)), configured) => out.push(match row_filter::breaks_writes(client, t).await? {
                 Some(why) => Finding::fail(
                     format!("UPDATE and DELETE on {name} fail under its publication row filter {now}: {why}"),
                     format!("filter on columns of the replica identity (tables[{i}].where), or ALTER TABLE {table} REPLICA IDENTITY FULL;"),
                 ),
+                None if configured.is_none() => Finding::warn(
+                    format!("publication {} filters the rows of {name} by {now}, which tables[{i}] does not say: only those rows give events", pg.publication),
+                    format!("set tables[{i}].where, or ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table};"),
+                ),
+                None => Finding::ok(format!("table {name}: publication row filter {now}")),
             }),
         }
     }

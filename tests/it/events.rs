@@ -325,6 +325,27 @@ fn a_row_filter_publishes_only_matching_rows() {
         ),
         "none"
     );
+
+    // Filters set by hand: check fails one that breaks UPDATE and DELETE, and warns about one
+    // the configuration does not say.
+    db.sql(
+        "CREATE TABLE h (id int PRIMARY KEY, org int);
+         ALTER PUBLICATION pglive DROP TABLE k;
+         ALTER PUBLICATION pglive ADD TABLE h WHERE (org = 1), k WHERE (id > 5);",
+    );
+    let config = db.config(&["name = \"h\"\nwhere = \"org = 1\"", "name = \"k\""], "");
+    let (code, out, err) = crate::support::pglive(&["check"], &config);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(
+            "FAIL  UPDATE and DELETE on public.h fail under its publication row filter (org = 1)"
+        ) && out.contains("REPLICA IDENTITY FULL"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warn  publication pglive filters the rows of public.k by (id > 5), which tables[1] does not say"),
+        "{out}"
+    );
 }
 
 #[test]
