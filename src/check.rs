@@ -478,6 +478,19 @@ async fn row_filters(
     for (i, t) in config.tables.iter().enumerate() {
         let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
         let name = t.qualified();
+        if t.row_filter.is_some() {
+            match row_filter::require_server(client, i).await {
+                Ok(()) => {}
+                Err(SourceError::Fatal(why)) => {
+                    out.push(Finding::fail(
+                        why,
+                        format!("remove tables[{i}].where, or upgrade the server"),
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         match (row_filter::current(client, &pg.publication, t).await?, &t.row_filter) {
             // Not in the publication (reported with it), or nothing to say.
             (None, _) | (Some(None), None) => {}

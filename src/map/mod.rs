@@ -230,6 +230,20 @@ impl Mapper {
     pub fn relation(&mut self, rel: &Relation, catalogued: Option<&Catalogued>) -> Option<Renamed> {
         let named = (rel.namespace.clone(), rel.name.clone());
         let (key, renamed) = if self.rules.contains_key(&named) {
+            // A relation that had this name before (renamed away, then another took the name)
+            // is no longer the mapped table: the name is what the configuration means.
+            let before: Vec<u32> = self
+                .mapped_oids
+                .iter()
+                .filter(|(oid, key)| **oid != rel.oid && **key == named)
+                .map(|(oid, _)| *oid)
+                .collect();
+            for oid in before {
+                self.mapped_oids.remove(&oid);
+                if self.relations.get(oid).is_some() {
+                    self.relations.insert(oid, None);
+                }
+            }
             self.mapped_oids.insert(rel.oid, named.clone());
             (named, None)
         } else if let Some(configured) = self.mapped_oids.get(&rel.oid) {

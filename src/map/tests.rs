@@ -1608,6 +1608,19 @@ fn a_relation_message_rebinds_an_oid() {
     let mut other = audit();
     other.name = "products_old2".into();
     assert!(!m.is_mapped(&other));
+    // A new table takes the name (a swap): it is the mapped one now, the renamed one is not.
+    let mut swapped_in = products();
+    swapped_in.oid = 99;
+    assert_eq!(m.relation(&swapped_in, None), None);
+    let out = feed(
+        &mut m,
+        &txn(vec![
+            insert(PRODUCTS, &[V::T("5"), V::N]),
+            insert(99, &[V::T("6"), V::N]),
+        ]),
+    );
+    assert_eq!(ids(&out), [Some(json!([6]))]);
+    assert!(!m.is_mapped(&renamed));
     // And back, with the key now a text column.
     m.relation(
         &rel(

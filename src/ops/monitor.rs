@@ -147,6 +147,8 @@ impl Monitor {
         let watched = if self.status.is_streaming() {
             within_source(&self.pg, self.tables.poll(c, &self.status)).await
         } else {
+            // What an earlier poll found is not news any more.
+            self.status.set_unstreamed_tables(0, None);
             within_source(&self.pg, self.tables.remember(c)).await
         };
         if let Err(e) = watched {

@@ -74,6 +74,7 @@ impl TableWatch {
     pub async fn poll(&mut self, client: &Client, status: &Arc<Status>) -> Result<(), SourceError> {
         // A missing publication stops the stream itself, which says so.
         let Some(published) = catalog::publication_tables(client, &self.publication).await? else {
+            status.set_unstreamed_tables(0, None);
             return Ok(());
         };
         let mut problems = Vec::new();
@@ -118,8 +119,12 @@ impl TableWatch {
         let in_publication = published.iter().any(|(s, n)| *s == schema && *n == name);
         if !in_publication {
             if !self.auto_setup {
+                let filter = match &t.row_filter {
+                    Some(f) => format!(" WHERE ({f})"),
+                    None => String::new(),
+                };
                 return Ok(Found::Unpublished(format!(
-                    "ALTER PUBLICATION {} ADD TABLE {}.{};",
+                    "ALTER PUBLICATION {} ADD TABLE {}.{}{filter};",
                     quote_ident(&self.publication),
                     quote_ident(&schema),
                     quote_ident(&name)

@@ -83,6 +83,27 @@ impl Setup<'_> {
         })
     }
 
+    /// The tables each session checks and sets up: all of them when the process starts (one
+    /// that does not exist stops it); after that, those that exist under their configured
+    /// name, since a table renamed or dropped while pglive runs is the table watch's to report
+    /// (see `ops::tables`), not a reason to stop at the next reconnection.
+    async fn tables_to_set_up(&self, control: &Client) -> Result<Vec<TableRule>, SourceError> {
+        if !self.status.has_streamed() {
+            return Ok(self.tables.to_vec());
+        }
+        let existing = catalog::table_oids(control, self.tables).await?;
+        Ok(self
+            .tables
+            .iter()
+            .filter(|t| {
+                existing
+                    .iter()
+                    .any(|(_, s, n)| *s == t.schema && *n == t.name)
+            })
+            .cloned()
+            .collect())
+    }
+
     /// The publication and slot as configured.
     async fn ensure_slot(
         &self,
@@ -91,6 +112,7 @@ impl Setup<'_> {
     ) -> Result<(), SourceError> {
         let pg = self.pg;
         let recreate = pg.on_slot_lost == OnSlotLost::Recreate;
+        let tables = self.tables_to_set_up(control).await?;
         if pg.auto_setup {
             let missing_slot = match (state.known, recreate) {
                 (true, _) => MissingSlot::Fail,
@@ -99,19 +121,14 @@ impl Setup<'_> {
                 (false, true) => MissingSlot::Leave,
                 (false, false) => MissingSlot::Create,
             };
-            let changes = catalog::ensure_setup(
-                control,
-                &pg.publication,
-                &pg.slot,
-                self.tables,
-                missing_slot,
-            )
-            .await?;
+            let changes =
+                catalog::ensure_setup(control, &pg.publication, &pg.slot, &tables, missing_slot)
+                    .await?;
             for change in changes {
                 tracing::info!("{change}");
             }
         } else {
-            catalog::require_setup(control, &pg.publication, self.tables).await?;
+            catalog::require_setup(control, &pg.publication, &tables).await?;
         }
         match catalog::slot(control, &pg.slot).await? {
             Some(slot) if slot.is_lost() => {

@@ -72,6 +72,7 @@ pub async fn primary_key(
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
               WHERE i.indisprimary AND n.nspname = $1 AND c.relname = $2
+                AND k.ord <= i.indnkeyatts
               ORDER BY k.ord",
             &[&schema, &table],
         )
@@ -94,6 +95,7 @@ pub async fn relation_keys(
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
               WHERE i.indrelid = $1 AND (i.indisprimary OR i.indisreplident)
+                AND k.ord <= i.indnkeyatts
               ORDER BY i.indisprimary, k.ord",
             &[&oid],
         )
@@ -306,8 +308,10 @@ pub async fn table_oids(
         .collect())
 }
 
-/// Where a mapped table is now, as (OID, schema, name): the relation `oid` if it still exists
-/// (renamed or not), else the table called `schema.name`; `None`: neither exists.
+/// Where a mapped table is now, as (OID, schema, name): the table called `schema.name` if
+/// there is one (also a new one, after the old was renamed away: the name is what the
+/// configuration means), else the relation `oid` if it still exists (renamed); `None`: neither
+/// exists.
 pub async fn locate_table(
     client: &Client,
     oid: Option<u32>,
@@ -320,7 +324,7 @@ pub async fn locate_table(
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
               WHERE c.relkind IN ('r', 'p')
                 AND (c.oid = $1 OR (n.nspname = $2 AND c.relname = $3))
-              ORDER BY c.oid = $1 DESC LIMIT 1",
+              ORDER BY (n.nspname = $2 AND c.relname = $3) DESC LIMIT 1",
             &[&oid.unwrap_or(0), &schema, &name],
         )
         .await?;
@@ -396,7 +400,13 @@ pub async fn require_setup(
         return require_row_filters(client, publication, tables).await;
     }
     let names: Vec<String> = absent.iter().map(|t| t.qualified()).collect();
-    let fix: Vec<String> = absent.iter().map(quoted).collect();
+    let fix: Vec<String> = absent
+        .iter()
+        .map(|t| match &t.row_filter {
+            Some(f) => format!("{} WHERE ({f})", quoted(t)),
+            None => quoted(t),
+        })
+        .collect();
     Err(SourceError::Fatal(format!(
         "publication {publication} does not include {}, so no change of {} would be streamed \
          (postgres.auto_setup is off); fix: ALTER PUBLICATION {} ADD TABLE {};",

@@ -173,15 +173,25 @@ fn composite_keys_are_in_key_order_and_domains_are_their_base_type() {
         "CREATE TABLE pair (a int, b text, v text, PRIMARY KEY (b, a));
          CREATE DOMAIN posint AS int8 CHECK (VALUE > 0);
          CREATE DOMAIN small AS posint CHECK (VALUE < 1000);
-         CREATE TABLE dom (id small PRIMARY KEY);",
+         CREATE TABLE dom (id small PRIMARY KEY);
+         CREATE TABLE inc (a int, b text, c int, PRIMARY KEY (b, a) INCLUDE (c));
+         ALTER TABLE inc REPLICA IDENTITY FULL;",
     );
-    let d = start(&db, &["name = \"pair\"", "name = \"dom\""], "");
+    let d = start(
+        &db,
+        &["name = \"pair\"", "name = \"dom\"", "name = \"inc\""],
+        "",
+    );
     db.sql("INSERT INTO pair VALUES (1, 'x', 'v')");
     db.sql("ALTER TABLE pair REPLICA IDENTITY FULL");
     db.sql("UPDATE pair SET v = 'w'");
     db.sql("DELETE FROM pair");
     db.sql("INSERT INTO dom VALUES (42)");
-    let events = d.wait_events("four events", |e| e.len() >= 4);
+    // An INCLUDE column is not part of the key.
+    db.sql("INSERT INTO inc VALUES (1, 'x', 9)");
+    let events = d.wait_events("five events", |e| e.len() >= 5);
+    let inc = events.iter().find(|e| e["meta"]["table"] == "inc").unwrap();
+    assert_eq!(inc["payload"]["ids"], json!([["x", 1]]));
     let pair: Vec<(String, Value)> = events
         .iter()
         .filter(|e| e["meta"]["table"] == "pair")
@@ -265,14 +275,28 @@ fn a_row_filter_publishes_only_matching_rows() {
     let db = TestDb::new("rowfilter");
     db.sql(
         "CREATE TABLE posts (id int PRIMARY KEY, org int NOT NULL, title text);
-         ALTER TABLE posts REPLICA IDENTITY FULL;",
+         ALTER TABLE posts REPLICA IDENTITY FULL;
+         CREATE TABLE g (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, org int);",
     );
-    let config = db.config(&["name = \"posts\"\nwhere = \"org = 42\""], "");
+    // g's first column is an identity column, which an UPDATE may only set to DEFAULT.
+    let config = db.config(
+        &[
+            "name = \"posts\"\nwhere = \"org = 42\"",
+            "name = \"g\"\nwhere = \"id > 0\"",
+        ],
+        "",
+    );
     let d = Daemon::run(&config);
     d.wait_log("streaming");
     assert!(
         d.stderr()
             .contains("set the row filter of public.posts in publication pglive: (org = 42)"),
+        "{}",
+        d.stderr()
+    );
+    assert!(
+        d.stderr()
+            .contains("set the row filter of public.g in publication pglive: (id > 0)"),
         "{}",
         d.stderr()
     );

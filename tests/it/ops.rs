@@ -258,6 +258,16 @@ fn renamed_dropped_and_recreated_tables_are_reported_and_streamed() {
     // The table watch's warning (the stream's own says the same at the Relation message).
     d.wait_log("update tables[0].name");
     assert_eq!(wait_http(port, "/readyz", 200), "ready\n");
+    // A reconnection meanwhile does not stop pglive over the name it no longer finds.
+    let reconnect = || {
+        db.sql(&format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.slot
+        ))
+    };
+    reconnect();
+    db.sql("INSERT INTO t2 VALUES (10)");
+    d.wait_events("a row after the reconnection", has(10));
     db.sql("ALTER TABLE t2 RENAME TO t");
 
     db.sql("DROP TABLE t");
@@ -265,6 +275,9 @@ fn renamed_dropped_and_recreated_tables_are_reported_and_streamed() {
     assert!(reason.contains("cannot stream"), "{reason}");
     d.wait_log("a mapped table was dropped");
     assert_eq!(value(&scrape(port), "pglive_tables_unstreamed"), 1.0);
+    reconnect();
+    db.sql("INSERT INTO keep VALUES (11)");
+    d.wait_events("a row of another table after the reconnection", has(11));
 
     // Created again: not in the publication until the watch adds it back.
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
