@@ -192,6 +192,11 @@ pub async fn sample_rss(
 
 /// Runs a helper script (scripts/pg-cluster.sh, scripts/rabbitmq-node.sh), which must succeed.
 pub async fn script(args: Vec<String>) -> Result<()> {
+    script_output(args).await.map(drop)
+}
+
+/// Runs a helper script, which must succeed, and returns what it printed.
+pub async fn script_output(args: Vec<String>) -> Result<String> {
     let what = args.join(" ");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&args[0])
@@ -203,7 +208,7 @@ pub async fn script(args: Vec<String>) -> Result<()> {
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("{what}: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
             "{what} failed ({}): {}{}",

@@ -268,21 +268,26 @@ impl Drop for Pglive {
 
 /// pglive's `/readyz`: `Some(true)` for 200, else the status line (None: no answer).
 async fn readyz(ops: &str) -> Option<std::result::Result<(), String>> {
+    let text = http_get(ops, "/readyz").await?;
+    Some(
+        if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(text.lines().last().unwrap_or_default().to_owned())
+        },
+    )
+}
+
+/// The whole answer (status line, headers, body) of pglive's ops listener to `GET path`,
+/// within 2 s.
+async fn http_get(ops: &str, path: &str) -> Option<String> {
     let work = async {
         let mut tcp = tokio::net::TcpStream::connect(ops).await.ok()?;
-        tcp.write_all(b"GET /readyz HTTP/1.0\r\nHost: pglive\r\n\r\n")
-            .await
-            .ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: pglive\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         tcp.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        Some(
-            if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200") {
-                Ok(())
-            } else {
-                Err(text.lines().last().unwrap_or_default().to_owned())
-            },
-        )
+        Some(String::from_utf8_lossy(&buf).into_owned())
     };
     tokio::time::timeout(Duration::from_secs(2), work)
         .await
@@ -688,16 +693,53 @@ async fn recover(
                 Some(Err(why)) => why,
                 None => "no answer".into(),
             };
+            let amqp_side = if in_amqp {
+                String::new()
+            } else {
+                amqp_diagnosis(a, amqp).await
+            };
             return Err(failed(
                 format!(
                     "a change committed after the fault reached the file sink: {in_file}, \
-                     the AMQP consumer: {in_amqp}; /readyz: {ready}"
+                     the AMQP consumer: {in_amqp}; /readyz: {ready}{amqp_side}"
                 ),
                 running,
             ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Where a change stopped on its way to the AMQP consumer: what the consumer went through, what
+/// the broker holds in its queue, and pglive's AMQP sink metrics.
+async fn amqp_diagnosis(a: &Args, amqp: &Mutex<Record>) -> String {
+    let consumer = amqp.lock().unwrap().consumer_report();
+    let args = [
+        a.rabbit.as_str(),
+        "ctl",
+        &a.rabbit_dir,
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+    ];
+    let queue = match faults::script_output(args.iter().map(|s| s.to_string()).collect()).await {
+        Ok(out) => out.split_whitespace().collect::<Vec<_>>().join(" "),
+        Err(e) => e,
+    };
+    let metrics = match http_get(&a.ops, "/metrics").await {
+        Some(text) => text
+            .lines()
+            .filter(|l| l.starts_with("pglive_sink_") && l.contains("amqp"))
+            .collect::<Vec<_>>()
+            .join("; "),
+        None => "no answer".into(),
+    };
+    format!(
+        "; the AMQP consumer: {consumer}; the broker's queues (name ready unacked consumers): \
+         {queue}; pglive's AMQP sink: {metrics}"
+    )
 }
 
 /// Waits (up to 20 s) until one COMMIT sleeps in its deferred trigger and another waits for

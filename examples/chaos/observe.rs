@@ -2,13 +2,13 @@
 //! durable queue bound to the exchange (records every message, then acks it), and WebSocket
 //! clients subscribed to every mapped channel.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use lapin::options::{
@@ -59,9 +59,48 @@ pub struct Record {
     max_key: EventKey,
     /// Messages the broker marked redelivered (the consumer's own ack was lost).
     pub redelivered: u64,
+    /// What the consumer went through lately (connected, lost its connection), newest last:
+    /// when it last happened, what, how many times in a row.
+    consumer_log: VecDeque<(Instant, String, u32)>,
 }
 
 impl Record {
+    /// Notes a turn in the consumer's connection, keeping the last few for a failure report.
+    pub fn consumer_note(&mut self, what: String) {
+        if let Some((at, last, times)) = self.consumer_log.back_mut()
+            && *last == what
+        {
+            *at = Instant::now();
+            *times += 1;
+            return;
+        }
+        if self.consumer_log.len() == 8 {
+            self.consumer_log.pop_front();
+        }
+        self.consumer_log.push_back((Instant::now(), what, 1));
+    }
+
+    /// The consumer's last turns, oldest first, each with how long ago it was.
+    pub fn consumer_report(&self) -> String {
+        let lines: Vec<String> = self
+            .consumer_log
+            .iter()
+            .map(|(at, what, times)| {
+                let times = if *times > 1 {
+                    format!(" ({times} times)")
+                } else {
+                    String::new()
+                };
+                format!("{:.1} s ago: {what}{times}", at.elapsed().as_secs_f64())
+            })
+            .collect();
+        if lines.is_empty() {
+            "nothing noted".into()
+        } else {
+            lines.join("; ")
+        }
+    }
+
     pub fn ingest(&mut self, body: &[u8]) {
         self.received += 1;
         let hash = content_hash(body);
@@ -192,6 +231,9 @@ pub async fn tail_file(path: PathBuf, record: Arc<Mutex<Record>>, stop: Cancella
 
 pub const QUEUE: &str = "chaos";
 
+/// How long the consumer gives the broker to set it up, or to take an ack.
+const SETUP_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Consumes `QUEUE` (declared durable and bound with `#` to `exchange`) into `record`,
 /// reconnecting whenever the broker goes away, until `stop`. `declared` fires once the queue
 /// is bound. With `dropper`, one event is acked and never recorded, however often it comes
@@ -207,6 +249,7 @@ pub async fn consume_amqp(
     while !stop.is_cancelled() {
         let r = consume_once(&url, &exchange, &record, &declared, &mut dropper, &stop).await;
         if let Err(e) = r {
+            record.lock().unwrap().consumer_note(format!("lost: {e}"));
             crate::note(&format!("AMQP consumer: {e}; reconnecting"));
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -238,44 +281,54 @@ async fn consume(
     dropper: &mut Option<Dropper>,
     stop: &CancellationToken,
 ) -> lapin::Result<Result<(), String>> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        QUEUE.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        QUEUE.into(),
-        exchange.into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    ch.basic_qos(500, BasicQosOptions::default()).await?;
-    let mut consumer = ch
-        .basic_consume(
-            QUEUE.into(),
-            "chaos-recorder".into(),
-            BasicConsumeOptions::default(),
+    // A broker that is starting or stopping may take a connection and never answer: each
+    // step has a deadline, so the consumer tries again rather than wait forever.
+    let setup = async {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        let ch = conn.create_channel().await?;
+        ch.exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
+        ch.queue_declare(
+            QUEUE.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            QUEUE.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.basic_qos(500, BasicQosOptions::default()).await?;
+        let consumer = ch
+            .basic_consume(
+                QUEUE.into(),
+                "chaos-recorder".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        lapin::Result::Ok((conn, ch, consumer))
+    };
+    let (conn, _channel, mut consumer) = match tokio::time::timeout(SETUP_DEADLINE, setup).await {
+        Ok(r) => r?,
+        Err(_) => return Ok(Err(format!("not consuming within {SETUP_DEADLINE:?}"))),
+    };
+    record.lock().unwrap().consumer_note("consuming".into());
     let _ = declared.try_send(());
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -299,7 +352,10 @@ async fn consume(
                     r.ingest(&d.data);
                     r.redelivered += d.redelivered as u64;
                 }
-                d.ack(BasicAckOptions::default()).await?;
+                match tokio::time::timeout(SETUP_DEADLINE, d.ack(BasicAckOptions::default())).await {
+                    Ok(r) => drop(r?),
+                    Err(_) => return Ok(Err(format!("an ack took over {SETUP_DEADLINE:?}"))),
+                }
             }
         }
     }
