@@ -54,7 +54,7 @@ PY
 }
 
 # $work/pglive.toml for slot b_live, publication bench_pub and table bench, `coalesce = $1`,
-# with the [[sinks]] entry given as $2.
+# with the [[sinks]] entry given as $2 and more keys of the table's entry as $3.
 bench_config() {
   cat >"$work/pglive.toml" <<CONF
 [postgres]
@@ -66,6 +66,7 @@ auto_setup = false
 coalesce = $1
 [[tables]]
 name = "bench"
+${3:-}
 $2
 CONF
 }

@@ -5,7 +5,11 @@
 #
 #   scripts/bench-drain.sh                 # 200,000 changes, 100-row transactions, 3 rounds
 #   CHANGES=50000 ROUNDS=1 scripts/bench-drain.sh
+#   MODES=row scripts/bench-drain.sh       # only some modes (default: coalesced per-row row)
 #
+# Modes: `coalesced` (the default event form: ids, one event per transaction), `per-row`
+# (coalesce = false: one event per row, ids only), `row` (payload = "row": one event per row
+# carrying the row as JSON).
 # Each round creates two slots at the same position, writes the backlog, then drains one slot
 # with each tool (alternating which goes first) until the WAL position taken after the writes.
 # Times include process start-up for both. Prints a table; `ratio` is pglive's throughput over
@@ -16,6 +20,7 @@ cd "$(dirname "$0")/.."
 CHANGES=${CHANGES:-200000}
 TXN=${TXN:-100}
 ROUNDS=${ROUNDS:-3}
+MODES=${MODES:-coalesced per-row row}
 
 . scripts/bench-common.sh
 
@@ -28,13 +33,19 @@ rate() { python3 -c "print(f'{$1/$2:,.0f}')"; }
 printf '%-6s %-10s %8s %12s %9s %13s %8s %8s %6s\n' round mode recv_s recv_chg/s pglive_s pglive_chg/s cpu_s events ratio
 ratios=()
 for round in $(seq 1 "$ROUNDS"); do
-  for mode in coalesced per-row; do
-    coalesce=true; [ "$mode" = per-row ] && coalesce=false
+  for mode in $MODES; do
+    coalesce=true; table=""
+    case $mode in
+      coalesced) ;;
+      per-row) coalesce=false ;;
+      row) table='payload = "row"' ;;
+      *) echo "bench-drain: unknown mode $mode (coalesced, per-row, row)" >&2; exit 2 ;;
+    esac
     q -c "SELECT pg_create_logical_replication_slot('b_recv', 'pgoutput')" >/dev/null
     q -c "SELECT pg_create_logical_replication_slot('b_live', 'pgoutput')" >/dev/null
     write_backlog
     bench_config "$coalesce" '[[sinks]]
-type = "stdout"'
+type = "stdout"' "$table"
     run_recv() {
       local t0; t0=$(now)
       pg_recvlogical -d "$url" --slot b_recv --start --no-loop -o proto_version=1 -o publication_names=bench_pub \

@@ -12,6 +12,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::config::{Config, Issue, OnSlotLost, PostgresConfig, RelayConfig, SinkConfig};
+use crate::map::row::Columns;
 use crate::sink::amqp::{self, AmqpSinkConfig};
 use crate::source::SourceError;
 use crate::source::catalog::{self, SlotInfo};
@@ -478,8 +479,8 @@ async fn row_filters(
     for (i, t) in config.tables.iter().enumerate() {
         let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
         let name = t.qualified();
-        if t.row_filter.is_some() {
-            match row_filter::require_server(client, i).await {
+        if t.row_filter.is_some() || t.columns != Columns::All {
+            match row_filter::require_server(client, i, t).await {
                 Ok(()) => {}
                 Err(SourceError::Fatal(why)) => {
                     out.push(Finding::fail(
@@ -510,6 +511,45 @@ async fn row_filters(
                 ),
                 None => Finding::ok(format!("table {name}: publication row filter {now}")),
             }),
+        }
+        if t.columns == Columns::All {
+            continue;
+        }
+        let setting = match t.columns {
+            Columns::Only(_) => "columns",
+            _ => "exclude_columns",
+        };
+        match row_filter::leaked_columns(client, &pg.publication, i, t).await {
+            Ok(leaked) if leaked.is_empty() => out.push(Finding::ok(format!(
+                "table {name}: the publication sends only the columns tables[{i}].{setting} allows"
+            ))),
+            Ok(leaked) => {
+                let columns = row_filter::column_list(client, i, t).await?;
+                let what = format!(
+                    "publication {} sends column(s) {} of {name}, which tables[{i}].{setting} leaves out: their values leave the server",
+                    pg.publication,
+                    leaked.join(", ")
+                );
+                let fix = format!(
+                    "pglive setup --config <file>   (or: ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {};)",
+                    row_filter::table_spec(t, columns.as_deref())
+                );
+                out.push(if pg.auto_setup {
+                    Finding::warn(
+                        format!(
+                            "{what}, until `pglive run` sets the column list (postgres.auto_setup)"
+                        ),
+                        fix,
+                    )
+                } else {
+                    Finding::fail(what, fix)
+                });
+            }
+            Err(SourceError::Fatal(why)) => out.push(Finding::fail(
+                why,
+                format!("name columns table {name} has in tables[{i}].{setting}"),
+            )),
+            Err(e) => return Err(e),
         }
     }
     Ok(())

@@ -116,33 +116,26 @@ pub struct EventSource {
     pub data_provider_name: Option<Arc<str>>,
 }
 
-#[derive(Serialize)]
-struct Wire<'a> {
-    channel: &'a str,
-    #[serde(rename = "type")]
-    kind: EventKind,
-    payload: Payload<'a>,
-    date: &'a str,
-    meta: Meta<'a>,
+/// A row payload (`payload = "row"`): the encoded objects and what they leave out.
+#[derive(Debug, Default)]
+pub struct RowPayload {
+    /// `payload.data`: the new row, a JSON object (none for a delete).
+    pub data: Option<Vec<u8>>,
+    /// `payload.previous`: the old row, or its key, as the replica identity sent it.
+    pub previous: Option<Vec<u8>>,
+    /// `meta.unchanged`: columns whose unchanged TOASTed values the server did not send.
+    pub unchanged: Vec<Box<str>>,
 }
 
-#[derive(Serialize)]
-struct Payload<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ids: Option<&'a [Id]>,
-}
-
-#[derive(Serialize)]
-struct Meta<'a> {
-    id: &'a str,
-    lsn: &'a str,
-    xid: u32,
-    schema: &'a str,
-    table: &'a str,
-    #[serde(rename = "dataProviderName", skip_serializing_if = "Option::is_none")]
-    data_provider_name: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<&'a str>,
+/// What an event may carry besides its ids.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extras<'a> {
+    /// `meta.origin`: see [`ORIGIN_PREFIX`].
+    pub origin: Option<&'a str>,
+    pub row: Option<&'a RowPayload>,
+    /// An event with a row payload larger than this is sent with its ids only and
+    /// `meta.truncated = true` (0: no limit).
+    pub max_bytes: usize,
 }
 
 impl LiveEvent {
@@ -155,42 +148,35 @@ impl LiveEvent {
         xid: u32,
         commit_time: i64,
     ) -> LiveEvent {
-        LiveEvent::from_origin(source, kind, ids, id, xid, commit_time, None)
+        LiveEvent::with_extras(source, kind, ids, id, xid, commit_time, Extras::default())
     }
 
-    /// [`LiveEvent::new`] for a transaction that named its origin (`meta.origin`: see
-    /// [`ORIGIN_PREFIX`]).
-    pub fn from_origin(
+    /// [`LiveEvent::new`] with an origin, a row payload and a size limit.
+    pub fn with_extras(
         source: &EventSource,
         kind: EventKind,
         ids: Option<&[Id]>,
         id: EventId,
         xid: u32,
         commit_time: i64,
-        origin: Option<&str>,
+        extras: Extras<'_>,
     ) -> LiveEvent {
-        let date = format_pg_timestamp(commit_time);
-        let lsn = id.commit_lsn.to_string();
-        let meta_id = id.to_string();
         let wire = Wire {
-            channel: &source.channel,
+            source,
             kind,
-            payload: Payload {
-                ids: ids.filter(|ids| !ids.is_empty()),
-            },
-            date: &date,
-            meta: Meta {
-                id: &meta_id,
-                lsn: &lsn,
-                xid,
-                schema: &source.schema,
-                table: &source.table,
-                data_provider_name: source.data_provider_name.as_deref(),
-                origin,
-            },
+            ids: ids.filter(|ids| !ids.is_empty()),
+            date: format_pg_timestamp(commit_time),
+            meta_id: id.to_string(),
+            lsn: id.commit_lsn.to_string(),
+            xid,
+            origin: extras.origin,
         };
-        // Serializing plain strings, integers and slices into a Vec cannot fail.
-        let json = serde_json::to_vec(&wire).expect("serializing an event to memory");
+        let mut json = Vec::with_capacity(256);
+        wire.write(&mut json, extras.row, false);
+        if extras.row.is_some() && extras.max_bytes > 0 && json.len() > extras.max_bytes {
+            json.clear();
+            wire.write(&mut json, None, true);
+        }
         LiveEvent {
             channel: source.channel.clone(),
             kind,
@@ -206,6 +192,82 @@ impl LiveEvent {
     /// The commit time in whole seconds since 1970-01-01 UTC.
     pub fn commit_unix_secs(&self) -> i64 {
         self.commit_time.div_euclid(1_000_000) + PG_EPOCH_UNIX_SECS
+    }
+}
+
+/// An event's fields, written as JSON in the contract's order: `channel`, `type`, `payload`
+/// (`ids`, `data`, `previous`), `date`, `meta` (`id`, `lsn`, `xid`, `schema`, `table`,
+/// `dataProviderName`, `origin`, `unchanged`, `truncated`).
+struct Wire<'a> {
+    source: &'a EventSource,
+    kind: EventKind,
+    ids: Option<&'a [Id]>,
+    date: String,
+    meta_id: String,
+    lsn: String,
+    xid: u32,
+    origin: Option<&'a str>,
+}
+
+impl Wire<'_> {
+    fn write(&self, out: &mut Vec<u8>, row: Option<&RowPayload>, truncated: bool) {
+        // Writing strings and ids into a Vec cannot fail.
+        let string = |out: &mut Vec<u8>, s: &str| {
+            serde_json::to_writer(&mut *out, s).expect("writing JSON to memory")
+        };
+        out.extend_from_slice(b"{\"channel\":");
+        string(out, &self.source.channel);
+        out.extend_from_slice(b",\"type\":\"");
+        out.extend_from_slice(self.kind.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"payload\":{");
+        let mut first = true;
+        let mut field = |out: &mut Vec<u8>, name: &[u8]| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(name);
+        };
+        if let Some(ids) = self.ids {
+            field(out, b"\"ids\":");
+            serde_json::to_writer(&mut *out, ids).expect("writing JSON to memory");
+        }
+        if let Some(data) = row.and_then(|r| r.data.as_deref()) {
+            field(out, b"\"data\":");
+            out.extend_from_slice(data);
+        }
+        if let Some(previous) = row.and_then(|r| r.previous.as_deref()) {
+            field(out, b"\"previous\":");
+            out.extend_from_slice(previous);
+        }
+        out.extend_from_slice(b"},\"date\":\"");
+        out.extend_from_slice(self.date.as_bytes());
+        out.extend_from_slice(b"\",\"meta\":{\"id\":\"");
+        out.extend_from_slice(self.meta_id.as_bytes());
+        out.extend_from_slice(b"\",\"lsn\":\"");
+        out.extend_from_slice(self.lsn.as_bytes());
+        out.extend_from_slice(b"\",\"xid\":");
+        out.extend_from_slice(self.xid.to_string().as_bytes());
+        out.extend_from_slice(b",\"schema\":");
+        string(out, &self.source.schema);
+        out.extend_from_slice(b",\"table\":");
+        string(out, &self.source.table);
+        if let Some(name) = &self.source.data_provider_name {
+            out.extend_from_slice(b",\"dataProviderName\":");
+            string(out, name);
+        }
+        if let Some(origin) = self.origin {
+            out.extend_from_slice(b",\"origin\":");
+            string(out, origin);
+        }
+        if let Some(row) = row.filter(|r| !r.unchanged.is_empty()) {
+            out.extend_from_slice(b",\"unchanged\":");
+            serde_json::to_writer(&mut *out, &row.unchanged).expect("writing JSON to memory");
+        }
+        if truncated {
+            out.extend_from_slice(b",\"truncated\":true");
+        }
+        out.extend_from_slice(b"}}");
     }
 }
 

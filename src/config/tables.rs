@@ -6,7 +6,12 @@ use serde::{Deserialize, Serialize};
 use super::DEFAULT_MAX_IDS_PER_EVENT;
 use super::issues::Issues;
 use super::raw::at_least_one;
+use crate::map::row::Columns;
 use crate::map::{MapOptions, TableRule};
+
+/// Row payloads larger than this go out as ids only: 1 MiB, NATS's default `max_payload`
+/// and far above what a Refine list row needs.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 use crate::sink::websocket;
 
 #[derive(Debug, Deserialize, Serialize, Default)]
@@ -14,6 +19,7 @@ use crate::sink::websocket;
 pub(super) struct RawEvents {
     coalesce: Option<bool>,
     max_ids_per_event: Option<u64>,
+    max_event_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -25,6 +31,10 @@ pub(super) struct RawTable {
     data_provider_name: Option<String>,
     #[serde(rename = "where")]
     row_filter: Option<String>,
+    payload: Option<String>,
+    columns: Option<Vec<String>>,
+    exclude_columns: Option<Vec<String>>,
+    numeric_as_number: Option<bool>,
 }
 
 /// Resolves `[events]`; a missing section gives the defaults.
@@ -35,11 +45,28 @@ pub(super) fn resolve_events(issues: &mut Issues, raw: RawEvents) -> MapOptions 
         raw.max_ids_per_event,
         DEFAULT_MAX_IDS_PER_EVENT,
     );
+    let max_event_bytes = match raw.max_event_bytes {
+        None => DEFAULT_MAX_EVENT_BYTES,
+        Some(n) if (MIN_EVENT_BYTES as u64..=MAX_EVENT_BYTES as u64).contains(&n) => n as usize,
+        Some(_) => {
+            issues.push(
+                "events.max_event_bytes",
+                format!("must be from {MIN_EVENT_BYTES} to {MAX_EVENT_BYTES} (bytes)"),
+            );
+            DEFAULT_MAX_EVENT_BYTES
+        }
+    };
     MapOptions {
         coalesce: raw.coalesce.unwrap_or(true),
         max_ids_per_event,
+        max_event_bytes,
     }
 }
+
+/// The smallest `max_event_bytes`: an event's envelope and ids alone take a few hundred.
+const MIN_EVENT_BYTES: usize = 1024;
+/// The largest `max_event_bytes`: the largest replication message pglive reads.
+const MAX_EVENT_BYTES: usize = super::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Resolves the `[[tables]]` entries that parsed; `present` says whether the file has the
 /// section at all (an empty one was reported already).
@@ -87,6 +114,24 @@ pub(super) fn resolve_tables(
         {
             issues.push(format!("{key}.where"), e);
         }
+        let row_payload = match t.payload.as_deref() {
+            None | Some("ids") => false,
+            Some("row") => true,
+            Some(other) => {
+                issues.push(
+                    format!("{key}.payload"),
+                    format!("`{other}` is not \"ids\" (the default) or \"row\""),
+                );
+                false
+            }
+        };
+        let columns = column_list(issues, &key, t.columns, t.exclude_columns);
+        if t.numeric_as_number.is_some() && !row_payload {
+            issues.push(
+                format!("{key}.numeric_as_number"),
+                "applies to row payloads only: set payload = \"row\" too",
+            );
+        }
         rules.push(TableRule {
             schema,
             name,
@@ -94,9 +139,58 @@ pub(super) fn resolve_tables(
             ids_as_strings: t.ids_as_strings.unwrap_or(false),
             data_provider_name: t.data_provider_name,
             row_filter: t.row_filter,
+            row_payload,
+            columns,
+            numeric_as_number: t.numeric_as_number.unwrap_or(false),
         });
     }
     rules
+}
+
+/// `columns` or `exclude_columns` (not both): column names as in the catalog, each once.
+fn column_list(
+    issues: &mut Issues,
+    key: &str,
+    only: Option<Vec<String>>,
+    except: Option<Vec<String>>,
+) -> Columns {
+    let (setting, names, columns): (_, _, fn(Vec<String>) -> Columns) = match (only, except) {
+        (None, None) => return Columns::All,
+        (Some(_), Some(_)) => {
+            issues.push(
+                format!("{key}.exclude_columns"),
+                "give `columns` (the columns to publish) or `exclude_columns` (those to leave \
+                 out), not both",
+            );
+            return Columns::All;
+        }
+        (Some(names), None) => ("columns", names, Columns::Only),
+        (None, Some(names)) => ("exclude_columns", names, Columns::Except),
+    };
+    if setting == "columns" && names.is_empty() {
+        issues.push(
+            format!("{key}.columns"),
+            "must name at least one column (the key's among them)",
+        );
+        return Columns::All;
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() || name.len() > 63 || name.contains('\0') {
+            issues.push(
+                format!("{key}.{setting}[{i}]"),
+                "must be a column name of 1 to 63 bytes, as in the catalog",
+            );
+            return Columns::All;
+        }
+        if names[..i].contains(name) {
+            issues.push(
+                format!("{key}.{setting}[{i}]"),
+                format!("column `{name}` is named twice"),
+            );
+            return Columns::All;
+        }
+    }
+    columns(names)
 }
 
 /// `schema.table` or `table` (schema `public`). Unquoted parts are taken literally, as in the

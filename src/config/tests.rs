@@ -5,6 +5,7 @@ use super::*;
 
 use std::path::PathBuf;
 
+use crate::map::row::Columns;
 use crate::sink::amqp::{self, AmqpSinkConfig, OnReject, RoutingKey};
 use crate::sink::websocket::{self, Auth, WsSinkConfig};
 use crate::source::conninfo::{Host, SslMode};
@@ -1704,4 +1705,66 @@ fn a_row_filter_is_kept_as_written_and_an_empty_one_is_refused() {
     );
     let issue = only_issue(&text("  "), "tables[0].where");
     assert!(issue.message.contains("leave `where` out"), "{issue}");
+}
+
+#[test]
+fn row_payload_settings_are_read_and_mistakes_named() {
+    let text = |table: &str, events: &str| {
+        format!(
+            "[postgres]\nurl = \"{URL}\"\n{events}\n[[tables]]\nname = \"t\"\n{table}\n[[sinks]]\ntype = \"stdout\"\n"
+        )
+    };
+    let c = ok(&text(
+        "payload = \"row\"\nexclude_columns = [\"secret\"]\nnumeric_as_number = true",
+        "[events]\nmax_event_bytes = 65536",
+    ));
+    let t = &c.tables[0];
+    assert!(t.row_payload && t.numeric_as_number);
+    assert_eq!(t.columns, Columns::Except(vec!["secret".into()]));
+    assert_eq!(c.events.max_event_bytes, 65536);
+    let c = ok(&text("columns = [\"id\", \"title\"]", ""));
+    assert!(!c.tables[0].row_payload);
+    assert_eq!(
+        c.tables[0].columns,
+        Columns::Only(vec!["id".into(), "title".into()])
+    );
+    assert_eq!(c.events.max_event_bytes, 1 << 20);
+
+    for (table, events, key, says) in [
+        ("payload = \"rows\"", "", "tables[0].payload", "\"ids\""),
+        (
+            "columns = [\"a\"]\nexclude_columns = [\"b\"]",
+            "",
+            "tables[0].exclude_columns",
+            "not both",
+        ),
+        ("columns = []", "", "tables[0].columns", "at least one"),
+        (
+            "columns = [\"a\", \"a\"]",
+            "",
+            "tables[0].columns[1]",
+            "named twice",
+        ),
+        (
+            "exclude_columns = [\"\"]",
+            "",
+            "tables[0].exclude_columns[0]",
+            "1 to 63",
+        ),
+        (
+            "numeric_as_number = true",
+            "",
+            "tables[0].numeric_as_number",
+            "payload = \"row\"",
+        ),
+        (
+            "",
+            "[events]\nmax_event_bytes = 10",
+            "events.max_event_bytes",
+            "from 1024",
+        ),
+    ] {
+        let issue = only_issue(&text(table, events), key);
+        assert!(issue.message.contains(says), "{key}: {issue}");
+    }
 }

@@ -7,9 +7,14 @@ use std::sync::Arc;
 
 use crate::decode::{LogicalMessage, OldTuple, Relation, RelationCache, Tuple, Value};
 use crate::event::{
-    EventId, EventKind, EventSource, Id, LiveEvent, MAX_ORIGIN_BYTES, ORIGIN_PREFIX,
+    EventId, EventKind, EventSource, Extras, Id, LiveEvent, MAX_ORIGIN_BYTES, ORIGIN_PREFIX,
+    RowPayload,
 };
 use crate::lsn::Lsn;
+
+pub mod row;
+
+use row::{Columns, Holds, RowShape, TypeInfo};
 
 /// Type OIDs whose text form becomes a JSON number: int2, int4, int8, oid.
 const INT_TYPE_OIDS: [u32; 4] = [21, 23, 20, 26];
@@ -25,6 +30,12 @@ pub struct TableRule {
     pub data_provider_name: Option<String>,
     /// `where`: the publication row filter (PostgreSQL 15+), as written.
     pub row_filter: Option<String>,
+    /// `payload = "row"`: events carry the row (`payload.data`, `payload.previous`).
+    pub row_payload: bool,
+    /// `columns` / `exclude_columns`: the publication column list (PostgreSQL 15+).
+    pub columns: Columns,
+    /// `numeric_as_number`: numeric values in row payloads as JSON numbers, not strings.
+    pub numeric_as_number: bool,
 }
 
 impl TableRule {
@@ -68,6 +79,8 @@ pub struct MapOptions {
     pub coalesce: bool,
     /// Split a coalesced event once it holds this many ids.
     pub max_ids_per_event: usize,
+    /// An event with a row payload larger than this goes out with its ids only (0: no limit).
+    pub max_event_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -98,6 +111,9 @@ struct Binding {
     source: Arc<EventSource>,
     /// Positions of the key columns in the relation, in key order; empty: no usable key.
     key: Vec<KeyColumn>,
+    /// With `payload = "row"`: how its tuples become JSON objects. Such a table's events are
+    /// one per row change, never coalesced.
+    row: Option<RowShape>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,9 +149,17 @@ struct Group {
     whole_table: bool,
 }
 
+/// A mapped table's settings beyond its channel.
+#[derive(Debug, Clone)]
+struct TableSettings {
+    ids_as_strings: bool,
+    /// `Some` with `payload = "row"`: which columns, and numeric as numbers.
+    row: Option<(Columns, bool)>,
+}
+
 pub struct Mapper {
     rules: HashMap<(String, String), Arc<EventSource>>,
-    ids_as_strings: HashMap<(String, String), bool>,
+    settings: HashMap<(String, String), TableSettings>,
     options: MapOptions,
     relations: RelationCache<Option<Arc<Binding>>>,
     /// The mapped tables' relation OIDs, as Relation messages named them: a table renamed
@@ -165,12 +189,18 @@ impl Mapper {
                 channels.push(source.clone());
             }
             map.insert(key.clone(), source);
-            strings.insert(key, r.ids_as_strings);
+            let settings = TableSettings {
+                ids_as_strings: r.ids_as_strings,
+                row: r
+                    .row_payload
+                    .then(|| (r.columns.clone(), r.numeric_as_number)),
+            };
+            strings.insert(key, settings);
         }
         Mapper {
             channels,
             rules: map,
-            ids_as_strings: strings,
+            settings: strings,
             options: MapOptions {
                 max_ids_per_event: options.max_ids_per_event.max(1),
                 ..options
@@ -258,24 +288,27 @@ impl Mapper {
             return None;
         };
         let source = &self.rules[&key];
-        let as_strings = self.ids_as_strings.get(&key).copied().unwrap_or(false);
+        let settings = &self.settings[&key];
+        let no_types = HashMap::new();
+        let types = catalogued.map_or(&no_types, |c| &c.types);
         let column = |index: usize| {
-            let declared = rel.columns[index].type_oid;
-            let base = catalogued
-                .and_then(|c| c.base_types.get(&declared))
-                .copied()
-                .unwrap_or(declared);
+            let base = row::base_type(rel.columns[index].type_oid, types);
             KeyColumn {
                 index,
-                as_number: !as_strings && INT_TYPE_OIDS.contains(&base),
+                as_number: !settings.ids_as_strings && INT_TYPE_OIDS.contains(&base),
             }
         };
         let key_columns = key_order(rel, catalogued).into_iter().map(column).collect();
+        let row = settings
+            .row
+            .as_ref()
+            .map(|(columns, numeric)| RowShape::new(rel, columns, types, *numeric));
         self.relations.insert(
             rel.oid,
             Some(Arc::new(Binding {
                 source: source.clone(),
                 key: key_columns,
+                row,
             })),
         );
         renamed
@@ -325,26 +358,45 @@ impl Mapper {
             LogicalMessage::Insert { relation, new } => {
                 if let Some(b) = self.binding(*relation)? {
                     let id = key_of(&b, *new, None);
-                    self.add(&b, EventKind::Created, [id], out)?;
+                    if let Some(shape) = &b.row {
+                        let row = row_payload(shape, Some(*new), None);
+                        self.emit_row(&b, EventKind::Created, &[id], &row, out)?;
+                    } else {
+                        self.add(&b, EventKind::Created, [id], out)?;
+                    }
                 }
             }
             LogicalMessage::Update { relation, old, new } => {
                 if let Some(b) = self.binding(*relation)? {
                     let old_tuple = old.as_ref().map(OldTuple::tuple);
                     let new_id = key_of(&b, *new, old_tuple);
-                    let old_id = old_tuple.map(|t| key_of(&b, t, None));
-                    match old_id {
-                        Some(old_id) if old_id != new_id => {
-                            self.add(&b, EventKind::Updated, [old_id, new_id], out)?
+                    // The old key, when the update changed it.
+                    let old_id = old_tuple
+                        .map(|t| key_of(&b, t, None))
+                        .filter(|old_id| *old_id != new_id);
+                    if let Some(shape) = &b.row {
+                        let ids: Vec<Option<Id>> = old_id.into_iter().chain([new_id]).collect();
+                        let row = row_payload(shape, Some(*new), *old);
+                        self.emit_row(&b, EventKind::Updated, &ids, &row, out)?;
+                    } else {
+                        match old_id {
+                            Some(old_id) => {
+                                self.add(&b, EventKind::Updated, [old_id, new_id], out)?
+                            }
+                            None => self.add(&b, EventKind::Updated, [new_id], out)?,
                         }
-                        _ => self.add(&b, EventKind::Updated, [new_id], out)?,
                     }
                 }
             }
             LogicalMessage::Delete { relation, old } => {
                 if let Some(b) = self.binding(*relation)? {
                     let id = key_of(&b, old.tuple(), None);
-                    self.add(&b, EventKind::Deleted, [id], out)?;
+                    if let Some(shape) = &b.row {
+                        let row = row_payload(shape, None, Some(*old));
+                        self.emit_row(&b, EventKind::Deleted, &[id], &row, out)?;
+                    } else {
+                        self.add(&b, EventKind::Deleted, [id], out)?;
+                    }
                 }
             }
             LogicalMessage::Truncate { relations, .. } => {
@@ -393,6 +445,34 @@ impl Mapper {
             Some(b) => Ok(b.clone()),
             None => Err(MapError::UnknownRelation(oid)),
         }
+    }
+
+    /// Emits the event of one row change of a table with row payloads, at once (such events
+    /// are never coalesced). `ids` with a `None`: the row's key is unknown.
+    fn emit_row(
+        &mut self,
+        binding: &Binding,
+        kind: EventKind,
+        ids: &[Option<Id>],
+        row: &RowPayload,
+        out: &mut Vec<LiveEvent>,
+    ) -> Result<(), MapError> {
+        let txn = self.txn.as_mut().ok_or(MapError::NoTransaction {
+            what: "a row change",
+        })?;
+        let whole_table = ids.iter().any(Option::is_none);
+        let ids: Vec<Id> = ids.iter().flatten().cloned().collect();
+        let max_bytes = self.options.max_event_bytes;
+        txn.header.emit_with(
+            &binding.source,
+            kind,
+            &ids,
+            whole_table,
+            Some(row),
+            max_bytes,
+            out,
+        );
+        Ok(())
     }
 
     /// Adds the ids of one row change (`None`: the row's key is unknown).
@@ -468,22 +548,68 @@ impl TxnHeader {
         whole_table: bool,
         out: &mut Vec<LiveEvent>,
     ) {
+        self.emit_with(source, kind, ids, whole_table, None, 0, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_with(
+        &mut self,
+        source: &EventSource,
+        kind: EventKind,
+        ids: &[Id],
+        whole_table: bool,
+        row: Option<&RowPayload>,
+        max_bytes: usize,
+        out: &mut Vec<LiveEvent>,
+    ) {
         let id = EventId {
             commit_lsn: self.commit_lsn,
             ordinal: self.next_ordinal,
         };
         self.next_ordinal += 1;
         let ids = (!whole_table).then_some(ids);
-        out.push(LiveEvent::from_origin(
+        let extras = Extras {
+            origin: self.origin.as_deref(),
+            row,
+            max_bytes,
+        };
+        out.push(LiveEvent::with_extras(
             source,
             kind,
             ids,
             id,
             self.xid,
             self.commit_time,
-            self.origin.as_deref(),
+            extras,
         ));
     }
+}
+
+/// The row payload of one change: `new` becomes `data` (unchanged TOASTed values filled from
+/// the old row when it is whole), `old` becomes `previous` (the whole old row under REPLICA
+/// IDENTITY FULL, else only its key columns).
+fn row_payload(shape: &RowShape, new: Option<Tuple<'_>>, old: Option<OldTuple<'_>>) -> RowPayload {
+    let mut row = RowPayload::default();
+    let whole_old = match old {
+        Some(OldTuple::Full(t)) => Some(t),
+        _ => None,
+    };
+    if let Some(new) = new {
+        let mut data = Vec::with_capacity(128);
+        shape.write(new, Holds::Row, whole_old, &mut data, &mut row.unchanged);
+        row.data = Some(data);
+    }
+    if let Some(old) = old {
+        let holds = match old {
+            OldTuple::Full(_) => Holds::Row,
+            OldTuple::Key(_) => Holds::Key,
+        };
+        let mut previous = Vec::with_capacity(64);
+        let mut ignored = Vec::new();
+        shape.write(old.tuple(), holds, None, &mut previous, &mut ignored);
+        row.previous = Some(previous);
+    }
+    row
 }
 
 /// What the catalog says of a mapped relation, looked up when its Relation message arrives.
@@ -494,8 +620,9 @@ pub struct Catalogued {
     /// The columns of the index named by `REPLICA IDENTITY USING INDEX`, in key order (empty:
     /// none, or it is the primary key).
     pub identity_index: Vec<String>,
-    /// The base type of each domain among the relation's column types.
-    pub base_types: HashMap<u32, u32>,
+    /// The relation's column types that are domains or arrays, and the types those are over
+    /// (from `pg_type`).
+    pub types: HashMap<u32, TypeInfo>,
 }
 
 /// The positions of `rel`'s key columns in key order (empty: no usable key). The key is what

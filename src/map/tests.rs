@@ -239,6 +239,9 @@ fn rule(table: &str) -> TableRule {
         ids_as_strings: false,
         data_provider_name: None,
         row_filter: None,
+        row_payload: false,
+        columns: Columns::All,
+        numeric_as_number: false,
     }
 }
 
@@ -246,6 +249,7 @@ fn coalescing(max: usize) -> MapOptions {
     MapOptions {
         coalesce: true,
         max_ids_per_event: max,
+        max_event_bytes: 0,
     }
 }
 
@@ -253,6 +257,7 @@ fn per_row() -> MapOptions {
     MapOptions {
         coalesce: false,
         max_ids_per_event: 1000,
+        max_event_bytes: 0,
     }
 }
 
@@ -1076,7 +1081,16 @@ fn a_key_whose_type_is_a_domain_over_an_integer_is_a_number() {
     const CODE: u32 = 16_502;
     let r = rel(1, "d", &[("id", SMALLPOS, true), ("code", CODE, true)]);
     let catalogued = Catalogued {
-        base_types: [(POSINT, INT8), (SMALLPOS, INT8), (CODE, TEXT)].into(),
+        types: [(SMALLPOS, POSINT), (POSINT, INT8), (CODE, TEXT)]
+            .map(|(oid, base)| {
+                let info = TypeInfo {
+                    base,
+                    element: 0,
+                    delimiter: b',',
+                };
+                (oid, info)
+            })
+            .into(),
         ..pk(&["id", "code"])
     };
     let mut m = Mapper::new(&[rule("d")], coalescing(1000));
@@ -1941,4 +1955,191 @@ fn a_transaction_that_names_its_origin_gets_it_in_meta_origin() {
         out = feed(&mut m, &txn(changes));
         assert_eq!(origins(&out), [None]);
     }
+}
+
+// ---- row payloads ----
+
+/// `docs (id int4 primary key, title text, body text, price numeric, tags text[])`, with
+/// row payloads.
+const DOCS: u32 = 16_600;
+
+fn docs(identity: u8) -> Relation {
+    let full = identity == b'f';
+    rel_in(
+        DOCS,
+        "public",
+        "docs",
+        identity,
+        &[
+            ("id", INT4, true),
+            ("title", TEXT, full),
+            ("body", TEXT, full),
+            ("price", NUMERIC, full),
+            ("tags", 1009, full),
+        ],
+    )
+}
+
+fn docs_rule() -> TableRule {
+    TableRule {
+        row_payload: true,
+        ..rule("docs")
+    }
+}
+
+fn row_mapper(rule: TableRule, identity: u8, options: MapOptions) -> Mapper {
+    let mut m = Mapper::new(&[rule], options);
+    let catalogued = Catalogued {
+        types: [(
+            1009,
+            TypeInfo {
+                base: 0,
+                element: TEXT,
+                delimiter: b',',
+            },
+        )]
+        .into(),
+        ..pk(&["id"])
+    };
+    m.relation(&docs(identity), Some(&catalogued));
+    m
+}
+
+#[test]
+fn row_payloads_carry_the_new_row_and_what_the_identity_gives_of_the_old() {
+    let mut m = row_mapper(docs_rule(), b'd', coalescing(1000));
+    let row = [
+        V::T("1"),
+        V::T("Hi"),
+        V::N,
+        V::T("9.50"),
+        V::T("{a,\"b c\"}"),
+    ];
+    let moved = [V::T("2"), V::T("Hi"), V::N, V::T("9.50"), V::T("{}")];
+    let old_key = [V::T("1"), V::N, V::N, V::N, V::N];
+    let out = feed(
+        &mut m,
+        &txn(vec![
+            insert(DOCS, &row),
+            insert(DOCS, &row),
+            update(DOCS, Some((b'K', &old_key)), &moved),
+            delete(DOCS, b'K', &[V::T("2"), V::N, V::N, V::N, V::N]),
+        ]),
+    );
+    // One event per row change: row payloads are never coalesced.
+    assert_eq!(out.len(), 4);
+    let created = js(&out[0]);
+    assert_eq!(
+        created["payload"],
+        json!({"ids": [1], "data": {"id": 1, "title": "Hi", "body": null, "price": "9.50", "tags": ["a", "b c"]}})
+    );
+    let updated = js(&out[2]);
+    assert_eq!(updated["payload"]["ids"], json!([1, 2]));
+    assert_eq!(updated["payload"]["data"]["id"], 2);
+    // A key tuple gives the old key only (its other columns are filler, not NULLs).
+    assert_eq!(updated["payload"]["previous"], json!({"id": 1}));
+    let deleted = js(&out[3]);
+    assert_eq!(
+        deleted["payload"],
+        json!({"ids": [2], "previous": {"id": 2}})
+    );
+    assert!(deleted["meta"].get("unchanged").is_none());
+    // Ordinals follow the rows.
+    let ordinals: Vec<String> = out.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(
+        ordinals,
+        ["0/16B3748:0", "0/16B3748:1", "0/16B3748:2", "0/16B3748:3"]
+    );
+}
+
+#[test]
+fn an_unchanged_toasted_value_is_left_out_and_named_or_filled_from_a_full_old_row() {
+    let mut m = row_mapper(docs_rule(), b'd', coalescing(1000));
+    let new = [V::T("1"), V::T("New"), V::U, V::T("1"), V::U];
+    let out = feed(&mut m, &txn(vec![update(DOCS, None, &new)]));
+    let v = js(&out[0]);
+    assert_eq!(
+        v["payload"]["data"],
+        json!({"id": 1, "title": "New", "price": "1"})
+    );
+    assert_eq!(v["meta"]["unchanged"], json!(["body", "tags"]));
+    assert!(v["payload"].get("previous").is_none());
+
+    let mut m = row_mapper(docs_rule(), b'f', coalescing(1000));
+    let old = [V::T("1"), V::T("Old"), V::T("long body"), V::T("1"), V::N];
+    let out = feed(&mut m, &txn(vec![update(DOCS, Some((b'O', &old)), &new)]));
+    let v = js(&out[0]);
+    assert_eq!(
+        v["payload"]["data"],
+        json!({"id": 1, "title": "New", "body": "long body", "price": "1", "tags": null})
+    );
+    assert_eq!(
+        v["payload"]["previous"],
+        json!({"id": 1, "title": "Old", "body": "long body", "price": "1", "tags": null})
+    );
+    assert!(v["meta"].get("unchanged").is_none(), "{v}");
+}
+
+#[test]
+fn row_payloads_leave_out_excluded_columns_and_may_give_numbers_for_numeric() {
+    let rule = TableRule {
+        columns: Columns::Except(vec!["body".into(), "tags".into()]),
+        numeric_as_number: true,
+        ..docs_rule()
+    };
+    let mut m = row_mapper(rule, b'd', coalescing(1000));
+    let row = [
+        V::T("1"),
+        V::T("Hi"),
+        V::T("secret"),
+        V::T("12345678901234567890.5"),
+        V::N,
+    ];
+    let out = feed(&mut m, &txn(vec![insert(DOCS, &row)]));
+    assert_eq!(
+        text(&out[0])
+            .split("\"data\":")
+            .nth(1)
+            .unwrap()
+            .split('}')
+            .next()
+            .unwrap(),
+        r#"{"id":1,"title":"Hi","price":12345678901234567890.5"#
+    );
+    let rule = TableRule {
+        columns: Columns::Only(vec!["id".into()]),
+        ..docs_rule()
+    };
+    let mut m = row_mapper(rule, b'd', coalescing(1000));
+    let out = feed(&mut m, &txn(vec![insert(DOCS, &row)]));
+    assert_eq!(js(&out[0])["payload"]["data"], json!({"id": 1}));
+}
+
+#[test]
+fn an_event_over_max_event_bytes_goes_with_its_ids_only() {
+    let options = MapOptions {
+        max_event_bytes: 1024,
+        ..coalescing(1000)
+    };
+    let mut m = row_mapper(docs_rule(), b'd', options);
+    let big = "x".repeat(2000);
+    let small = [V::T("1"), V::T("Hi"), V::N, V::N, V::N];
+    let large = [V::T("2"), V::T(&big), V::N, V::N, V::N];
+    let out = feed(
+        &mut m,
+        &txn(vec![insert(DOCS, &small), insert(DOCS, &large)]),
+    );
+    assert!(out[0].json.len() <= 1024);
+    assert!(js(&out[0])["meta"].get("truncated").is_none());
+    let v = js(&out[1]);
+    assert!(out[1].json.len() <= 1024, "{}", out[1].json.len());
+    assert_eq!(v["payload"], json!({"ids": [2]}));
+    assert_eq!(v["meta"]["truncated"], true);
+}
+
+#[test]
+fn a_truncate_of_a_row_payload_table_is_one_event_without_ids() {
+    let mut m = row_mapper(docs_rule(), b'd', coalescing(1000));
+    let out = feed(&mut m, &txn(vec![truncate(&[DOCS])]));
+    assert_eq!(ids(&out), [None]);
 }

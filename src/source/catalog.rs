@@ -12,6 +12,7 @@ use super::row_filter;
 use super::sql::{quote_ident, quote_literal};
 use super::transport::{self, AuthGuard, Established};
 use crate::lsn::Lsn;
+use crate::map::row::TypeInfo;
 use crate::map::{Catalogued, TableRule};
 
 /// Connects the control session; its connection task runs until the client is dropped. The
@@ -81,8 +82,8 @@ pub async fn primary_key(
 }
 
 /// What the catalog says of relation `oid` (as a Relation message names it) for mapping its
-/// changes: its primary key and replica-identity index in key order, and the base type of
-/// each domain among `type_oids` (a domain over a domain resolves to the last base).
+/// changes: its primary key and replica-identity index in key order, and which of
+/// `type_oids` are domains or arrays, and over what (down to types that are neither).
 pub async fn relation_keys(
     client: &Client,
     oid: u32,
@@ -109,31 +110,39 @@ pub async fn relation_keys(
             keys.identity_index.push(name);
         }
     }
-    let user_types: Vec<u32> = type_oids
+    // The column types, and what the domains and arrays among them are over, to the bottom.
+    let rows = client
+        .query(
+            "WITH RECURSIVE t(oid) AS (
+                 SELECT unnest($1::oid[])
+               UNION
+                 SELECT CASE WHEN p.typtype = 'd' THEN p.typbasetype ELSE p.typelem END
+                   FROM t JOIN pg_type p ON p.oid = t.oid
+                  WHERE p.typtype = 'd' OR (p.typelem <> 0 AND p.typlen = -1))
+             SELECT p.oid,
+                    CASE WHEN p.typtype = 'd' THEN p.typbasetype ELSE 0::oid END,
+                    CASE WHEN p.typtype <> 'd' AND p.typelem <> 0 AND p.typlen = -1
+                         THEN p.typelem ELSE 0::oid END,
+                    ascii(p.typdelim::text)
+               FROM t JOIN pg_type p ON p.oid = t.oid",
+            &[&type_oids],
+        )
+        .await?;
+    keys.types = rows
         .iter()
-        .copied()
-        .filter(|&t| t >= FIRST_NON_BUILTIN_OID)
+        .map(|r| {
+            let delimiter: i32 = r.get(3);
+            let info = TypeInfo {
+                base: r.get(1),
+                element: r.get(2),
+                delimiter: u8::try_from(delimiter).unwrap_or(b','),
+            };
+            (r.get::<_, u32>(0), info)
+        })
+        .filter(|(_, info)| info.base != 0 || info.element != 0)
         .collect();
-    if !user_types.is_empty() {
-        let rows = client
-            .query(
-                "WITH RECURSIVE d(start, base) AS (
-                     SELECT oid, typbasetype FROM pg_type WHERE oid = ANY($1) AND typtype = 'd'
-                   UNION ALL
-                     SELECT d.start, t.typbasetype FROM d
-                       JOIN pg_type t ON t.oid = d.base AND t.typtype = 'd')
-                 SELECT d.start, d.base FROM d JOIN pg_type t ON t.oid = d.base AND t.typtype <> 'd'",
-                &[&user_types],
-            )
-            .await?;
-        keys.base_types = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    }
     Ok(keys)
 }
-
-/// Types below this OID are PostgreSQL's own from `pg_type.dat`, none of them a domain
-/// (`FirstGenbkiObjectId`); the information schema's domains come after it.
-const FIRST_NON_BUILTIN_OID: u32 = 10_000;
 
 /// What the server says about a replication slot.
 #[derive(Debug, Clone)]
@@ -400,13 +409,12 @@ pub async fn require_setup(
         return require_row_filters(client, publication, tables).await;
     }
     let names: Vec<String> = absent.iter().map(|t| t.qualified()).collect();
-    let fix: Vec<String> = absent
-        .iter()
-        .map(|t| match &t.row_filter {
-            Some(f) => format!("{} WHERE ({f})", quoted(t)),
-            None => quoted(t),
-        })
-        .collect();
+    let mut fix: Vec<String> = Vec::new();
+    for t in &absent {
+        let i = tables.iter().position(|x| std::ptr::eq(x, *t)).unwrap_or(0);
+        let columns = row_filter::column_list(client, i, t).await?;
+        fix.push(row_filter::table_spec(t, columns.as_deref()));
+    }
     Err(SourceError::Fatal(format!(
         "publication {publication} does not include {}, so no change of {} would be streamed \
          (postgres.auto_setup is off); fix: ALTER PUBLICATION {} ADD TABLE {};",
@@ -419,13 +427,29 @@ pub async fn require_setup(
 
 /// Without `auto_setup`: fails unless each table with `where` has a row filter in the
 /// publication (the server's wording differs from the configuration's, so which filter is not
-/// compared; `setup` sets the configured one).
+/// compared; `setup` sets the configured one), and unless the publication leaves out the
+/// columns each table's `columns` / `exclude_columns` leave out.
 async fn require_row_filters(
     client: &Client,
     publication: &str,
     tables: &[TableRule],
 ) -> Result<(), SourceError> {
     for (i, t) in tables.iter().enumerate() {
+        let leaked = row_filter::leaked_columns(client, publication, i, t).await?;
+        if !leaked.is_empty() {
+            let columns = row_filter::column_list(client, i, t).await?;
+            let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+            let quoted = quote_ident(publication);
+            return Err(SourceError::Fatal(format!(
+                "tables[{i}]: publication {publication} publishes column(s) {} of {}, which the \
+                 configuration leaves out: their values would leave the server \
+                 (postgres.auto_setup is off); fix: `pglive setup`, or ALTER PUBLICATION \
+                 {quoted} DROP TABLE {table}; ALTER PUBLICATION {quoted} ADD TABLE {};",
+                leaked.join(", "),
+                t.qualified(),
+                row_filter::table_spec(t, columns.as_deref())
+            )));
+        }
         let Some(filter) = &t.row_filter else {
             continue;
         };
@@ -530,7 +554,7 @@ async fn ensure_publication(
     for (i, t) in tables.iter().enumerate() {
         if let Some(now) = row_filter::apply(client, publication, i, t).await? {
             done.push(format!(
-                "set the row filter of {} in publication {publication}: {now}",
+                "set {} in publication {publication} to {now}",
                 t.qualified()
             ));
         }

@@ -1,19 +1,58 @@
-//! Row filters (`[[tables]] where = "…"`): PostgreSQL 15's publication row filters, so that rows
-//! a filter leaves out never leave the server. The server is the judge of a filter: it is set
+//! Row filters (`[[tables]] where = "…"`) and column lists (`columns`, `exclude_columns`):
+//! PostgreSQL 15's publication row filters and column lists, so that rows a filter leaves out,
+//! and values of columns left out, never leave the server. The server is the judge of a filter: it is set
 //! (and read back in the server's own wording) in a transaction that also asks the planner to
 //! set up an UPDATE and a DELETE of the table, which fail when the filter uses a column outside
 //! the replica identity — PostgreSQL's rule, since an UPDATE or DELETE must be matched against
-//! the filter from the old row the identity sends. The transaction commits only when the
-//! filter changed.
+//! the filter from the old row the identity sends (and a column list must hold the identity's
+//! columns). The transaction commits only when the table's entry changed.
 
 use tokio_postgres::Client;
 
 use super::error::SourceError;
 use super::sql::quote_ident;
 use crate::map::TableRule;
+use crate::map::row::Columns;
 
 /// The server version from which publications filter rows.
 const MIN_SERVER_VERSION: i32 = 150_000;
+
+/// A table's entry in a publication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its row filter, in the server's wording.
+    pub filter: Option<String>,
+    /// The columns it publishes, in table order (every column without a column list; none
+    /// before PostgreSQL 15, which has no column lists).
+    pub columns: Vec<String>,
+}
+
+/// The table's entry in the publication, or `None` when it is not in it.
+pub async fn entry(
+    client: &Client,
+    publication: &str,
+    t: &TableRule,
+) -> Result<Option<Entry>, SourceError> {
+    // Before PostgreSQL 15 the view has no `rowfilter` or `attnames`: nothing is filtered.
+    let columns = if server_version(client).await? >= MIN_SERVER_VERSION {
+        "rowfilter, attnames::text[]"
+    } else {
+        "NULL::text, ARRAY[]::text[]"
+    };
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {columns} FROM pg_publication_tables
+                  WHERE pubname = $1 AND schemaname = $2 AND tablename = $3"
+            ),
+            &[&publication, &t.schema, &t.name],
+        )
+        .await?;
+    Ok(row.map(|r| Entry {
+        filter: r.get(0),
+        columns: r.get(1),
+    }))
+}
 
 /// What a table's row filter in the publication is: `None`, the table is not in it; `Some(None)`,
 /// in it without a filter.
@@ -22,22 +61,98 @@ pub async fn current(
     publication: &str,
     t: &TableRule,
 ) -> Result<Option<Option<String>>, SourceError> {
-    // Before PostgreSQL 15 the view has no `rowfilter`: nothing is filtered.
-    let filter = if server_version(client).await? >= MIN_SERVER_VERSION {
-        "rowfilter"
-    } else {
-        "NULL::text"
+    Ok(entry(client, publication, t).await?.map(|e| e.filter))
+}
+
+/// The columns table `index` (`t`) is to publish: `None` for all of them (no column list), or
+/// the list its `columns` / `exclude_columns` make of the table's columns now. A named column
+/// the table lacks is an error naming the setting.
+pub async fn column_list(
+    client: &Client,
+    index: usize,
+    t: &TableRule,
+) -> Result<Option<Vec<String>>, SourceError> {
+    let (setting, named) = match &t.columns {
+        Columns::All => return Ok(None),
+        Columns::Only(names) => ("columns", names),
+        Columns::Except(names) => ("exclude_columns", names),
     };
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {filter} FROM pg_publication_tables
-                  WHERE pubname = $1 AND schemaname = $2 AND tablename = $3"
-            ),
-            &[&publication, &t.schema, &t.name],
+    let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+    // Generated columns are never published (and a column list may not name them).
+    let rows = client
+        .query(
+            "SELECT attname::text, attgenerated <> '' FROM pg_attribute
+              WHERE attrelid = ($1::text)::regclass AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
+            &[&table],
         )
         .await?;
-    Ok(row.map(|r| r.get(0)))
+    let columns: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for (k, name) in named.iter().enumerate() {
+        let problem = match columns.iter().find(|(c, _)| c == name) {
+            None => "has no such column",
+            Some((_, true)) if setting == "columns" => {
+                "is a generated column, which PostgreSQL does not publish"
+            }
+            Some(_) => continue,
+        };
+        return Err(SourceError::Fatal(format!(
+            "tables[{index}].{setting}[{k}]: table {} {problem}: `{name}` (its columns: {})",
+            t.qualified(),
+            columns
+                .iter()
+                .map(|(c, _)| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let list: Vec<String> = columns
+        .into_iter()
+        .filter(|(name, generated)| !generated && t.columns.includes(name))
+        .map(|(name, _)| name)
+        .collect();
+    if list.is_empty() {
+        return Err(SourceError::Fatal(format!(
+            "tables[{index}].exclude_columns leaves no column of table {} to publish",
+            t.qualified()
+        )));
+    }
+    Ok(Some(list))
+}
+
+/// The columns the publication sends of table `index` that its `columns` / `exclude_columns`
+/// leave out (their values leave the server): empty when there are none, or when it is not
+/// in the publication.
+pub async fn leaked_columns(
+    client: &Client,
+    publication: &str,
+    index: usize,
+    t: &TableRule,
+) -> Result<Vec<String>, SourceError> {
+    let Some(wanted) = column_list(client, index, t).await? else {
+        return Ok(Vec::new());
+    };
+    let Some(entry) = entry(client, publication, t).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(entry
+        .columns
+        .into_iter()
+        .filter(|c| !wanted.contains(c))
+        .collect())
+}
+
+/// `ADD TABLE` text for table `t` with its column list and row filter.
+pub fn table_spec(t: &TableRule, columns: Option<&[String]>) -> String {
+    let mut spec = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+    if let Some(columns) = columns {
+        let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        spec.push_str(&format!(" ({})", quoted.join(", ")));
+    }
+    if let Some(f) = &t.row_filter {
+        spec.push_str(&format!(" WHERE ({f})"));
+    }
+    spec
 }
 
 async fn server_version(client: &Client) -> Result<i32, tokio_postgres::Error> {
@@ -55,11 +170,14 @@ pub async fn add(
     index: usize,
     t: &TableRule,
 ) -> Result<(), SourceError> {
-    if t.row_filter.is_some() {
-        require_server(client, index).await?;
-    }
+    let columns = if t.row_filter.is_some() || t.columns != Columns::All {
+        require_server(client, index, t).await?;
+        column_list(client, index, t).await?
+    } else {
+        None
+    };
     client.batch_execute("BEGIN").await?;
-    match set_and_read(client, publication, t, false).await {
+    match set_and_read(client, publication, t, false, columns.as_deref()).await {
         Ok(_) => {
             client.batch_execute("COMMIT").await?;
             Ok(())
@@ -71,30 +189,38 @@ pub async fn add(
     }
 }
 
-/// Gives table `index` (`t`, in the publication) its configured row filter, unless it has it
-/// already; returns the filter in the server's wording when it was changed. A filter that the
-/// server refuses, or that would make UPDATE or DELETE of the table fail, is an error naming
-/// `tables[index].where`.
+/// Gives table `index` (`t`, in the publication) its configured row filter and column list,
+/// unless it has them already; returns what its entry is now, in the server's wording, when it
+/// was changed. A filter or list that the server refuses, or that would make UPDATE or DELETE
+/// of the table fail, is an error naming the setting.
 pub async fn apply(
     client: &Client,
     publication: &str,
     index: usize,
     t: &TableRule,
 ) -> Result<Option<String>, SourceError> {
-    if t.row_filter.is_none() {
+    if t.row_filter.is_none() && t.columns == Columns::All {
         return Ok(None);
     }
-    require_server(client, index).await?;
-    let before = current(client, publication, t).await?.flatten();
+    require_server(client, index, t).await?;
+    let columns = column_list(client, index, t).await?;
+    let before = entry(client, publication, t).await?;
     client.batch_execute("BEGIN").await?;
-    match set_and_read(client, publication, t, true).await {
+    match set_and_read(client, publication, t, true, columns.as_deref()).await {
         Ok(after) if Some(&after) == before.as_ref() => {
             client.batch_execute("ROLLBACK").await?;
             Ok(None)
         }
         Ok(after) => {
             client.batch_execute("COMMIT").await?;
-            Ok(Some(after))
+            let mut now = Vec::new();
+            if let Some(filter) = &after.filter {
+                now.push(format!("row filter {filter}"));
+            }
+            if columns.is_some() {
+                now.push(format!("columns ({})", after.columns.join(", ")));
+            }
+            Ok(Some(now.join(", ")))
         }
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
@@ -103,26 +229,40 @@ pub async fn apply(
     }
 }
 
-pub async fn require_server(client: &Client, index: usize) -> Result<(), SourceError> {
+/// Fails when table `index` (`t`) has a row filter or a column list and the server is older
+/// than PostgreSQL 15, naming the setting.
+pub async fn require_server(
+    client: &Client,
+    index: usize,
+    t: &TableRule,
+) -> Result<(), SourceError> {
     let version = server_version(client).await?;
-    if version < MIN_SERVER_VERSION {
-        return Err(SourceError::Fatal(format!(
-            "tables[{index}].where: row filters need PostgreSQL 15 or later (publication row \
-             filters); this server is {version}"
-        )));
+    if version >= MIN_SERVER_VERSION {
+        return Ok(());
     }
-    Ok(())
+    let (setting, what) = if t.row_filter.is_some() {
+        ("where", "row filters")
+    } else if matches!(t.columns, Columns::Only(_)) {
+        ("columns", "column lists")
+    } else {
+        ("exclude_columns", "column lists")
+    };
+    Err(SourceError::Fatal(format!(
+        "tables[{index}].{setting}: {what} need PostgreSQL 15 or later (publication {what}); \
+         this server is {version}"
+    )))
 }
 
-/// In the open transaction: adds the table to the publication with its row filter (`replace`:
-/// in place of its entry there), plans an UPDATE and a DELETE of the table (which fail when the
-/// filter breaks them), and reads the filter back.
+/// In the open transaction: adds the table to the publication with its row filter and column
+/// list (`replace`: in place of its entry there), plans an UPDATE and a DELETE of the table
+/// (which fail when the filter or the list breaks them), and reads the entry back.
 async fn set_and_read(
     client: &Client,
     publication: &str,
     t: &TableRule,
     replace: bool,
-) -> Result<String, tokio_postgres::Error> {
+    columns: Option<&[String]>,
+) -> Result<Entry, tokio_postgres::Error> {
     let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
     let publication_q = quote_ident(publication);
     if replace {
@@ -135,13 +275,10 @@ async fn set_and_read(
     }
     // One statement: the extended protocol takes no more. (The filter is the operator's
     // configuration, trusted as such: text that closes the parenthesis could name more.)
-    let filter = match &t.row_filter {
-        Some(f) => format!(" WHERE ({f})"),
-        None => String::new(),
-    };
+    let spec = table_spec(t, columns);
     client
         .execute(
-            &format!("ALTER PUBLICATION {publication_q} ADD TABLE {table}{filter}"),
+            &format!("ALTER PUBLICATION {publication_q} ADD TABLE {spec}"),
             &[],
         )
         .await?;
@@ -151,18 +288,24 @@ async fn set_and_read(
             "EXPLAIN UPDATE {table} SET {column} = DEFAULT; EXPLAIN DELETE FROM {table}"
         ))
         .await?;
-    if t.row_filter.is_none() {
+    if t.row_filter.is_none() && columns.is_none() {
         // Nothing to read back (and before PostgreSQL 15 nothing to read it from).
-        return Ok(String::new());
+        return Ok(Entry {
+            filter: None,
+            columns: Vec::new(),
+        });
     }
     let row = client
         .query_one(
-            "SELECT rowfilter FROM pg_publication_tables
+            "SELECT rowfilter, attnames::text[] FROM pg_publication_tables
               WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
             &[&publication, &t.schema, &t.name],
         )
         .await?;
-    Ok(row.get::<_, Option<String>>(0).unwrap_or_default())
+    Ok(Entry {
+        filter: row.get(0),
+        columns: row.get(1),
+    })
 }
 
 /// Whether UPDATE or DELETE of table `t` fails under the publications it is in (a row filter
@@ -213,7 +356,21 @@ fn server_text(e: &tokio_postgres::Error) -> String {
 /// The error for a filter the server refused, with what to do about the common cases.
 fn refused(index: usize, t: &TableRule, e: &tokio_postgres::Error) -> SourceError {
     let server = server_text(e);
-    let hint = if server.contains("replica identity") {
+    let about_columns = server.to_lowercase().contains("column list");
+    let setting = match &t.columns {
+        Columns::Only(_) if about_columns || t.row_filter.is_none() => "columns",
+        Columns::Except(_) if about_columns || t.row_filter.is_none() => "exclude_columns",
+        _ => "where",
+    };
+    let hint = if about_columns {
+        format!(
+            "; UPDATE and DELETE need the replica identity's columns published: keep the key \
+             columns in tables[{index}].{setting}, or ALTER TABLE {}.{} REPLICA IDENTITY FULL \
+             and publish every column",
+            quote_ident(&t.schema),
+            quote_ident(&t.name)
+        )
+    } else if server.contains("replica identity") {
         format!(
             "; UPDATE and DELETE need every column the filter uses in the table's replica \
              identity: filter on key columns, or ALTER TABLE {}.{} REPLICA IDENTITY FULL",
@@ -226,8 +383,13 @@ fn refused(index: usize, t: &TableRule, e: &tokio_postgres::Error) -> SourceErro
     } else {
         String::new()
     };
+    let what = if setting == "where" {
+        "row filter"
+    } else {
+        "column list"
+    };
     SourceError::Fatal(format!(
-        "tables[{index}].where ({}): the server refused the row filter: {server}{hint}",
+        "tables[{index}].{setting} ({}): the server refused the {what}: {server}{hint}",
         t.qualified()
     ))
 }

@@ -290,13 +290,13 @@ fn a_row_filter_publishes_only_matching_rows() {
     d.wait_log("streaming");
     assert!(
         d.stderr()
-            .contains("set the row filter of public.posts in publication pglive: (org = 42)"),
+            .contains("set public.posts in publication pglive to row filter (org = 42)"),
         "{}",
         d.stderr()
     );
     assert!(
         d.stderr()
-            .contains("set the row filter of public.g in publication pglive: (id > 0)"),
+            .contains("set public.g in publication pglive to row filter (id > 0)"),
         "{}",
         d.stderr()
     );

@@ -15,6 +15,7 @@ mod ops;
 mod presets;
 mod redis;
 mod relay;
+mod rows;
 mod slot;
 mod webhook;
 mod websocket;
