@@ -439,13 +439,17 @@ async fn tables(
                 format!("table {name} is partitioned, but publication {} publishes partitions under their own names, so its changes would be missed", pg.publication),
                 format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true);", quote_ident(&pg.publication)),
             ),
+            Some(id) if !id.unroutable_columns(t).is_empty() => Finding::fail(
+                catalog::unroutable(t, &id),
+                format!("ALTER TABLE {quoted} REPLICA IDENTITY FULL;"),
+            ),
             Some(id) if !id.has_ids() => Finding::warn(
                 format!("table {name} has REPLICA IDENTITY FULL but no primary key: its events carry no ids, so clients refetch everything"),
                 format!("ALTER TABLE {quoted} ADD PRIMARY KEY (<key columns>);"),
             ),
             Some(id) => Finding::ok(format!(
                 "table {name} → {} (key: {})",
-                t.channel,
+                t.channels.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
                 if id.primary_key.is_empty() { "replica identity index".to_owned() } else { id.primary_key.join(", ") }
             )),
         });
@@ -513,6 +517,17 @@ async fn row_filters(
             }),
         }
         if t.columns == Columns::All {
+            let left_out = row_filter::unconfigured_column_list(client, &pg.publication, t).await?;
+            if !left_out.is_empty() {
+                out.push(Finding::warn(
+                    format!(
+                        "publication {} leaves column(s) {} of {name} out by a column list that tables[{i}] does not set: row payloads lack them",
+                        pg.publication,
+                        left_out.join(", ")
+                    ),
+                    format!("set tables[{i}].columns or exclude_columns, or ALTER PUBLICATION {publication} DROP TABLE {table}; ALTER PUBLICATION {publication} ADD TABLE {table};"),
+                ));
+            }
             continue;
         }
         let setting = match t.columns {

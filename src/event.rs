@@ -11,7 +11,7 @@ use crate::lsn::Lsn;
 
 /// What happened to the rows: INSERT → `created`, UPDATE → `updated`, DELETE/TRUNCATE → `deleted`;
 /// `*` when the slot was recreated and every row of the channel may have changed.
-#[derive(Copy, Clone, PartialEq, Eq, Debug, Serialize)]
+#[derive(Copy, Clone, PartialEq, Eq, Hash, Debug, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Created,

@@ -39,6 +39,8 @@ pub mod metric {
     pub const SLOT_RECREATED: &str = "pglive_slot_recreated_total";
     /// Mapped tables whose changes cannot stream: dropped, or missing from the publication.
     pub const TABLES_UNSTREAMED: &str = "pglive_tables_unstreamed";
+    /// Row changes a channel template could not route (a column it names was not sent).
+    pub const EVENTS_UNROUTABLE: &str = "pglive_events_unroutable_total";
     /// A relay node's events passed from the stream to its clients.
     pub const RELAY_EVENTS: &str = "pglive_relay_events_total";
     /// A relay node's events skipped as replays of ones it passed already.
@@ -133,6 +135,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         TABLES_UNSTREAMED,
         "Mapped tables whose changes cannot stream: dropped, or not in the publication (and not added back)."
+    );
+    describe_counter!(
+        EVENTS_UNROUTABLE,
+        "Row changes a channel template could not route: a column it names was not in the row PostgreSQL sent."
     );
     describe_counter!(
         SLOT_RECREATED,

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::DEFAULT_MAX_IDS_PER_EVENT;
 use super::issues::Issues;
 use super::raw::at_least_one;
+use crate::map::channel::Template;
 use crate::map::row::Columns;
 use crate::map::{MapOptions, TableRule};
 
@@ -27,6 +28,7 @@ pub(super) struct RawEvents {
 pub(super) struct RawTable {
     name: String,
     channel: Option<String>,
+    channels: Option<Vec<String>>,
     ids_as_strings: Option<bool>,
     data_provider_name: Option<String>,
     #[serde(rename = "where")]
@@ -97,15 +99,7 @@ pub(super) fn resolve_tables(
                 format!("table {} is mapped more than once", earlier.qualified()),
             );
         }
-        let channel = t.channel.unwrap_or_else(|| format!("resources/{name}"));
-        if channel.is_empty() {
-            issues.push(format!("{key}.channel"), "must not be empty");
-        } else if channel.len() > websocket::MAX_CHANNEL_BYTES {
-            issues.push(
-                format!("{key}.channel"),
-                format!("must be at most {} bytes", websocket::MAX_CHANNEL_BYTES),
-            );
-        }
+        let channels = channels(issues, &key, t.channel, t.channels, &name);
         if t.data_provider_name.as_deref() == Some("") {
             issues.push(format!("{key}.data_provider_name"), "must not be empty");
         }
@@ -126,6 +120,19 @@ pub(super) fn resolve_tables(
             }
         };
         let columns = column_list(issues, &key, t.columns, t.exclude_columns);
+        for (i, template) in channels.iter().enumerate() {
+            for column in template.columns() {
+                if !columns.includes(column) {
+                    issues.push(
+                        format!("{key}.channels[{i}]"),
+                        format!(
+                            "takes {{{column}}} from a column the column list leaves out: \
+                             publish `{column}`"
+                        ),
+                    );
+                }
+            }
+        }
         if t.numeric_as_number.is_some() && !row_payload {
             issues.push(
                 format!("{key}.numeric_as_number"),
@@ -135,7 +142,7 @@ pub(super) fn resolve_tables(
         rules.push(TableRule {
             schema,
             name,
-            channel,
+            channels,
             ids_as_strings: t.ids_as_strings.unwrap_or(false),
             data_provider_name: t.data_provider_name,
             row_filter: t.row_filter,
@@ -145,6 +152,58 @@ pub(super) fn resolve_tables(
         });
     }
     rules
+}
+
+/// `channel` or `channels` (not both; default `resources/<table>`), each a channel or a
+/// template (`tenants/{org_id}/resources/posts`), each once.
+fn channels(
+    issues: &mut Issues,
+    key: &str,
+    one: Option<String>,
+    several: Option<Vec<String>>,
+    table: &str,
+) -> Vec<Template> {
+    let (setting, texts) = match (one, several) {
+        (Some(_), Some(_)) => {
+            issues.push(
+                format!("{key}.channels"),
+                "give `channel` (one) or `channels` (several), not both",
+            );
+            return Vec::new();
+        }
+        (Some(one), None) => ("channel".to_owned(), vec![one]),
+        (None, Some(several)) if several.is_empty() => {
+            issues.push(format!("{key}.channels"), "must name at least one channel");
+            return Vec::new();
+        }
+        (None, Some(several)) => ("channels".to_owned(), several),
+        (None, None) => ("channel".to_owned(), vec![format!("resources/{table}")]),
+    };
+    let mut out: Vec<Template> = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let at = if setting == "channel" {
+            format!("{key}.channel")
+        } else {
+            format!("{key}.channels[{i}]")
+        };
+        if text.is_empty() {
+            issues.push(at, "must not be empty");
+            continue;
+        }
+        if text.len() > websocket::MAX_CHANNEL_BYTES {
+            issues.push(
+                at,
+                format!("must be at most {} bytes", websocket::MAX_CHANNEL_BYTES),
+            );
+            continue;
+        }
+        match Template::parse(text) {
+            Ok(t) if out.contains(&t) => issues.push(at, format!("`{text}` is named twice")),
+            Ok(t) => out.push(t),
+            Err(e) => issues.push(at, e),
+        }
+    }
+    out
 }
 
 /// `columns` or `exclude_columns` (not both): column names as in the catalog, each once.
@@ -167,11 +226,13 @@ fn column_list(
         (Some(names), None) => ("columns", names, Columns::Only),
         (None, Some(names)) => ("exclude_columns", names, Columns::Except),
     };
-    if setting == "columns" && names.is_empty() {
-        issues.push(
-            format!("{key}.columns"),
-            "must name at least one column (the key's among them)",
-        );
+    if names.is_empty() {
+        let why = if setting == "columns" {
+            "must name at least one column (the key's among them)"
+        } else {
+            "must name at least one column; leave it out to publish every column"
+        };
+        issues.push(format!("{key}.{setting}"), why);
         return Columns::All;
     }
     for (i, name) in names.iter().enumerate() {

@@ -75,7 +75,7 @@ fn minimal_config_resolves_with_the_documented_defaults() {
     let t = &c.tables[0];
     assert_eq!(t.schema, "public");
     assert_eq!(t.name, "products");
-    assert_eq!(t.channel, "resources/products");
+    assert_eq!(t.channel(), "resources/products");
     assert!(!t.ids_as_strings);
     assert_eq!(t.data_provider_name, None);
 
@@ -140,11 +140,11 @@ type = "stdout"
         ("sales", "orders")
     );
     // The default channel names the table, not the schema.
-    assert_eq!(orders.channel, "resources/orders");
+    assert_eq!(orders.channel(), "resources/orders");
     assert!(!orders.ids_as_strings);
     let products = &c.tables[1];
     assert_eq!(products.schema, "public");
-    assert_eq!(products.channel, "catalog/items");
+    assert_eq!(products.channel(), "catalog/items");
     assert!(products.ids_as_strings);
     assert_eq!(products.data_provider_name.as_deref(), Some("inventory"));
 }
@@ -632,7 +632,7 @@ fn the_same_table_name_in_two_schemas_is_not_a_duplicate() {
     let c = ok(&minimal("\n[[tables]]\nname = \"archive.products\"\n"));
     assert_eq!(c.tables.len(), 2);
     assert_eq!(c.tables[1].schema, "archive");
-    assert_eq!(c.tables[1].channel, "resources/products");
+    assert_eq!(c.tables[1].channel(), "resources/products");
 }
 
 #[test]
@@ -1765,6 +1765,48 @@ fn row_payload_settings_are_read_and_mistakes_named() {
         ),
     ] {
         let issue = only_issue(&text(table, events), key);
+        assert!(issue.message.contains(says), "{key}: {issue}");
+    }
+}
+
+#[test]
+fn channel_templates_are_read_and_mistakes_named() {
+    let text = |table: &str| {
+        format!(
+            "[postgres]\nurl = \"{URL}\"\n[[tables]]\nname = \"t\"\n{table}\n[[sinks]]\ntype = \"stdout\"\n"
+        )
+    };
+    let c = ok(&text(
+        "channels = [\"tenants/{org_id}/resources/t\", \"resources/t\"]",
+    ));
+    let t = &c.tables[0];
+    assert_eq!(t.channel(), "tenants/{org_id}/resources/t");
+    assert_eq!(t.template_columns(), ["org_id"]);
+    assert!(t.channels[1].is_fixed());
+    for (table, key, says) in [
+        (
+            "channel = \"a\"\nchannels = [\"b\"]",
+            "tables[0].channels",
+            "not both",
+        ),
+        ("channels = []", "tables[0].channels", "at least one"),
+        (
+            "channels = [\"a/{x}\", \"a/{x}\"]",
+            "tables[0].channels[1]",
+            "named twice",
+        ),
+        (
+            "channel = \"org-{id}/t\"",
+            "tables[0].channel",
+            "whole segment",
+        ),
+        (
+            "channel = \"t/{secret}\"\nexclude_columns = [\"secret\"]",
+            "tables[0].channels[0]",
+            "publish `secret`",
+        ),
+    ] {
+        let issue = only_issue(&text(table), key);
         assert!(issue.message.contains(says), "{key}: {issue}");
     }
 }

@@ -12,8 +12,10 @@ use crate::event::{
 };
 use crate::lsn::Lsn;
 
+pub mod channel;
 pub mod row;
 
+use channel::Template;
 use row::{Columns, Holds, RowShape, TypeInfo};
 
 /// Type OIDs whose text form becomes a JSON number: int2, int4, int8, oid.
@@ -24,7 +26,8 @@ const INT_TYPE_OIDS: [u32; 4] = [21, 23, 20, 26];
 pub struct TableRule {
     pub schema: String,
     pub name: String,
-    pub channel: String,
+    /// Where its events go: one event per channel. A template takes segments from the row.
+    pub channels: Vec<Template>,
     /// Emit every id as a JSON string (for clients that cannot hold int8 exactly).
     pub ids_as_strings: bool,
     pub data_provider_name: Option<String>,
@@ -42,6 +45,28 @@ impl TableRule {
     /// `schema.table` as a user writes it in `name` (see [`qualified`]).
     pub fn qualified(&self) -> String {
         qualified(&self.schema, &self.name)
+    }
+
+    /// Its first channel (as written), to name it by.
+    pub fn channel(&self) -> &str {
+        self.channels.first().map_or("", Template::as_str)
+    }
+
+    /// The columns its channel templates take values from.
+    pub fn template_columns(&self) -> Vec<&str> {
+        let mut columns: Vec<&str> = Vec::new();
+        for c in self.channels.iter().flat_map(Template::columns) {
+            if !columns.contains(&c) {
+                columns.push(c);
+            }
+        }
+        columns
+    }
+
+    /// A channel name each of its channels can be: itself when fixed, a sample rendering of a
+    /// template (for checking what a sink accepts).
+    pub fn channel_samples(&self) -> Vec<String> {
+        self.channels.iter().map(Template::sample).collect()
     }
 }
 
@@ -108,12 +133,30 @@ pub enum Step {
 /// How to find a mapped table's ids in its tuples.
 #[derive(Debug)]
 struct Binding {
-    source: Arc<EventSource>,
+    /// Where its events go.
+    routes: Vec<Route>,
+    /// Which of the relation's columns the replica identity holds (an old key tuple has values
+    /// for these only).
+    identity: Vec<bool>,
     /// Positions of the key columns in the relation, in key order; empty: no usable key.
     key: Vec<KeyColumn>,
     /// With `payload = "row"`: how its tuples become JSON objects. Such a table's events are
     /// one per row change, never coalesced.
     row: Option<RowShape>,
+}
+
+/// One of a table's channels.
+#[derive(Debug)]
+enum Route {
+    Fixed(Arc<EventSource>),
+    /// A template, with the position in the relation of each column it names (`None`: the
+    /// relation has no such column, so no row can be routed by it).
+    Template {
+        template: Template,
+        columns: Vec<(String, Option<usize>)>,
+        /// The table's facts, with the template as the channel.
+        base: Arc<EventSource>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +168,15 @@ struct KeyColumn {
 struct Txn {
     header: TxnHeader,
     groups: Vec<Group>,
+    /// Where each (type, channel, table) has its group in `groups`.
+    index: HashMap<GroupKey, usize>,
 }
+
+type GroupKey = (EventKind, Arc<str>, Arc<str>, Arc<str>);
+
+/// Groups one transaction may hold before all of them leave as events: channel templates can
+/// give a transaction as many channels as it has rows.
+const MAX_GROUPS: usize = 1024;
 
 /// What every event of a transaction shares, and the ordinal of its next event.
 struct TxnHeader {
@@ -139,7 +190,7 @@ struct TxnHeader {
 }
 
 struct Group {
-    binding: Arc<Binding>,
+    source: Arc<EventSource>,
     kind: EventKind,
     /// Ids in order of first appearance, without repeats (since the last split).
     ids: Vec<Id>,
@@ -152,13 +203,16 @@ struct Group {
 /// A mapped table's settings beyond its channel.
 #[derive(Debug, Clone)]
 struct TableSettings {
+    channels: Vec<Template>,
     ids_as_strings: bool,
     /// `Some` with `payload = "row"`: which columns, and numeric as numbers.
     row: Option<(Columns, bool)>,
 }
 
 pub struct Mapper {
-    rules: HashMap<(String, String), Arc<EventSource>>,
+    /// Each mapped table's event source per channel (a template's with the template as its
+    /// channel), in the order of its channels.
+    rules: HashMap<(String, String), Vec<Arc<EventSource>>>,
     settings: HashMap<(String, String), TableSettings>,
     options: MapOptions,
     relations: RelationCache<Option<Arc<Binding>>>,
@@ -167,9 +221,11 @@ pub struct Mapper {
     /// sessions.
     mapped_oids: HashMap<u32, (String, String)>,
     txn: Option<Txn>,
-    /// Each distinct channel once, in configuration order, with the first table mapped to it:
-    /// where [`Mapper::refetch`] sends its events.
+    /// Each distinct fixed channel once, in configuration order, with the first table mapped
+    /// to it: where [`Mapper::refetch`] sends its events.
     channels: Vec<Arc<EventSource>>,
+    /// Changes whose template channels could not be rendered.
+    unroutable: metrics::Counter,
 }
 
 impl Mapper {
@@ -179,17 +235,22 @@ impl Mapper {
         let mut channels: Vec<Arc<EventSource>> = Vec::new();
         for r in rules {
             let key = (r.schema.clone(), r.name.clone());
-            let source = Arc::new(EventSource {
-                channel: r.channel.as_str().into(),
-                schema: r.schema.as_str().into(),
-                table: r.name.as_str().into(),
-                data_provider_name: r.data_provider_name.as_deref().map(Into::into),
-            });
-            if !channels.iter().any(|c| c.channel == source.channel) {
-                channels.push(source.clone());
+            let mut sources = Vec::new();
+            for template in &r.channels {
+                let source = Arc::new(EventSource {
+                    channel: template.as_str().into(),
+                    schema: r.schema.as_str().into(),
+                    table: r.name.as_str().into(),
+                    data_provider_name: r.data_provider_name.as_deref().map(Into::into),
+                });
+                if template.is_fixed() && !channels.iter().any(|c| c.channel == source.channel) {
+                    channels.push(source.clone());
+                }
+                sources.push(source);
             }
-            map.insert(key.clone(), source);
+            map.insert(key.clone(), sources);
             let settings = TableSettings {
+                channels: r.channels.clone(),
                 ids_as_strings: r.ids_as_strings,
                 row: r
                     .row_payload
@@ -208,6 +269,7 @@ impl Mapper {
             relations: RelationCache::default(),
             mapped_oids: HashMap::new(),
             txn: None,
+            unroutable: metrics::counter!(crate::status::metric::EVENTS_UNROUTABLE),
         }
     }
 
@@ -280,14 +342,14 @@ impl Mapper {
             let renamed = Renamed {
                 configured: qualified(&configured.0, &configured.1),
                 now: qualified(&rel.namespace, &rel.name),
-                channel: self.rules[configured].channel.to_string(),
+                channel: self.settings[configured].channels[0].as_str().to_owned(),
             };
             (configured.clone(), Some(renamed))
         } else {
             self.relations.insert(rel.oid, None);
             return None;
         };
-        let source = &self.rules[&key];
+        let sources = &self.rules[&key];
         let settings = &self.settings[&key];
         let no_types = HashMap::new();
         let types = catalogued.map_or(&no_types, |c| &c.types);
@@ -303,10 +365,30 @@ impl Mapper {
             .row
             .as_ref()
             .map(|(columns, numeric)| RowShape::new(rel, columns, types, *numeric));
+        let routes = settings
+            .channels
+            .iter()
+            .zip(sources)
+            .map(|(template, source)| {
+                if template.is_fixed() {
+                    return Route::Fixed(source.clone());
+                }
+                let columns = template
+                    .columns()
+                    .map(|c| (c.to_owned(), rel.columns.iter().position(|rc| rc.name == c)))
+                    .collect();
+                Route::Template {
+                    template: template.clone(),
+                    columns,
+                    base: source.clone(),
+                }
+            })
+            .collect();
         self.relations.insert(
             rel.oid,
             Some(Arc::new(Binding {
-                source: source.clone(),
+                routes,
+                identity: rel.columns.iter().map(|c| c.key).collect(),
                 key: key_columns,
                 row,
             })),
@@ -335,10 +417,13 @@ impl Mapper {
                         origin: None,
                     },
                     groups: Vec::new(),
+                    index: HashMap::new(),
                 });
             }
             LogicalMessage::Commit(c) => {
-                let Txn { mut header, groups } = self
+                let Txn {
+                    mut header, groups, ..
+                } = self
                     .txn
                     .take()
                     .ok_or(MapError::NoTransaction { what: "COMMIT" })?;
@@ -350,7 +435,7 @@ impl Mapper {
                 }
                 for g in groups {
                     if g.whole_table || !g.ids.is_empty() {
-                        header.emit(&g.binding.source, g.kind, &g.ids, g.whole_table, out);
+                        header.emit(&g.source, g.kind, &g.ids, g.whole_table, out);
                     }
                 }
                 return Ok(Step::Committed { end_lsn: c.end_lsn });
@@ -358,11 +443,21 @@ impl Mapper {
             LogicalMessage::Insert { relation, new } => {
                 if let Some(b) = self.binding(*relation)? {
                     let id = key_of(&b, *new, None);
-                    if let Some(shape) = &b.row {
-                        let row = row_payload(shape, Some(*new), None);
-                        self.emit_row(&b, EventKind::Created, &[id], &row, out)?;
-                    } else {
-                        self.add(&b, EventKind::Created, [id], out)?;
+                    let row = b
+                        .row
+                        .as_ref()
+                        .map(|shape| row_payload(shape, Some(*new), None));
+                    for source in self.sources(&b, Some(*new), None) {
+                        match &row {
+                            Some(row) => self.emit_row(
+                                &source,
+                                EventKind::Created,
+                                std::slice::from_ref(&id),
+                                row,
+                                out,
+                            )?,
+                            None => self.add(&source, EventKind::Created, [id.clone()], out)?,
+                        }
                     }
                 }
             }
@@ -374,16 +469,28 @@ impl Mapper {
                     let old_id = old_tuple
                         .map(|t| key_of(&b, t, None))
                         .filter(|old_id| *old_id != new_id);
-                    if let Some(shape) = &b.row {
-                        let ids: Vec<Option<Id>> = old_id.into_iter().chain([new_id]).collect();
-                        let row = row_payload(shape, Some(*new), *old);
-                        self.emit_row(&b, EventKind::Updated, &ids, &row, out)?;
-                    } else {
-                        match old_id {
-                            Some(old_id) => {
-                                self.add(&b, EventKind::Updated, [old_id, new_id], out)?
+                    let row = b
+                        .row
+                        .as_ref()
+                        .map(|shape| row_payload(shape, Some(*new), *old));
+                    // A row that moved to another channel (a template's column changed) goes
+                    // to both.
+                    for source in self.sources(&b, Some(*new), *old) {
+                        match (&row, &old_id) {
+                            (Some(row), _) => {
+                                let ids: Vec<Option<Id>> =
+                                    old_id.iter().cloned().chain([new_id.clone()]).collect();
+                                self.emit_row(&source, EventKind::Updated, &ids, row, out)?
                             }
-                            None => self.add(&b, EventKind::Updated, [new_id], out)?,
+                            (None, Some(old_id)) => self.add(
+                                &source,
+                                EventKind::Updated,
+                                [old_id.clone(), new_id.clone()],
+                                out,
+                            )?,
+                            (None, None) => {
+                                self.add(&source, EventKind::Updated, [new_id.clone()], out)?
+                            }
                         }
                     }
                 }
@@ -391,18 +498,41 @@ impl Mapper {
             LogicalMessage::Delete { relation, old } => {
                 if let Some(b) = self.binding(*relation)? {
                     let id = key_of(&b, old.tuple(), None);
-                    if let Some(shape) = &b.row {
-                        let row = row_payload(shape, None, Some(*old));
-                        self.emit_row(&b, EventKind::Deleted, &[id], &row, out)?;
-                    } else {
-                        self.add(&b, EventKind::Deleted, [id], out)?;
+                    let row = b
+                        .row
+                        .as_ref()
+                        .map(|shape| row_payload(shape, None, Some(*old)));
+                    for source in self.sources(&b, None, Some(*old)) {
+                        match &row {
+                            Some(row) => self.emit_row(
+                                &source,
+                                EventKind::Deleted,
+                                std::slice::from_ref(&id),
+                                row,
+                                out,
+                            )?,
+                            None => self.add(&source, EventKind::Deleted, [id.clone()], out)?,
+                        }
                     }
                 }
             }
             LogicalMessage::Truncate { relations, .. } => {
                 for rel in relations {
                     if let Some(b) = self.binding(*rel)? {
-                        self.add(&b, EventKind::Deleted, [None], out)?;
+                        // Every row of every channel: the fixed ones only (a template's
+                        // channels are not known).
+                        // A table with row payloads sends its events as the rows come, so
+                        // its TRUNCATE leaves at once too, in its place among them.
+                        for route in &b.routes {
+                            if let Route::Fixed(source) = route {
+                                if b.row.is_some() {
+                                    let none = RowPayload::default();
+                                    self.emit_row(source, EventKind::Deleted, &[None], &none, out)?;
+                                } else {
+                                    self.add(source, EventKind::Deleted, [None], out)?;
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -440,6 +570,84 @@ impl Mapper {
         }
     }
 
+    /// The channels one row change goes to: each fixed channel, and each template rendered
+    /// from the new row and from the old one (once when both give the same). A template that
+    /// cannot be rendered (a column it names is not in the row, or is in an old key tuple
+    /// only as filler) is counted and logged as unroutable.
+    fn sources<'t>(
+        &self,
+        b: &Binding,
+        new: Option<Tuple<'t>>,
+        old: Option<OldTuple<'t>>,
+    ) -> Vec<Arc<EventSource>> {
+        let mut out: Vec<Arc<EventSource>> = Vec::with_capacity(b.routes.len());
+        for route in &b.routes {
+            let (template, columns, base) = match route {
+                Route::Fixed(source) => {
+                    out.push(source.clone());
+                    continue;
+                }
+                Route::Template {
+                    template,
+                    columns,
+                    base,
+                } => (template, columns, base),
+            };
+            let old_row = old.map(|o| o.tuple());
+            let key_only = matches!(old, Some(OldTuple::Key(_)));
+            let value_in = |tuple: Tuple<'t>,
+                            identity_only: bool,
+                            name: &str|
+             -> Result<Option<&'t [u8]>, ()> {
+                let (_, index) = columns.iter().find(|(c, _)| c == name).ok_or(())?;
+                let index = index.ok_or(())?;
+                if identity_only && !b.identity.get(index).copied().unwrap_or(false) {
+                    return Err(());
+                }
+                match tuple.get(index) {
+                    Some(Value::Text(t)) => Ok(Some(t)),
+                    Some(Value::Null) => Ok(None),
+                    _ => Err(()),
+                }
+            };
+            let mut rendered: Vec<String> = Vec::with_capacity(2);
+            if let Some(new) = new {
+                let from_new = template.render(|c| {
+                    value_in(new, false, c).or_else(|()| match old_row {
+                        Some(o) => value_in(o, key_only, c),
+                        None => Err(()),
+                    })
+                });
+                rendered.extend(from_new.ok());
+            }
+            if let Some(o) = old_row
+                && let Ok(channel) = template.render(|c| value_in(o, key_only, c))
+                && !rendered.contains(&channel)
+            {
+                rendered.push(channel);
+            }
+            if rendered.is_empty() {
+                self.unroutable.increment(1);
+                tracing::warn!(
+                    schema = %base.schema, table = %base.table, channel = %template.as_str(),
+                    "a change could not be routed to a channel template: a column it names is \
+                     not in the row PostgreSQL sent (a DELETE gives only the replica \
+                     identity's columns: put the template's columns in it, or set REPLICA \
+                     IDENTITY FULL)"
+                );
+            }
+            for channel in rendered {
+                out.push(Arc::new(EventSource {
+                    channel: channel.into(),
+                    schema: base.schema.clone(),
+                    table: base.table.clone(),
+                    data_provider_name: base.data_provider_name.clone(),
+                }));
+            }
+        }
+        out
+    }
+
     fn binding(&self, oid: u32) -> Result<Option<Arc<Binding>>, MapError> {
         match self.relations.get(oid) {
             Some(b) => Ok(b.clone()),
@@ -451,7 +659,7 @@ impl Mapper {
     /// are never coalesced). `ids` with a `None`: the row's key is unknown.
     fn emit_row(
         &mut self,
-        binding: &Binding,
+        source: &EventSource,
         kind: EventKind,
         ids: &[Option<Id>],
         row: &RowPayload,
@@ -463,22 +671,17 @@ impl Mapper {
         let whole_table = ids.iter().any(Option::is_none);
         let ids: Vec<Id> = ids.iter().flatten().cloned().collect();
         let max_bytes = self.options.max_event_bytes;
-        txn.header.emit_with(
-            &binding.source,
-            kind,
-            &ids,
-            whole_table,
-            Some(row),
-            max_bytes,
-            out,
-        );
+        txn.header
+            .emit_with(source, kind, &ids, whole_table, Some(row), max_bytes, out);
         Ok(())
     }
 
     /// Adds the ids of one row change (`None`: the row's key is unknown).
+    /// Adds the ids of one row change (`None`: the row's key is unknown) to the event of its
+    /// (type, channel, table).
     fn add<const N: usize>(
         &mut self,
-        binding: &Arc<Binding>,
+        source: &Arc<EventSource>,
         kind: EventKind,
         ids: [Option<Id>; N],
         out: &mut Vec<LiveEvent>,
@@ -488,27 +691,47 @@ impl Mapper {
             what: "a row change",
         })?;
         let whole_table = ids.iter().any(Option::is_none);
-        let Txn { header, groups } = txn;
+        let Txn {
+            header,
+            groups,
+            index,
+        } = txn;
         if !self.options.coalesce {
             let ids: Vec<Id> = ids.into_iter().flatten().collect();
-            header.emit(&binding.source, kind, &ids, whole_table, out);
+            header.emit(source, kind, &ids, whole_table, out);
             return Ok(());
         }
-        let pos = groups
-            .iter()
-            // By table, not by binding: a Relation message mid-transaction (after DDL) replaces
-            // the binding but must not split the table's coalesced event.
-            .position(|g| g.kind == kind && Arc::ptr_eq(&g.binding.source, &binding.source));
-        let pos = pos.unwrap_or_else(|| {
-            groups.push(Group {
-                binding: binding.clone(),
-                kind,
-                ids: Vec::new(),
-                seen: HashSet::new(),
-                whole_table: false,
-            });
-            groups.len() - 1
-        });
+        // By channel and table, not by binding: a Relation message mid-transaction (after DDL)
+        // replaces the binding but must not split the table's coalesced event.
+        let key: GroupKey = (
+            kind,
+            source.channel.clone(),
+            source.schema.clone(),
+            source.table.clone(),
+        );
+        let pos = match index.get(&key) {
+            Some(&pos) => pos,
+            None => {
+                if groups.len() >= MAX_GROUPS {
+                    // Too many channels at once: what every group holds leaves now, in order.
+                    for g in groups.drain(..) {
+                        if g.whole_table || !g.ids.is_empty() {
+                            header.emit(&g.source, g.kind, &g.ids, g.whole_table, out);
+                        }
+                    }
+                    index.clear();
+                }
+                groups.push(Group {
+                    source: source.clone(),
+                    kind,
+                    ids: Vec::new(),
+                    seen: HashSet::new(),
+                    whole_table: false,
+                });
+                index.insert(key, groups.len() - 1);
+                groups.len() - 1
+            }
+        };
         let group = &mut groups[pos];
         if whole_table || group.whole_table {
             // One id-less event will cover every row; holding ids would only cost memory.
@@ -529,7 +752,7 @@ impl Mapper {
                     if g.whole_table || g.ids.is_empty() {
                         continue;
                     }
-                    header.emit(&g.binding.source, g.kind, &g.ids, false, out);
+                    header.emit(&g.source, g.kind, &g.ids, false, out);
                     g.ids.clear();
                     g.seen.clear();
                 }

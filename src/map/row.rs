@@ -247,7 +247,10 @@ pub fn write_value(kind: &Kind, text: &[u8], out: &mut Vec<u8>) {
             other => write_string(out, other),
         },
         Kind::Number | Kind::Numeric { as_number: true } => {
-            if is_json_number(text) {
+            if text == b"-0" {
+                // to_jsonb goes through numeric, which has no negative zero.
+                out.push(b'0');
+            } else if is_json_number(text) {
                 out.extend_from_slice(text);
             } else {
                 write_string(out, text);

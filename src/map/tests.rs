@@ -235,7 +235,7 @@ fn rule(table: &str) -> TableRule {
     TableRule {
         schema: "public".into(),
         name: table.into(),
-        channel: format!("resources/{table}"),
+        channels: vec![channel::Template::parse(&format!("resources/{table}")).unwrap()],
         ids_as_strings: false,
         data_provider_name: None,
         row_filter: None,
@@ -399,7 +399,7 @@ fn insert_becomes_a_created_event_with_the_exact_contract_shape() {
 #[test]
 fn custom_channel_and_data_provider_name() {
     let r = TableRule {
-        channel: "catalog/items".into(),
+        channels: vec![channel::Template::parse("catalog/items").unwrap()],
         data_provider_name: Some("inventory".into()),
         ..rule("products")
     };
@@ -1877,7 +1877,7 @@ fn a_split_keeps_the_order_of_first_appearance() {
 fn refetch_sends_one_star_event_per_channel_in_config_order_within_the_transaction() {
     // Two tables share a channel: it gets one event, named after the first of them.
     let mut shared = rule("orders");
-    shared.channel = "resources/products".into();
+    shared.channels = vec![channel::Template::parse("resources/products").unwrap()];
     let mut named = rule("audit");
     named.data_provider_name = Some("second".into());
     let mut m = mapper(
@@ -2142,4 +2142,152 @@ fn a_truncate_of_a_row_payload_table_is_one_event_without_ids() {
     let mut m = row_mapper(docs_rule(), b'd', coalescing(1000));
     let out = feed(&mut m, &txn(vec![truncate(&[DOCS])]));
     assert_eq!(ids(&out), [None]);
+}
+
+#[test]
+fn a_truncate_of_a_row_payload_table_keeps_its_place_among_the_row_events() {
+    let mut m = row_mapper(docs_rule(), b'd', coalescing(1000));
+    let row = [V::T("1"), V::T("Hi"), V::N, V::N, V::N];
+    let out = feed(&mut m, &txn(vec![truncate(&[DOCS]), insert(DOCS, &row)]));
+    assert_eq!(
+        kinds(&out).iter().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+        ["deleted", "created"]
+    );
+    assert_eq!(js(&out[0])["payload"], json!({}));
+}
+
+// ---- channel templates ----
+
+/// `notes (org text, id int4, body text)`, key (org, id) under DEFAULT identity.
+const NOTES: u32 = 16_700;
+
+fn notes(identity: u8) -> Relation {
+    let full = identity == b'f';
+    rel_in(
+        NOTES,
+        "public",
+        "notes",
+        identity,
+        &[
+            ("org", TEXT, true),
+            ("id", INT4, true),
+            ("body", TEXT, full),
+        ],
+    )
+}
+
+fn tenant_rule(templates: &[&str]) -> TableRule {
+    TableRule {
+        channels: templates
+            .iter()
+            .map(|t| channel::Template::parse(t).unwrap())
+            .collect(),
+        ..rule("notes")
+    }
+}
+
+#[test]
+fn a_template_routes_each_row_to_its_channel_and_coalesces_per_channel() {
+    let r = tenant_rule(&["orgs/{org}/notes", "resources/notes"]);
+    let mut m = mapper(&[r], coalescing(1000), &[notes(b'd')]);
+    let out = feed(
+        &mut m,
+        &txn(vec![
+            insert(NOTES, &[V::T("a"), V::T("1"), V::N]),
+            insert(NOTES, &[V::T("b.c"), V::T("2"), V::N]),
+            insert(NOTES, &[V::T("a"), V::T("3"), V::N]),
+            delete(NOTES, b'K', &[V::T("a"), V::T("1"), V::N]),
+            insert(NOTES, &[V::N, V::T("4"), V::N]),
+        ]),
+    );
+    let got: Vec<(String, String, Json)> = out
+        .iter()
+        .map(|e| {
+            let v = js(e);
+            (
+                v["channel"].as_str().unwrap().to_owned(),
+                v["type"].as_str().unwrap().to_owned(),
+                v["payload"]["ids"].clone(),
+            )
+        })
+        .collect();
+    let row = |c: &str, t: &str, ids: Json| (c.to_owned(), t.to_owned(), ids);
+    assert_eq!(
+        got,
+        [
+            row("orgs/a/notes", "created", json!([["a", 1], ["a", 3]])),
+            // A NULL in the key: that row's key is unknown, so the event has no ids.
+            row("resources/notes", "created", Json::Null),
+            row("orgs/b=2Ec/notes", "created", json!([["b.c", 2]])),
+            row("orgs/a/notes", "deleted", json!([["a", 1]])),
+            row("resources/notes", "deleted", json!([["a", 1]])),
+            row("orgs/=/notes", "created", Json::Null),
+        ]
+    );
+}
+
+#[test]
+fn a_row_that_moves_goes_to_both_channels_and_filler_is_never_a_value() {
+    // `body` routes, but a DEFAULT identity's old key tuple has it only as filler.
+    let r = tenant_rule(&["by/{body}/notes"]);
+    let mut m = mapper(&[r], per_row(), &[notes(b'd')]);
+    let out = feed(
+        &mut m,
+        &txn(vec![
+            update(
+                NOTES,
+                Some((b'K', &[V::T("a"), V::T("1"), V::N])),
+                &[V::T("a"), V::T("2"), V::T("x")],
+            ),
+            delete(NOTES, b'K', &[V::T("a"), V::T("2"), V::N]),
+        ]),
+    );
+    // The update goes by its new row; the delete cannot be routed (and is counted).
+    assert_eq!(kinds(&out), [("by/x/notes".into(), "updated".into())]);
+
+    // Under FULL identity the old row has it: a moved row reaches both channels.
+    let r = tenant_rule(&["by/{body}/notes"]);
+    let mut m = mapper(&[r], per_row(), &[notes(b'f')]);
+    let out = feed(
+        &mut m,
+        &txn(vec![
+            update(
+                NOTES,
+                Some((b'O', &[V::T("a"), V::T("1"), V::T("x")])),
+                &[V::T("a"), V::T("1"), V::T("y")],
+            ),
+            delete(NOTES, b'O', &[V::T("a"), V::T("1"), V::T("y")]),
+        ]),
+    );
+    assert_eq!(
+        kinds(&out),
+        [
+            ("by/y/notes".into(), "updated".into()),
+            ("by/x/notes".into(), "updated".into()),
+            ("by/y/notes".into(), "deleted".into()),
+        ]
+    );
+}
+
+#[test]
+fn many_channels_in_one_transaction_leave_before_holding_unbounded_groups() {
+    let r = tenant_rule(&["orgs/{org}/notes"]);
+    let mut m = mapper(&[r], coalescing(1000), &[notes(b'd')]);
+    let n = MAX_GROUPS + 10;
+    let names: Vec<String> = (0..n).map(|i| format!("o{i}")).collect();
+    let mut msgs = vec![begin()];
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        msgs.push(insert(NOTES, &[V::T(name), V::T(&i.to_string()), V::N]));
+    }
+    let (steps, events) = run(&mut m, &msgs);
+    assert!(steps.iter().all(Result::is_ok));
+    // The first MAX_GROUPS channels left when the next one came; the rest wait for COMMIT.
+    assert_eq!(events.len(), MAX_GROUPS);
+    assert_eq!(m.txn.as_ref().unwrap().groups.len(), 10);
+    out.extend(events);
+    out.extend(feed(&mut m, &[commit()]));
+    let channels: Vec<String> = kinds(&out).into_iter().map(|(c, _)| c).collect();
+    let expected: Vec<String> = names.iter().map(|n| format!("orgs/{n}/notes")).collect();
+    assert_eq!(channels, expected, "one event per channel, in order");
 }

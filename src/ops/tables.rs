@@ -176,7 +176,7 @@ impl TableWatch {
     /// Logs what changed for table `i`.
     fn report(&self, i: usize, found: &Found) {
         let table = self.tables[i].qualified();
-        let channel = &self.tables[i].channel;
+        let channel = self.tables[i].channel();
         match found {
             Found::Streams => {
                 tracing::info!(%table, %channel, "the mapped table is back: its changes stream")

@@ -468,6 +468,26 @@ async fn require_row_filters(
     Ok(())
 }
 
+/// Why table `t`'s channel templates cannot route its DELETEs, and the fix.
+pub fn unroutable(t: &TableRule, id: &TableIdentity) -> String {
+    let columns = id.unroutable_columns(t);
+    format!(
+        "table {}: its channel templates take {} from outside its replica identity, so a \
+         DELETE (which sends only the identity's columns) could not say which channel its row \
+         was on; fix: ALTER TABLE {}.{} REPLICA IDENTITY FULL; (or a primary key or \
+         REPLICA IDENTITY USING INDEX that holds {})",
+        t.qualified(),
+        columns
+            .iter()
+            .map(|c| format!("{{{c}}}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote_ident(&t.schema),
+        quote_ident(&t.name),
+        columns.join(", ")
+    )
+}
+
 /// Fails unless every mapped table exists and can publish UPDATE and DELETE; returns whether
 /// any of them is partitioned.
 async fn check_tables(client: &Client, tables: &[TableRule]) -> Result<bool, SourceError> {
@@ -488,6 +508,7 @@ async fn check_tables(client: &Client, tables: &[TableRule]) -> Result<bool, Sou
                 t.qualified(),
                 id.fix(&t.schema, &t.name)
             )),
+            Some(id) if !id.unroutable_columns(t).is_empty() => Some(unroutable(t, &id)),
             Some(_) => None,
         };
         if let Some(problem) = problem {
@@ -683,6 +704,8 @@ pub struct TableIdentity {
     /// `d` default, `n` nothing, `f` full, `i` index.
     pub replica_identity: u8,
     pub primary_key: Vec<String>,
+    /// The columns of the index `REPLICA IDENTITY USING INDEX` names (empty: none).
+    pub identity_index: Vec<String>,
     /// A partitioned table: its changes are published under its name only with
     /// `publish_via_partition_root`.
     pub partitioned: bool,
@@ -696,6 +719,27 @@ impl TableIdentity {
             b'f' | b'i' => true,
             _ => false,
         }
+    }
+
+    /// Whether the old row of an UPDATE or DELETE holds `column`: a column of the replica
+    /// identity.
+    pub fn identity_holds(&self, column: &str) -> bool {
+        let named = |cols: &[String]| cols.iter().any(|c| c == column);
+        match self.replica_identity {
+            b'f' => true,
+            b'd' => named(&self.primary_key),
+            b'i' => named(&self.identity_index),
+            _ => false,
+        }
+    }
+
+    /// The template columns of `t` that the replica identity lacks: a DELETE would not say
+    /// which channel its row was on.
+    pub fn unroutable_columns<'t>(&self, t: &'t TableRule) -> Vec<&'t str> {
+        t.template_columns()
+            .into_iter()
+            .filter(|c| !self.identity_holds(c))
+            .collect()
     }
 
     /// Whether events will carry ids: a primary key, or a replica identity index.
@@ -732,9 +776,27 @@ pub async fn table_identity(
         .await?;
     let Some(row) = row else { return Ok(None) };
     let ident: String = row.get(0);
+    let identity_index = client
+        .query(
+            "SELECT a.attname::text
+               FROM pg_index i
+               JOIN pg_class c ON c.oid = i.indrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indisreplident AND n.nspname = $1 AND c.relname = $2
+                AND k.ord <= i.indnkeyatts
+              ORDER BY k.ord",
+            &[&schema, &table],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     Ok(Some(TableIdentity {
         replica_identity: ident.bytes().next().unwrap_or(b'd'),
         primary_key: primary_key(client, schema, table).await?,
+        identity_index,
         partitioned: row.get(1),
     }))
 }

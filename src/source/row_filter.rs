@@ -77,17 +77,7 @@ pub async fn column_list(
         Columns::Only(names) => ("columns", names),
         Columns::Except(names) => ("exclude_columns", names),
     };
-    let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
-    // Generated columns are never published (and a column list may not name them).
-    let rows = client
-        .query(
-            "SELECT attname::text, attgenerated <> '' FROM pg_attribute
-              WHERE attrelid = ($1::text)::regclass AND attnum > 0 AND NOT attisdropped
-              ORDER BY attnum",
-            &[&table],
-        )
-        .await?;
-    let columns: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let columns = table_columns(client, t).await?;
     for (k, name) in named.iter().enumerate() {
         let problem = match columns.iter().find(|(c, _)| c == name) {
             None => "has no such column",
@@ -118,6 +108,44 @@ pub async fn column_list(
         )));
     }
     Ok(Some(list))
+}
+
+/// The table's columns in table order, each with whether it is generated (generated columns
+/// are never published, and a column list may not name them).
+async fn table_columns(client: &Client, t: &TableRule) -> Result<Vec<(String, bool)>, SourceError> {
+    let table = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
+    let rows = client
+        .query(
+            "SELECT attname::text, attgenerated <> '' FROM pg_attribute
+              WHERE attrelid = ($1::text)::regclass AND attnum > 0 AND NOT attisdropped
+              ORDER BY attnum",
+            &[&table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The columns a publication leaves out of table `t` by a column list that the configuration
+/// does not set (`t` has neither `columns` nor `exclude_columns`): empty when it sends them all,
+/// or when `t` is not in it.
+pub async fn unconfigured_column_list(
+    client: &Client,
+    publication: &str,
+    t: &TableRule,
+) -> Result<Vec<String>, SourceError> {
+    let Some(entry) = entry(client, publication, t).await? else {
+        return Ok(Vec::new());
+    };
+    if entry.columns.is_empty() {
+        // Before PostgreSQL 15: no column lists.
+        return Ok(Vec::new());
+    }
+    Ok(table_columns(client, t)
+        .await?
+        .into_iter()
+        .filter(|(c, generated)| !generated && !entry.columns.contains(c))
+        .map(|(c, _)| c)
+        .collect())
 }
 
 /// The columns the publication sends of table `index` that its `columns` / `exclude_columns`

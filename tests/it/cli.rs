@@ -222,7 +222,7 @@ fn the_example_configuration_is_valid_and_documents_every_key() {
     let text = std::fs::read_to_string(&path).unwrap();
     let config = pglive::config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.postgres.slot, pglive::config::DEFAULT_SLOT);
-    assert_eq!(config.tables[0].channel, "resources/products");
+    assert_eq!(config.tables[0].channel(), "resources/products");
     for key in [
         "url",
         "password_file",
@@ -337,7 +337,7 @@ fn the_relay_example_configuration_is_valid() {
     );
     let config = pglive::config::relay_from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.stream.stream, pglive::relay::DEFAULT_STREAM);
-    assert_eq!(config.tables[0].channel, "resources/products");
+    assert_eq!(config.tables[0].channel(), "resources/products");
     assert_eq!(config.websocket.listen.port(), 8080);
     // The source's example is not a relay node's configuration, and the other way round.
     let source = std::fs::read_to_string(

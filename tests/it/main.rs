@@ -17,5 +17,6 @@ mod redis;
 mod relay;
 mod rows;
 mod slot;
+mod tenants;
 mod webhook;
 mod websocket;

@@ -257,6 +257,18 @@ fn column_lists_keep_excluded_values_on_the_server() {
         "{err}"
     );
 
+    // A column list the configuration does not set is warned about: row payloads lack those
+    // columns.
+    let plain = db.config(
+        &["name = \"users\"\npayload = \"row\"", "name = \"notes\""],
+        "",
+    );
+    let (_, out, _) = crate::support::pglive(&["check"], &plain);
+    assert!(
+        out.contains("warn  publication pglive leaves column(s) password_hash of public.users out by a column list that tables[0] does not set"),
+        "{out}"
+    );
+
     // Without the key, UPDATE and DELETE would fail: refused, naming the setting.
     let db = TestDb::new("rowcols_bad");
     db.sql("CREATE TABLE k (id int PRIMARY KEY, v text)");

@@ -69,18 +69,19 @@ function serveBuilt(url, res, headScript) {
 }
 
 /**
- * The application's backend: `routes` first (path → () => text), then the posts API, then
- * the built app.
+ * The application's backend: `routes` first (path → (url) => text), then `api` (url, res →
+ * whether it answered), then the posts API, then the built app.
  */
-export function appServer(db, { routes = {}, headScript = () => "" } = {}) {
+export function appServer(db, { routes = {}, api = async () => false, headScript = () => "" } = {}) {
   return http.createServer(async (req, res) => {
     try {
       const url = new URL(req.url, "http://x");
       const route = routes[url.pathname];
       if (route) {
         res.writeHead(200, { "content-type": "text/plain" });
-        return res.end(route());
+        return res.end(route(url));
       }
+      if (await api(url, res)) return;
       if (await servePosts(db, url, res)) return;
       serveBuilt(url, res, headScript);
     } catch (e) {

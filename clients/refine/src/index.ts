@@ -31,7 +31,10 @@ type SubscribeOptions = {
 
 /** A subscription handle, as `subscribe` returns it. */
 export type Subscription = {
+  /** Refine's channel (`resources/posts`). */
   channel: string;
+  /** Where it is on the relay (see `PgliveOptions.channel`). */
+  relayChannel: string;
   types: string[];
   ids: string[];
   callback: (event: LiveEvent) => void;
@@ -68,6 +71,10 @@ export type PgliveOptions = {
    * `meta.origin` is this id are not passed on, since the mutation that caused them already
    * refreshed this tab. Other tabs and users still get them. */
   origin?: string;
+  /** Where Refine's channel (`resources/posts`) is on the relay, for tenant channels:
+   * `(c) => \`tenants/${orgId}/${c}\``. Events reach the subscription under Refine's
+   * channel name. Default: the same name. */
+  channel?: (channel: string) => string;
   /** Another WebSocket implementation (tests, Node). Default: the global one. */
   WebSocket?: new (url: string) => SocketLike;
 };
@@ -223,7 +230,7 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
       if (sub.ids.length > 0 && event.type !== "created" && ids !== undefined) {
         if (!ids.some((id) => sub.ids.includes(String(id)))) continue;
       }
-      sub.callback(event);
+      sub.callback(event.channel === sub.channel ? event : { ...event, channel: sub.channel });
     }
   };
 
@@ -257,9 +264,11 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
   };
 
   return {
-    subscribe: ({ channel: name, types, callback, params }) => {
+    subscribe: ({ channel: refineChannel, types, callback, params }) => {
+      const name = options.channel ? options.channel(refineChannel) : refineChannel;
       const sub: Subscription = {
-        channel: name,
+        channel: refineChannel,
+        relayChannel: name,
         types: types ?? ["*"],
         ids: (params?.ids ?? []).map(String),
         callback,
@@ -275,10 +284,10 @@ export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
       return sub;
     },
     unsubscribe: (sub) => {
-      const channel = channels.get(sub.channel);
+      const channel = channels.get(sub.relayChannel);
       if (!channel || !channel.subs.delete(sub) || channel.subs.size > 0) return;
-      channels.delete(sub.channel);
-      send({ op: "unsubscribe", channel: sub.channel });
+      channels.delete(sub.relayChannel);
+      send({ op: "unsubscribe", channel: sub.relayChannel });
     },
     close: () => {
       closed = true;

@@ -337,3 +337,27 @@ test("with origin, events this tab caused are skipped but still resumed from", a
   assert.deepEqual(again.sent, [{ op: "subscribe", channel: "resources/posts", since: "0/5:0" }]);
   p.close();
 });
+
+test("with channel, Refine's channel is subscribed to under the relay's name and events come back under Refine's", async () => {
+  FakeSocket.all = [];
+  const p = liveProvider({
+    url: "ws://relay/live",
+    channel: (c) => `tenants/42/${c}`,
+    WebSocket: FakeSocket,
+    backoff: { initialMs: 1, maxMs: 4 },
+  });
+  const got: LiveEvent[] = [];
+  const sub = p.subscribe({ channel: "resources/posts", types: ["*"], callback: (e) => got.push(e) });
+  await tick();
+  const ws = FakeSocket.all[0];
+  ws.open();
+  assert.deepEqual(ws.sent, [{ op: "subscribe", channel: "tenants/42/resources/posts" }]);
+  ws.frame({ op: "subscribed", channel: "tenants/42/resources/posts" });
+  ws.frame({ ...event("created", [1], "0/1:0"), channel: "tenants/42/resources/posts" });
+  // Another tenant's channel was never subscribed to: nothing of it reaches Refine.
+  ws.frame({ ...event("created", [2], "0/2:0"), channel: "tenants/7/resources/posts" });
+  assert.deepEqual(got.map((e) => [e.channel, e.payload.ids]), [["resources/posts", [1]]]);
+  p.unsubscribe(sub);
+  assert.deepEqual(ws.sent.at(-1), { op: "unsubscribe", channel: "tenants/42/resources/posts" });
+  p.close();
+});

@@ -123,8 +123,10 @@ fn routing_key(
     match RoutingKey::parse(template.as_deref().unwrap_or(amqp::DEFAULT_TEMPLATE)) {
         Ok(rk) => {
             for rule in tables {
-                if let Err(e) = rk.check(&rule.channel, &rule.schema, &rule.name) {
-                    issues.push(key, e);
+                for channel in rule.channel_samples() {
+                    if let Err(e) = rk.check(&channel, &rule.schema, &rule.name) {
+                        issues.push(key, e);
+                    }
                 }
             }
             Some(rk)

@@ -110,16 +110,18 @@ impl RawMqtt {
 /// Checks the topic of every mapped table's channel.
 fn check_topics(issues: &mut Issues, key: &str, config: &MqttSinkConfig, tables: &[TableRule]) {
     for rule in tables {
-        if let Err(e) = check_topic(&config.topic(&rule.channel)) {
-            issues.push(
-                key,
-                format!(
-                    "{e}: the topic of table {}.{} (channel {:?}); change the table's channel or topic_prefix",
-                    rule.schema,
-                    rule.name,
-                    rule.channel.replace('\0', "\\0")
-                ),
-            );
+        for channel in rule.channel_samples() {
+            if let Err(e) = check_topic(&config.topic(&channel)) {
+                issues.push(
+                    key,
+                    format!(
+                        "{e}: the topic of table {}.{} (channel {:?}); change the table's channel or topic_prefix",
+                        rule.schema,
+                        rule.name,
+                        channel.replace('\0', "\\0")
+                    ),
+                );
+            }
         }
     }
 }

@@ -165,21 +165,29 @@ fn subjects(
     }
     let mut ok = true;
     for rule in tables {
-        if let Err(e) = subject(prefix, &rule.channel) {
-            issues.push(
-                key("type"),
-                format!(
-                    "table {}.{}: {e}; set the table's channel to one without it",
-                    rule.schema, rule.name
-                ),
-            );
-            ok = false;
+        for channel in rule.channel_samples() {
+            if let Err(e) = subject(prefix, &channel) {
+                issues.push(
+                    key("type"),
+                    format!(
+                        "table {}.{}: {e}; set the table's channel to one without it",
+                        rule.schema, rule.name
+                    ),
+                );
+                ok = false;
+            }
         }
     }
     if !ok {
         return None;
     }
-    Subjects::new(prefix, tables.iter().map(|t| t.channel.as_str()))
+    // The fixed channels' subjects are made once; a template's, per event.
+    let fixed = tables
+        .iter()
+        .flat_map(|t| &t.channels)
+        .filter(|c| c.is_fixed())
+        .map(|c| c.as_str());
+    Subjects::new(prefix, fixed)
         .map_err(|e| issues.push(key("subject_prefix"), e))
         .ok()
 }

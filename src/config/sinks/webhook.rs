@@ -66,7 +66,7 @@ impl RawWebhook {
         let key = |k: &str| format!("sinks[{index}].{k}");
         let preset = self.preset.as_deref().unwrap_or("webhook");
         let (url, format) = self.preset(issues, &key, preset, tables);
-        let channels: Vec<String> = tables.iter().map(|t| t.channel.clone()).collect();
+        let channels: Vec<String> = tables.iter().flat_map(|t| t.channel_samples()).collect();
         let timeout = duration(
             issues,
             &key("timeout"),

@@ -195,9 +195,9 @@ impl RawWebsocket {
 /// client may subscribe to.
 fn channels(tables: &[TableRule]) -> Vec<String> {
     let mut channels: Vec<String> = Vec::new();
-    for rule in tables {
-        if !channels.contains(&rule.channel) {
-            channels.push(rule.channel.clone());
+    for c in tables.iter().flat_map(|t| &t.channels) {
+        if !channels.iter().any(|x| x == c.as_str()) {
+            channels.push(c.as_str().to_owned());
         }
     }
     channels

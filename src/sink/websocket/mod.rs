@@ -23,6 +23,8 @@ pub mod auth;
 mod hub;
 
 use std::collections::HashSet;
+
+use crate::map::channel::ChannelSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +92,8 @@ pub struct WsSinkConfig {
     /// `Origin` values accepted from browsers; empty: any. Requests without `Origin` (not from
     /// a browser) are accepted.
     pub allowed_origins: Vec<String>,
-    /// The channels mapped tables publish to: the only ones a client may subscribe to.
+    /// The channels mapped tables publish to (templates as written): the only ones a client
+    /// may subscribe to.
     pub channels: Vec<String>,
     /// Events kept per channel for `since`, and for how long.
     pub history: usize,
@@ -108,7 +111,7 @@ pub struct WsSinkConfig {
 
 struct Shared {
     config: WsSinkConfig,
-    channels: HashSet<String>,
+    channels: ChannelSet,
     hub: Hub,
     /// `pglive_websocket_clients`.
     clients: metrics::Gauge,
@@ -145,7 +148,7 @@ impl Relay {
         Relay {
             shared: Arc::new(Shared {
                 hub: Hub::new(config.history, config.history_age, complete),
-                channels: config.channels.iter().cloned().collect(),
+                channels: ChannelSet::new(config.channels.iter().map(String::as_str)),
                 config,
                 clients: metrics::gauge!(crate::status::metric::WEBSOCKET_CLIENTS, "sink" => label.to_owned()),
                 next_id: AtomicU64::new(1),

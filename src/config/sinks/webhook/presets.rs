@@ -275,12 +275,14 @@ fn check_channels(
         _ => "channel_separator",
     };
     for t in tables {
-        if let Err(e) = format.check_channel(&t.channel) {
-            let (schema, name, channel) = (&t.schema, &t.name, &t.channel);
-            issues.push(
-                key(at),
-                format!("table {schema}.{name} (channel {channel:?}): {e}"),
-            );
+        for channel in t.channel_samples() {
+            if let Err(e) = format.check_channel(&channel) {
+                let (schema, name) = (&t.schema, &t.name);
+                issues.push(
+                    key(at),
+                    format!("table {schema}.{name} (channel {channel:?}): {e}"),
+                );
+            }
         }
     }
 }
