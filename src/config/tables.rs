@@ -151,6 +151,26 @@ pub(super) fn resolve_tables(
             numeric_as_number: t.numeric_as_number.unwrap_or(false),
         });
     }
+    // A fixed channel that a template could render would mix a tenant's rows into it.
+    for (i, r) in rules.iter().enumerate() {
+        for fixed in r.channels.iter().filter(|c| c.is_fixed()) {
+            let clash = rules
+                .iter()
+                .flat_map(|o| o.channels.iter())
+                .find(|t| !t.is_fixed() && t.matches(fixed.as_str()));
+            if let Some(template) = clash {
+                issues.push(
+                    format!("tables[{i}].channel"),
+                    format!(
+                        "`{}` is a channel that template `{}` renders for some row: clients of \
+                         one would get the other's events; give one of them another path",
+                        fixed.as_str(),
+                        template.as_str()
+                    ),
+                );
+            }
+        }
+    }
     rules
 }
 

@@ -1810,3 +1810,15 @@ fn channel_templates_are_read_and_mistakes_named() {
         assert!(issue.message.contains(says), "{key}: {issue}");
     }
 }
+
+#[test]
+fn a_fixed_channel_a_template_renders_and_a_colliding_separator_are_refused() {
+    let text = format!(
+        "[postgres]\nurl = \"{URL}\"\n[[tables]]\nname = \"t\"\nchannel = \"tenants/{{org}}/t\"\n[[tables]]\nname = \"u\"\nchannel = \"tenants/admin/t\"\n[[sinks]]\ntype = \"stdout\"\n"
+    );
+    let issue = only_issue(&text, "tables[1].channel");
+    assert!(
+        issue.message.contains("template `tenants/{org}/t`"),
+        "{issue}"
+    );
+}

@@ -226,7 +226,26 @@ pub struct Mapper {
     channels: Vec<Arc<EventSource>>,
     /// Changes whose template channels could not be rendered.
     unroutable: metrics::Counter,
+    /// When that was last logged.
+    unroutable_logged: Option<std::time::Instant>,
 }
+
+/// Which rows of a change go to one of its channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Both,
+    /// The channel of the new row only (the row moved here): `data`, no `previous`.
+    New,
+    /// The channel of the old row only (the row moved away): `previous`, no `data`.
+    Old,
+}
+
+/// The longest channel a template may render: the relay's limit on channel names, and AMQP's on
+/// routing keys.
+const MAX_RENDERED_CHANNEL_BYTES: usize = 255;
+
+/// How often an unroutable change is logged at most.
+const UNROUTABLE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Mapper {
     pub fn new(rules: &[TableRule], options: MapOptions) -> Mapper {
@@ -270,6 +289,7 @@ impl Mapper {
             mapped_oids: HashMap::new(),
             txn: None,
             unroutable: metrics::counter!(crate::status::metric::EVENTS_UNROUTABLE),
+            unroutable_logged: None,
         }
     }
 
@@ -447,7 +467,7 @@ impl Mapper {
                         .row
                         .as_ref()
                         .map(|shape| row_payload(shape, Some(*new), None));
-                    for source in self.sources(&b, Some(*new), None) {
+                    for (source, _) in self.sources(&b, Some(*new), None) {
                         match &row {
                             Some(row) => self.emit_row(
                                 &source,
@@ -474,12 +494,32 @@ impl Mapper {
                         .as_ref()
                         .map(|shape| row_payload(shape, Some(*new), *old));
                     // A row that moved to another channel (a template's column changed) goes
-                    // to both.
-                    for source in self.sources(&b, Some(*new), *old) {
+                    // to both, each with its side of the row only.
+                    for (source, side) in self.sources(&b, Some(*new), *old) {
                         match (&row, &old_id) {
                             (Some(row), _) => {
                                 let ids: Vec<Option<Id>> =
                                     old_id.iter().cloned().chain([new_id.clone()]).collect();
+                                let one_side;
+                                let row = match side {
+                                    Side::Both => row,
+                                    Side::New => {
+                                        one_side = RowPayload {
+                                            data: row.data.clone(),
+                                            previous: None,
+                                            unchanged: row.unchanged.clone(),
+                                        };
+                                        &one_side
+                                    }
+                                    Side::Old => {
+                                        one_side = RowPayload {
+                                            data: None,
+                                            previous: row.previous.clone(),
+                                            unchanged: Vec::new(),
+                                        };
+                                        &one_side
+                                    }
+                                };
                                 self.emit_row(&source, EventKind::Updated, &ids, row, out)?
                             }
                             (None, Some(old_id)) => self.add(
@@ -502,7 +542,7 @@ impl Mapper {
                         .row
                         .as_ref()
                         .map(|shape| row_payload(shape, None, Some(*old)));
-                    for source in self.sources(&b, None, Some(*old)) {
+                    for (source, _) in self.sources(&b, None, Some(*old)) {
                         match &row {
                             Some(row) => self.emit_row(
                                 &source,
@@ -520,16 +560,20 @@ impl Mapper {
                 for rel in relations {
                     if let Some(b) = self.binding(*rel)? {
                         // Every row of every channel: the fixed ones only (a template's
-                        // channels are not known).
-                        // A table with row payloads sends its events as the rows come, so
-                        // its TRUNCATE leaves at once too, in its place among them.
+                        // channels are not known: counted as unroutable). A table with row
+                        // payloads sends its events as the rows come, so its TRUNCATE leaves
+                        // at once too, in its place among them.
                         for route in &b.routes {
-                            if let Route::Fixed(source) = route {
-                                if b.row.is_some() {
+                            match route {
+                                Route::Fixed(source) if b.row.is_some() => {
                                     let none = RowPayload::default();
                                     self.emit_row(source, EventKind::Deleted, &[None], &none, out)?;
-                                } else {
-                                    self.add(source, EventKind::Deleted, [None], out)?;
+                                }
+                                Route::Fixed(source) => {
+                                    self.add(source, EventKind::Deleted, [None], out)?
+                                }
+                                Route::Template { template, base, .. } => {
+                                    self.unroutable(base, template.as_str())
                                 }
                             }
                         }
@@ -575,16 +619,16 @@ impl Mapper {
     /// cannot be rendered (a column it names is not in the row, or is in an old key tuple
     /// only as filler) is counted and logged as unroutable.
     fn sources<'t>(
-        &self,
+        &mut self,
         b: &Binding,
         new: Option<Tuple<'t>>,
         old: Option<OldTuple<'t>>,
-    ) -> Vec<Arc<EventSource>> {
-        let mut out: Vec<Arc<EventSource>> = Vec::with_capacity(b.routes.len());
+    ) -> Vec<(Arc<EventSource>, Side)> {
+        let mut out: Vec<(Arc<EventSource>, Side)> = Vec::with_capacity(b.routes.len());
         for route in &b.routes {
             let (template, columns, base) = match route {
                 Route::Fixed(source) => {
-                    out.push(source.clone());
+                    out.push((source.clone(), Side::Both));
                     continue;
                 }
                 Route::Template {
@@ -610,42 +654,66 @@ impl Mapper {
                     _ => Err(()),
                 }
             };
-            let mut rendered: Vec<String> = Vec::with_capacity(2);
-            if let Some(new) = new {
-                let from_new = template.render(|c| {
-                    value_in(new, false, c).or_else(|()| match old_row {
-                        Some(o) => value_in(o, key_only, c),
-                        None => Err(()),
-                    })
-                });
-                rendered.extend(from_new.ok());
-            }
-            if let Some(o) = old_row
-                && let Ok(channel) = template.render(|c| value_in(o, key_only, c))
-                && !rendered.contains(&channel)
-            {
-                rendered.push(channel);
-            }
+            // A channel longer than any relay takes cannot be delivered: not routable.
+            let fits = |c: &String| c.len() <= MAX_RENDERED_CHANNEL_BYTES;
+            let from_new = new
+                .and_then(|new| {
+                    template
+                        .render(|c| {
+                            value_in(new, false, c).or_else(|()| match old_row {
+                                Some(o) => value_in(o, key_only, c),
+                                None => Err(()),
+                            })
+                        })
+                        .ok()
+                })
+                .filter(fits);
+            let from_old = old_row
+                .and_then(|o| template.render(|c| value_in(o, key_only, c)).ok())
+                .filter(fits);
+            // A row that moved (the template's column changed) reaches both channels: the new
+            // one with the new row only, the old one with the old row only.
+            let rendered = match (from_new, from_old) {
+                (Some(n), Some(o)) if n != o => vec![(n, Side::New), (o, Side::Old)],
+                (Some(c), _) | (None, Some(c)) => vec![(c, Side::Both)],
+                (None, None) => Vec::new(),
+            };
             if rendered.is_empty() {
-                self.unroutable.increment(1);
-                tracing::warn!(
-                    schema = %base.schema, table = %base.table, channel = %template.as_str(),
-                    "a change could not be routed to a channel template: a column it names is \
-                     not in the row PostgreSQL sent (a DELETE gives only the replica \
-                     identity's columns: put the template's columns in it, or set REPLICA \
-                     IDENTITY FULL)"
-                );
+                self.unroutable(base, template.as_str());
             }
-            for channel in rendered {
-                out.push(Arc::new(EventSource {
+            for (channel, side) in rendered {
+                let source = Arc::new(EventSource {
                     channel: channel.into(),
                     schema: base.schema.clone(),
                     table: base.table.clone(),
                     data_provider_name: base.data_provider_name.clone(),
-                }));
+                });
+                out.push((source, side));
             }
         }
         out
+    }
+
+    /// Counts a change that a channel template could not route, and says so (at most every
+    /// [`UNROUTABLE_LOG_EVERY`], however many rows a transaction has).
+    fn unroutable(&mut self, base: &EventSource, template: &str) {
+        self.unroutable.increment(1);
+        let now = std::time::Instant::now();
+        if self
+            .unroutable_logged
+            .is_some_and(|at| now.duration_since(at) < UNROUTABLE_LOG_EVERY)
+        {
+            return;
+        }
+        self.unroutable_logged = Some(now);
+        tracing::warn!(
+            schema = %base.schema, table = %base.table, channel = %template,
+            "a change could not be routed to a channel template: a column it names is not in \
+             the row PostgreSQL sent (a DELETE gives only the replica identity's columns: put \
+             the template's columns in it, or set REPLICA IDENTITY FULL), its value makes a \
+             channel over {MAX_RENDERED_CHANNEL_BYTES} bytes, or it was a TRUNCATE (whose \
+             rows' channels are not known); pglive_events_unroutable_total counts them"
+        );
     }
 
     fn binding(&self, oid: u32) -> Result<Option<Arc<Binding>>, MapError> {

@@ -2291,3 +2291,58 @@ fn many_channels_in_one_transaction_leave_before_holding_unbounded_groups() {
     let expected: Vec<String> = names.iter().map(|n| format!("orgs/{n}/notes")).collect();
     assert_eq!(channels, expected, "one event per channel, in order");
 }
+
+#[test]
+fn a_moved_row_gives_each_channel_only_its_side_of_the_row() {
+    let r = TableRule {
+        row_payload: true,
+        ..tenant_rule(&["by/{body}/notes"])
+    };
+    let mut m = Mapper::new(&[r], coalescing(1000));
+    m.relation(&notes(b'f'), Some(&pk(&["org", "id"])));
+    let out = feed(
+        &mut m,
+        &txn(vec![update(
+            NOTES,
+            Some((b'O', &[V::T("a"), V::T("1"), V::T("x")])),
+            &[V::T("a"), V::T("1"), V::T("y")],
+        )]),
+    );
+    let by_channel = |c: &str| {
+        out.iter()
+            .map(js)
+            .find(|v| v["channel"] == c)
+            .unwrap_or_else(|| panic!("no event on {c}"))
+    };
+    // The new tenant never sees the old row, nor the old tenant the new one.
+    assert_eq!(
+        by_channel("by/y/notes")["payload"],
+        json!({"ids": [["a", 1]], "data": {"org": "a", "id": 1, "body": "y"}})
+    );
+    assert_eq!(
+        by_channel("by/x/notes")["payload"],
+        json!({"ids": [["a", 1]], "previous": {"org": "a", "id": 1, "body": "x"}})
+    );
+}
+
+#[test]
+fn a_channel_too_long_or_a_truncate_of_a_template_is_counted_not_sent() {
+    let r = tenant_rule(&["orgs/{org}/notes", "resources/notes"]);
+    let mut m = mapper(&[r], coalescing(1000), &[notes(b'd')]);
+    let long = "é".repeat(60);
+    let out = feed(
+        &mut m,
+        &txn(vec![
+            insert(NOTES, &[V::T(&long), V::T("1"), V::N]),
+            truncate(&[NOTES]),
+        ]),
+    );
+    // 60 × `=C3=A9` is 360 bytes: only the fixed channel gets the insert; the TRUNCATE too.
+    assert_eq!(
+        kinds(&out),
+        [
+            ("resources/notes".into(), "created".into()),
+            ("resources/notes".into(), "deleted".into()),
+        ]
+    );
+}

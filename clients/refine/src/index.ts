@@ -105,6 +105,20 @@ export function tokenExpiry(token: string): number | undefined {
 
 type Channel = { subs: Set<Subscription>; lastId?: string };
 
+/** A value as pglive writes it into a segment of a channel template (`tenants/{org_id}/…`):
+ * ASCII letters, digits, `_` and `-` as they are, every other UTF-8 byte as `=XX`, nothing
+ * (null, undefined, "") as `=`. Pass PostgreSQL's text of the value (numbers and UUIDs are
+ * the same as in JavaScript). */
+export function channelSegment(value: unknown): string {
+  if (value === null || value === undefined || value === "") return "=";
+  let out = "";
+  for (const b of new TextEncoder().encode(String(value))) {
+    const c = String.fromCharCode(b);
+    out += /[A-Za-z0-9_-]/.test(c) ? c : `=${b.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
 export function liveProvider(options: PgliveOptions): PgliveLiveProvider {
   const initial = options.backoff?.initialMs ?? 500;
   const max = options.backoff?.maxMs ?? 10_000;

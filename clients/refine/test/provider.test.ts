@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { liveProvider, type LiveEvent, type SocketLike } from "../src/index.js";
+import { channelSegment, liveProvider, type LiveEvent, type SocketLike } from "../src/index.js";
 
 /** A socket double: records what the provider sends; the test plays the relay. */
 class FakeSocket implements SocketLike {
@@ -336,6 +336,14 @@ test("with origin, events this tab caused are skipped but still resumed from", a
   again.open();
   assert.deepEqual(again.sent, [{ op: "subscribe", channel: "resources/posts", since: "0/5:0" }]);
   p.close();
+});
+
+test("channelSegment writes values as pglive's templates do", () => {
+  assert.equal(channelSegment(42), "42");
+  assert.equal(channelSegment("6f1b8c3e-0d5c"), "6f1b8c3e-0d5c");
+  assert.equal(channelSegment("a.b@c/é"), "a=2Eb=40c=2F=C3=A9");
+  assert.equal(channelSegment(null), "=");
+  assert.equal(channelSegment(""), "=");
 });
 
 test("with channel, Refine's channel is subscribed to under the relay's name and events come back under Refine's", async () => {

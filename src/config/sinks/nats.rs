@@ -181,13 +181,11 @@ fn subjects(
     if !ok {
         return None;
     }
-    // The fixed channels' subjects are made once; a template's, per event.
-    let fixed = tables
-        .iter()
-        .flat_map(|t| &t.channels)
-        .filter(|c| c.is_fixed())
-        .map(|c| c.as_str());
-    Subjects::new(prefix, fixed)
+    // The fixed channels' subjects are made once, and a sample of each template's (so that
+    // `check` and the start-up look for a stream that takes them); a template's others per
+    // event.
+    let samples: Vec<String> = tables.iter().flat_map(|t| t.channel_samples()).collect();
+    Subjects::new(prefix, samples.iter().map(String::as_str))
         .map_err(|e| issues.push(key("subject_prefix"), e))
         .ok()
 }

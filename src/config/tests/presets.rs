@@ -119,3 +119,27 @@ fn mapped_channels_must_suit_the_relay() {
     );
     assert!(issue.message.contains("Centrifugo"), "{issue}");
 }
+
+#[test]
+fn with_channel_templates_a_separator_values_may_hold_is_refused() {
+    let text = |separator: &str| {
+        format!(
+            "[postgres]\nurl = \"{URL}\"\n[[tables]]\nname = \"products\"\nchannel = \"tenants/{{org}}/products\"\n\
+             [[sinks]]\ntype = \"webhook\"\npreset = \"pusher\"\ncluster = \"eu\"\napp_id = \"1\"\nkey = \"k\"\nsecret = \"s\"\n{separator}\n"
+        )
+    };
+    // Pusher's default `-`: `tenants/7-admin/products` and `tenants/7/admin/products`… would meet.
+    let issue = only_issue(&text(""), "sinks[0].channel_separator");
+    assert!(issue.message.contains("two tenants"), "{issue}");
+    let c = ok(&text("channel_separator = \".\""));
+    match c.sinks.first() {
+        Some(SinkConfig::Webhook(w)) => match &w.format {
+            Format::Pusher(p) => assert_eq!(
+                p.channels.map("tenants/a=2Eb/products"),
+                "tenants.a=2Eb.products"
+            ),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+}

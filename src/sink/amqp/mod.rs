@@ -348,10 +348,20 @@ impl Sink for AmqpSink {
                 &event.table,
                 event.kind,
             );
+            // AMQP caps a routing key at 255 bytes; the mapper keeps channels within that, but
+            // the template may add to it.
+            let routing_key = ShortString::try_new(key.as_str()).map_err(|_| {
+                self.error(Failure::Fatal(format!(
+                    "the routing key of event {} ({} bytes) is longer than AMQP's 255: \
+                     shorten routing_key or the table's channel",
+                    event.id,
+                    key.len()
+                )))
+            })?;
             let publish = start_publish(
                 &channel,
                 self.config.exchange.as_str().into(),
-                key.as_str().into(),
+                routing_key,
                 self.config.mandatory,
                 batch.clone(),
                 i,

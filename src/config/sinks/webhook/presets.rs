@@ -274,6 +274,29 @@ fn check_channels(
         Format::Ably { .. } => "preset",
         _ => "channel_separator",
     };
+    // A template's values keep letters, digits, `_` and `-`: a separator made of those would
+    // let two channels map to one name (`tenants/7-admin/posts` and `tenants/7/admin/posts`).
+    let separator = match format {
+        Format::Centrifugo { channels, .. } => Some(&channels.separator),
+        Format::Pusher(p) => Some(&p.channels.separator),
+        _ => None,
+    };
+    if let Some(separator) = separator
+        && tables.iter().any(|t| !t.template_columns().is_empty())
+        && (separator.is_empty()
+            || separator
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        issues.push(
+            key("channel_separator"),
+            format!(
+                "{separator:?} with channel templates would let two tenants' channels map to \
+                 one name (values keep letters, digits, `_` and `-`): use another, such as \
+                 \".\""
+            ),
+        );
+    }
     for t in tables {
         for channel in t.channel_samples() {
             if let Err(e) = format.check_channel(&channel) {
