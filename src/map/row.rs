@@ -4,7 +4,8 @@
 //! (int8 exact, `NaN`/`Infinity` as strings), `numeric` as a string unless asked for as a
 //! number, json and jsonb embedded, arrays as nested JSON arrays of their converted elements,
 //! timestamps in the XSD form `to_jsonb` uses (`2024-02-29T07:04:56.5+00:00`), everything else
-//! (dates, enums, ranges, bytea, intervals, uuids, composites, …) as its text in a string.
+//! (dates, enums, ranges, bytea, intervals, uuids, …) as its text in a string; composite
+//! values as objects of their fields, converted the same way.
 //! Domains convert as their base type. Writes JSON text directly: no intermediate values.
 
 use std::collections::HashMap;
@@ -28,11 +29,13 @@ pub enum Kind {
     TimestampTz,
     /// An array of elements of the inner kind, separated by the element type's delimiter.
     Array(Box<Kind>, u8),
+    /// A composite value: its fields (`"name":` encoded, and kind), in order.
+    Composite(Vec<(Box<[u8]>, Kind)>),
     Text,
 }
 
 /// What the catalog says of a type that is not simply a built-in scalar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeInfo {
     /// The type a domain is over (0: not a domain).
     pub base: u32,
@@ -40,6 +43,8 @@ pub struct TypeInfo {
     pub element: u32,
     /// The delimiter between array elements (`,` for nearly every type; `;` for box).
     pub delimiter: u8,
+    /// A composite type's fields: name and type, in order (empty: not a composite).
+    pub fields: Vec<(String, u32)>,
 }
 
 /// Arrays of arrays of … deeper than this are not PostgreSQL's (it allows 6 dimensions); the
@@ -72,6 +77,20 @@ fn kind_at(oid: u32, types: &HashMap<u32, TypeInfo>, numeric: bool, depth: usize
         if info.element != 0 {
             let element = kind_at(info.element, types, numeric, depth + 1);
             return Kind::Array(Box::new(element), info.delimiter);
+        }
+        if !info.fields.is_empty() {
+            let fields = info
+                .fields
+                .iter()
+                .map(|(name, oid)| {
+                    let mut key = Vec::with_capacity(name.len() + 3);
+                    write_string(&mut key, name.as_bytes());
+                    key.push(b':');
+                    let kind = kind_at(*oid, types, numeric, depth + 1);
+                    (key.into_boxed_slice(), kind)
+                })
+                .collect();
+            return Kind::Composite(fields);
         }
         return Kind::Text;
     }
@@ -264,6 +283,13 @@ pub fn write_value(kind: &Kind, text: &[u8], out: &mut Vec<u8>) {
             let start = out.len();
             if write_array(text, element, *delimiter, out).is_none() {
                 // Not an array literal as expected: its text, rather than broken JSON.
+                out.truncate(start);
+                write_string(out, text);
+            }
+        }
+        Kind::Composite(fields) => {
+            let start = out.len();
+            if write_record(text, fields, out).is_none() {
                 out.truncate(start);
                 write_string(out, text);
             }
@@ -469,6 +495,72 @@ fn write_array(text: &[u8], element: &Kind, delimiter: u8, out: &mut Vec<u8>) ->
         }
     }
     None
+}
+
+/// A record literal (`(1,"a b",,"x""y")`: an empty field is NULL, a quoted one may hold
+/// anything, `""` and `\` escaping) as a JSON object of `fields`; `None` when the text is not
+/// one with that many fields.
+fn write_record(text: &[u8], fields: &[(Box<[u8]>, Kind)], out: &mut Vec<u8>) -> Option<()> {
+    let inner = text.strip_prefix(b"(")?.strip_suffix(b")")?;
+    out.push(b'{');
+    if fields.is_empty() {
+        out.push(b'}');
+        return inner.is_empty().then_some(());
+    }
+    let mut i = 0;
+    let mut item = Vec::new();
+    for (n, (key, kind)) in fields.iter().enumerate() {
+        if n > 0 {
+            // Fields are separated by one comma each.
+            if inner.get(i) != Some(&b',') {
+                return None;
+            }
+            i += 1;
+            out.push(b',');
+        }
+        item.clear();
+        let mut quoted = false;
+        while i < inner.len() && inner[i] != b',' {
+            if inner[i] == b'"' {
+                quoted = true;
+                i += 1;
+                loop {
+                    match *inner.get(i)? {
+                        b'"' if inner.get(i + 1) == Some(&b'"') => {
+                            item.push(b'"');
+                            i += 2;
+                        }
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        b'\\' => {
+                            item.push(*inner.get(i + 1)?);
+                            i += 2;
+                        }
+                        c => {
+                            item.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+            } else {
+                item.push(inner[i]);
+                i += 1;
+            }
+        }
+        out.extend_from_slice(key);
+        if item.is_empty() && !quoted {
+            out.extend_from_slice(b"null");
+        } else {
+            write_value(kind, &item, out);
+        }
+    }
+    if i != inner.len() {
+        return None;
+    }
+    out.push(b'}');
+    Some(())
 }
 
 #[cfg(test)]

@@ -1087,6 +1087,7 @@ fn a_key_whose_type_is_a_domain_over_an_integer_is_a_number() {
                     base,
                     element: 0,
                     delimiter: b',',
+                    fields: Vec::new(),
                 };
                 (oid, info)
             })
@@ -1996,6 +1997,7 @@ fn row_mapper(rule: TableRule, identity: u8, options: MapOptions) -> Mapper {
                 base: 0,
                 element: TEXT,
                 delimiter: b',',
+                fields: Vec::new(),
             },
         )]
         .into(),

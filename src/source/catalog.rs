@@ -110,21 +110,36 @@ pub async fn relation_keys(
             keys.identity_index.push(name);
         }
     }
-    // The column types, and what the domains and arrays among them are over, to the bottom.
+    // The column types, and what the domains, arrays and composites among them are made of,
+    // to the bottom.
     let rows = client
         .query(
             "WITH RECURSIVE t(oid) AS (
                  SELECT unnest($1::oid[])
                UNION
-                 SELECT CASE WHEN p.typtype = 'd' THEN p.typbasetype ELSE p.typelem END
-                   FROM t JOIN pg_type p ON p.oid = t.oid
-                  WHERE p.typtype = 'd' OR (p.typelem <> 0 AND p.typlen = -1))
+                 SELECT n.oid FROM t JOIN pg_type p ON p.oid = t.oid
+                 CROSS JOIN LATERAL (
+                     SELECT p.typbasetype WHERE p.typtype = 'd'
+                   UNION ALL
+                     SELECT p.typelem WHERE p.typtype <> 'd' AND p.typelem <> 0 AND p.typlen = -1
+                   UNION ALL
+                     SELECT a.atttypid FROM pg_attribute a
+                      WHERE p.typtype = 'c' AND a.attrelid = p.typrelid AND a.attnum > 0
+                        AND NOT a.attisdropped) n(oid))
              SELECT p.oid,
                     CASE WHEN p.typtype = 'd' THEN p.typbasetype ELSE 0::oid END,
                     CASE WHEN p.typtype <> 'd' AND p.typelem <> 0 AND p.typlen = -1
                          THEN p.typelem ELSE 0::oid END,
-                    ascii(p.typdelim::text)
-               FROM t JOIN pg_type p ON p.oid = t.oid",
+                    ascii(p.typdelim::text),
+                    coalesce(f.names, ARRAY[]::text[]),
+                    coalesce(f.types, ARRAY[]::oid[])
+               FROM t JOIN pg_type p ON p.oid = t.oid
+               LEFT JOIN LATERAL (
+                   SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
+                          array_agg(a.atttypid ORDER BY a.attnum) AS types
+                     FROM pg_attribute a
+                    WHERE p.typtype = 'c' AND a.attrelid = p.typrelid AND a.attnum > 0
+                      AND NOT a.attisdropped) f ON true",
             &[&type_oids],
         )
         .await?;
@@ -132,14 +147,17 @@ pub async fn relation_keys(
         .iter()
         .map(|r| {
             let delimiter: i32 = r.get(3);
+            let names: Vec<String> = r.get(4);
+            let types: Vec<u32> = r.get(5);
             let info = TypeInfo {
                 base: r.get(1),
                 element: r.get(2),
                 delimiter: u8::try_from(delimiter).unwrap_or(b','),
+                fields: names.into_iter().zip(types).collect(),
             };
             (r.get::<_, u32>(0), info)
         })
-        .filter(|(_, info)| info.base != 0 || info.element != 0)
+        .filter(|(_, info)| info.base != 0 || info.element != 0 || !info.fields.is_empty())
         .collect();
     Ok(keys)
 }

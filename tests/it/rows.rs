@@ -34,13 +34,15 @@ fn row_payloads_are_what_to_jsonb_gives_for_every_type() {
         "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
          CREATE DOMAIN posint AS int8 CHECK (VALUE > 0);
          CREATE DOMAIN label AS text;
+         CREATE TYPE addr AS (street text, no int, tags text[], at timestamptz);
+         CREATE TYPE home AS (owner text, addr addr);
          CREATE TABLE vals (
            id int8 PRIMARY KEY, b bool, i2 int2, i4 int4, i8 int8, f4 float4, f8 float8,
            n numeric, t text, vc varchar(20), bp char(5), u uuid, j json, jb jsonb,
            d date, ts timestamp, tz timestamptz, tm time, ttz timetz, iv interval, ba bytea,
            en mood, dom posint, lab label, r int4range, o oid, mo money, ip inet,
            ia int4[], ta text[], ja jsonb[], ea mood[], da posint[], na numeric[], tza timestamptz[],
-           ba2 bool[], fa float8[]);
+           ba2 bool[], fa float8[], ad addr, ads addr[], ho home);
          CREATE TABLE plain (id int PRIMARY KEY, n numeric);",
     );
     let d = start(
@@ -62,7 +64,10 @@ fn row_payloads_are_what_to_jsonb_gives_for_every_type() {
              '[1,5)', 4242, 12.5, '192.168.0.1/24',
              '{{1,2},{3,NULL}}', E'{"a b","c\\"d",NULL,"NULL",plain,""}', ARRAY['{"x": 1}'::jsonb, '[1, 2]'],
              '{sad,happy}', '{7,8}', '{1.50,NaN}', ARRAY['2024-01-01 00:00:00+00'::timestamptz],
-             '{t,f}', '{1.5,-Infinity}');
+             '{t,f}', '{1.5,-Infinity}',
+             ROW(E'1 "Main" St, \\ back', 7, '{a,"b c"}', '2024-01-01 00:00:00+00')::addr,
+             ARRAY[ROW('x', NULL, NULL, NULL)::addr, ROW('', 2, '{}', NULL)::addr],
+             ROW('ann', ROW('y', 1, NULL, NULL)::addr)::home);
            INSERT INTO vals (id, f4, f8, n, d, ts, tz, ia, ta)
              VALUES (2, 'NaN', '-Infinity', 'NaN', '0044-03-15 BC', 'infinity',
                      '0044-03-15 12:00:00.5+00 BC', '[0:1]={5,6}', '{}');

@@ -94,6 +94,37 @@ fn arrays_nest_and_convert_their_elements() {
 }
 
 #[test]
+fn composites_are_objects_of_their_converted_fields() {
+    let point = Kind::Composite(vec![
+        (b"\"x\":".to_vec().into_boxed_slice(), Kind::Number),
+        (b"\"label\":".to_vec().into_boxed_slice(), Kind::Text),
+        (
+            b"\"tags\":".to_vec().into_boxed_slice(),
+            Kind::Array(Box::new(Kind::Text), b','),
+        ),
+    ]);
+    assert_eq!(
+        json(&point, r#"(1,"a ""b"" \\c",)"#),
+        r#"{"x":1,"label":"a \"b\" \\c","tags":null}"#
+    );
+    assert_eq!(
+        json(&point, r#"(,"","{x,""y z""}")"#),
+        r#"{"x":null,"label":"","tags":["x","y z"]}"#
+    );
+    // An array of them: elements are quoted record literals.
+    let points = Kind::Array(Box::new(point.clone()), b',');
+    assert_eq!(
+        json(&points, r#"{"(1,a,)","(2,b,)"}"#),
+        r#"[{"x":1,"label":"a","tags":null},{"x":2,"label":"b","tags":null}]"#
+    );
+    // Not a record of three fields: its text.
+    for bad in ["(1,a)", "(1,a,,)", "1,a,", "(1,\"a,)"] {
+        let out = json(&point, bad);
+        assert!(out.starts_with('"'), "{bad:?} gave {out}");
+    }
+}
+
+#[test]
 fn domains_and_arrays_of_them_follow_the_catalog() {
     let mut types = HashMap::new();
     // A domain over int8, an array of it, a domain over that domain, an enum.
@@ -103,6 +134,7 @@ fn domains_and_arrays_of_them_follow_the_catalog() {
             base: 20,
             element: 0,
             delimiter: b',',
+            fields: Vec::new(),
         },
     );
     types.insert(
@@ -111,6 +143,7 @@ fn domains_and_arrays_of_them_follow_the_catalog() {
             base: 0,
             element: 20_001,
             delimiter: b',',
+            fields: Vec::new(),
         },
     );
     types.insert(
@@ -119,6 +152,7 @@ fn domains_and_arrays_of_them_follow_the_catalog() {
             base: 20_001,
             element: 0,
             delimiter: b',',
+            fields: Vec::new(),
         },
     );
     types.insert(
@@ -127,6 +161,7 @@ fn domains_and_arrays_of_them_follow_the_catalog() {
             base: 0,
             element: 0,
             delimiter: b',',
+            fields: Vec::new(),
         },
     );
     assert_eq!(kind_of(20_001, &types, false), Kind::Number);
@@ -147,6 +182,7 @@ fn domains_and_arrays_of_them_follow_the_catalog() {
             base: 20_005,
             element: 0,
             delimiter: b',',
+            fields: Vec::new(),
         },
     );
     assert_eq!(kind_of(20_005, &types, false), Kind::Text);
