@@ -64,6 +64,17 @@ pub async fn primary_key(
     schema: &str,
     table: &str,
 ) -> Result<Vec<String>, SourceError> {
+    index_columns(client, schema, table, false).await
+}
+
+/// The key columns of `schema.table`'s primary key, or (`replica_identity`) of the index
+/// `REPLICA IDENTITY USING INDEX` names, in key order (empty: no such index).
+async fn index_columns(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    replica_identity: bool,
+) -> Result<Vec<String>, SourceError> {
     let rows = client
         .query(
             "SELECT a.attname::text
@@ -72,10 +83,10 @@ pub async fn primary_key(
                JOIN pg_namespace n ON n.oid = c.relnamespace
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-              WHERE i.indisprimary AND n.nspname = $1 AND c.relname = $2
-                AND k.ord <= i.indnkeyatts
+              WHERE CASE WHEN $3 THEN i.indisreplident ELSE i.indisprimary END
+                AND n.nspname = $1 AND c.relname = $2 AND k.ord <= i.indnkeyatts
               ORDER BY k.ord",
-            &[&schema, &table],
+            &[&schema, &table, &replica_identity],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -794,23 +805,7 @@ pub async fn table_identity(
         .await?;
     let Some(row) = row else { return Ok(None) };
     let ident: String = row.get(0);
-    let identity_index = client
-        .query(
-            "SELECT a.attname::text
-               FROM pg_index i
-               JOIN pg_class c ON c.oid = i.indrelid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-              WHERE i.indisreplident AND n.nspname = $1 AND c.relname = $2
-                AND k.ord <= i.indnkeyatts
-              ORDER BY k.ord",
-            &[&schema, &table],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let identity_index = index_columns(client, schema, table, true).await?;
     Ok(Some(TableIdentity {
         replica_identity: ident.bytes().next().unwrap_or(b'd'),
         primary_key: primary_key(client, schema, table).await?,

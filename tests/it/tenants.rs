@@ -141,8 +141,20 @@ fn a_template_column_must_be_in_the_replica_identity() {
             "{command}: {text}"
         );
     }
-    // A primary key that holds it will do.
-    db.sql("ALTER TABLE posts DROP CONSTRAINT posts_pkey, ADD PRIMARY KEY (org_id, id)");
+    // A replica identity index that holds it will do, as will a primary key.
+    db.sql(
+        "CREATE UNIQUE INDEX posts_org_id ON posts (org_id, id);
+         ALTER TABLE posts REPLICA IDENTITY USING INDEX posts_org_id;",
+    );
+    let (code, out, err) = pglive(&["check"], &config);
+    assert!(
+        !out.contains("outside its replica identity"),
+        "{code} {out}{err}"
+    );
+    db.sql(
+        "ALTER TABLE posts REPLICA IDENTITY DEFAULT;
+         ALTER TABLE posts DROP CONSTRAINT posts_pkey, ADD PRIMARY KEY (org_id, id);",
+    );
     let (code, out, err) = pglive(&["setup"], &config);
     assert_eq!(code, 0, "{out}{err}");
 }
