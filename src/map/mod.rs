@@ -1,6 +1,9 @@
-//! Decoded changes → LiveEvents: picks the mapped tables, names the channel, turns replica-identity
-//! key values into typed ids and coalesces them per (transaction, table, type), splitting past
-//! `max_ids_per_event` so memory stays bounded on any transaction. Pure; driven by `source::stream`.
+//! Decoded changes → LiveEvents: picks the mapped tables, names each change's channels (fixed,
+//! or rendered from the row by a [`channel::Template`]), turns replica-identity key values into
+//! typed ids and coalesces them per (transaction, channel, table, type), splitting past
+//! `max_ids_per_event` and holding at most [`MAX_GROUPS`] groups, so memory stays bounded on any
+//! transaction; a table with `payload = "row"` gets one event per row with the row as JSON
+//! ([`row`]). Pure; driven by `source::stream`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -200,19 +203,21 @@ struct Group {
     whole_table: bool,
 }
 
+/// One of a mapped table's channels, with its event source.
+type TableChannel = (Template, Arc<EventSource>);
+
 /// A mapped table's settings beyond its channel.
 #[derive(Debug, Clone)]
 struct TableSettings {
-    channels: Vec<Template>,
     ids_as_strings: bool,
     /// `Some` with `payload = "row"`: which columns, and numeric as numbers.
     row: Option<(Columns, bool)>,
 }
 
 pub struct Mapper {
-    /// Each mapped table's event source per channel (a template's with the template as its
-    /// channel), in the order of its channels.
-    rules: HashMap<(String, String), Vec<Arc<EventSource>>>,
+    /// Each mapped table's channels, in order, each with its event source (a template's with
+    /// the template as its channel).
+    rules: HashMap<(String, String), Vec<TableChannel>>,
     settings: HashMap<(String, String), TableSettings>,
     options: MapOptions,
     relations: RelationCache<Option<Arc<Binding>>>,
@@ -265,11 +270,10 @@ impl Mapper {
                 if template.is_fixed() && !channels.iter().any(|c| c.channel == source.channel) {
                     channels.push(source.clone());
                 }
-                sources.push(source);
+                sources.push((template.clone(), source));
             }
             map.insert(key.clone(), sources);
             let settings = TableSettings {
-                channels: r.channels.clone(),
                 ids_as_strings: r.ids_as_strings,
                 row: r
                     .row_payload
@@ -362,7 +366,7 @@ impl Mapper {
             let renamed = Renamed {
                 configured: qualified(&configured.0, &configured.1),
                 now: qualified(&rel.namespace, &rel.name),
-                channel: self.settings[configured].channels[0].as_str().to_owned(),
+                channel: self.rules[configured][0].0.as_str().to_owned(),
             };
             (configured.clone(), Some(renamed))
         } else {
@@ -385,10 +389,8 @@ impl Mapper {
             .row
             .as_ref()
             .map(|(columns, numeric)| RowShape::new(rel, columns, types, *numeric));
-        let routes = settings
-            .channels
+        let routes = sources
             .iter()
-            .zip(sources)
             .map(|(template, source)| {
                 if template.is_fixed() {
                     return Route::Fixed(source.clone());

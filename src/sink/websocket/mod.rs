@@ -16,7 +16,8 @@
 //! acknowledged once handed to the clients' queues, and a client that cannot keep up is told
 //! to resync rather than slowing anyone down. What one client can hold is bounded: its
 //! connection (the listener's cap, counted before authentication), its subscriptions (only
-//! channels a mapped table publishes to, at most `max_subscriptions`), its queue, and its
+//! channels a mapped table publishes to — fixed, or one a channel template can render — at
+//! most `max_subscriptions`), its queue, and its
 //! token's lifetime (closed at `exp` unless renewed in-band).
 
 pub mod auth;
